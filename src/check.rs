@@ -1,0 +1,174 @@
+//! One-shot check: a tree against a manifest and the change log (`driftwatch check`).
+
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+
+use crate::changelog::{self, ChangeLog, ChangeLogError, Policy};
+use crate::classify::{self, Context, Observation, Status};
+use crate::diff;
+use crate::glob;
+use crate::manifest::{Manifest, ManifestError};
+use crate::report::{Report, ReportedChange, Summary};
+use crate::sign::{self, SignError};
+use crate::snapshot::{self, ScanError, ScanOptions};
+use crate::timefmt;
+use crate::walk::WalkOptions;
+
+/// Everything `driftwatch check` takes.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// The deployed tree.
+    pub root: PathBuf,
+    /// The manifest file.
+    pub manifest: PathBuf,
+    /// Release keys; when given, the manifest must verify against one of them.
+    pub pubkeys: Vec<PathBuf>,
+    /// The change log directory.
+    pub changes: Option<PathBuf>,
+    /// Approver keys; when given, each change entry must verify against one of them.
+    pub approver_pubkeys: Vec<PathBuf>,
+    /// Host name the change entries are matched against.
+    pub host: String,
+    /// Extra exclusions.
+    pub exclude: Vec<String>,
+    /// Accept entries approved by their requester.
+    pub allow_self_approval: bool,
+    /// Hashing threads (0 = one per core).
+    pub threads: usize,
+    /// Progress bar, on a TTY.
+    pub progress: Option<indicatif::ProgressBar>,
+}
+
+/// A check could not reach a verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The manifest is unreadable or invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A key or the manifest signature is bad.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    /// A change entry is malformed.
+    #[error(transparent)]
+    ChangeLog(#[from] ChangeLogError),
+    /// The tree could not be scanned.
+    #[error("{root}: {source}")]
+    Scan { root: PathBuf, source: ScanError },
+    /// A bad `--exclude` glob.
+    #[error("--exclude: {0}")]
+    Exclude(String),
+}
+
+/// A verdict, plus the warnings to print on stderr (unsigned inputs, refused entries).
+#[derive(Debug)]
+pub struct CheckOutcome {
+    /// The report.
+    pub report: Report,
+    /// One line each.
+    pub warnings: Vec<String>,
+}
+
+/// Runs a one-shot check. The observation window is (manifest `created_at`, now].
+pub fn run(opts: &CheckOptions) -> Result<CheckOutcome, CheckError> {
+    let mut warnings = Vec::new();
+    let (manifest, manifest_signed) = load_manifest(&opts.manifest, &opts.pubkeys, &mut warnings)?;
+    let log = load_changes(opts, &mut warnings)?;
+    let exclude = glob::path_set(&opts.exclude).map_err(CheckError::Exclude)?;
+    let walk = WalkOptions { exclude: exclude.clone(), skip: own_files(&opts.root, &opts.manifest), cross_filesystems: false };
+    let scan_opts = ScanOptions { walk, threads: opts.threads, progress: opts.progress.clone() };
+    let snap = snapshot::scan(&opts.root, &scan_opts)
+        .map_err(|source| CheckError::Scan { root: opts.root.clone(), source })?;
+    if let Some(p) = &opts.progress {
+        p.finish_and_clear();
+    }
+
+    let now = Timestamp::now();
+    let approved = manifest.entries.iter().filter(|e| !exclude.is_match(e.path.as_path()));
+    let d = diff::diff(approved.map(|e| (&e.path, &e.state)), &snap.entries);
+    let ctx = Context { host: &opts.host, tree: &manifest.tree, exclude: &exclude, entries: &log.entries, now };
+    let t0 = manifest.created_at;
+    let mut summary = Summary { excluded: snap.stats.excluded, ..Summary::default() };
+    let mut changes = Vec::with_capacity(d.changes.len());
+    for change in d.changes {
+        // ctime is the kernel's record of the last change and cannot be set back from user
+        // space: the best evidence a one-shot check has of when the change happened.
+        let observed_at = change
+            .ctime_ns
+            .map(|ns| timefmt::from_unix(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000)))
+            // Clock skew can put the manifest's created_at after now: never panic on it.
+            .map_or(now, |t| t.max(t0).min(now));
+        let obs = Observation { t0, t: now, observed_at };
+        let status = classify::classify(&change, &obs, None, &ctx);
+        summary.count(&change, &status);
+        changes.push(ReportedChange { change, status });
+    }
+    let removed = summary.removed;
+    let total = snap.entries.len() as u64 + removed;
+    let violations = summary.unauthorized + summary.unverifiable;
+    let report = Report {
+        tree: manifest.tree.clone(),
+        root: opts.root.clone(),
+        host: opts.host.clone(),
+        release: manifest.release.clone(),
+        manifest_signed,
+        scanned: snap.stats.clone(),
+        summary,
+        vetted_ratio: if total == 0 { 1.0 } else { (total - violations) as f64 / total as f64 },
+        changes,
+    };
+    Ok(CheckOutcome { report, warnings })
+}
+
+/// Reads the manifest once, verifies those bytes when keys are given, then parses them.
+pub fn load_manifest(path: &Path, pubkeys: &[PathBuf], warnings: &mut Vec<String>) -> Result<(Manifest, bool), CheckError> {
+    let bytes = std::fs::read(path).map_err(|e| ManifestError::Read { path: path.to_path_buf(), source: e })?;
+    let signed = if pubkeys.is_empty() {
+        warnings.push(format!("{}: signature not checked (no --pubkey given): running unsigned", path.display()));
+        false
+    } else {
+        let keys = sign::load_public_keys(pubkeys)?;
+        sign::verify_bytes(&bytes, path, &keys)?;
+        true
+    };
+    Ok((Manifest::parse(&bytes, path)?, signed))
+}
+
+fn load_changes(opts: &CheckOptions, warnings: &mut Vec<String>) -> Result<ChangeLog, CheckError> {
+    let Some(dir) = &opts.changes else { return Ok(ChangeLog::default()) };
+    let approver_keys = sign::load_public_keys(&opts.approver_pubkeys)?;
+    if approver_keys.is_empty() {
+        warnings.push(format!("{}: change entries not signature-checked (no --approver-pubkey given)", dir.display()));
+    }
+    let policy = Policy { approver_keys, require_signatures: false, allow_self_approval: opts.allow_self_approval };
+    let log = changelog::load_dir(dir, &policy)?;
+    warnings.extend(log.refused.iter().cloned());
+    Ok(log)
+}
+
+/// The manifest and its signature are not part of the deployed code when they live inside it.
+fn own_files(root: &Path, manifest: &Path) -> Vec<PathBuf> {
+    let (Ok(root_abs), Ok(m_abs)) = (root.canonicalize(), manifest.canonicalize()) else { return Vec::new() };
+    let Ok(rel) = m_abs.strip_prefix(&root_abs) else { return Vec::new() };
+    let in_walk = root.join(rel);
+    vec![sign::sig_path(&in_walk), in_walk]
+}
+
+impl Summary {
+    fn count(&mut self, change: &diff::Change, status: &Status) {
+        use diff::ChangeKind::*;
+        match change.kind {
+            Added => self.added += 1,
+            Removed => self.removed += 1,
+            Modified => self.modified += 1,
+            Metadata => self.metadata += 1,
+            TypeChanged => self.type_changed += 1,
+        }
+        match status {
+            s if s.is_authorized() => self.authorized += 1,
+            Status::Unauthorized => self.unauthorized += 1,
+            Status::Unverifiable => self.unverifiable += 1,
+            _ => self.excluded += 1,
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! driftwatch: catch code on production servers that did not come through the release process.
+//!
+//! The library holds everything; `src/main.rs` only parses the command line and calls [`cli::run`].
+
+pub mod changelog;
+pub mod check;
+pub mod classify;
+pub mod cli;
+pub mod diff;
+pub mod exit;
+pub mod glob;
+pub mod hash;
+pub mod kpi;
+pub mod manifest;
+pub mod pathbytes;
+pub mod report;
+pub mod sign;
+pub mod snapshot;
+pub mod timefmt;
+pub mod walk;

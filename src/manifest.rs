@@ -1,0 +1,309 @@
+//! The signed manifest: the approved content of a tree for one release (DESIGN §5).
+//!
+//! Written canonically (fixed key order, entries sorted by path, one entry per line) so the same
+//! tree always gives the same bytes apart from `created_at`, and diffs of two manifests read well.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::diff::State;
+use crate::pathbytes::RelPath;
+use crate::snapshot::{Kind, Snapshot};
+use crate::timefmt;
+
+/// The `format` value of every manifest this version writes and reads.
+pub const FORMAT: &str = "driftwatch.manifest.v1";
+
+/// One approved path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestEntry {
+    /// Path relative to the tree root.
+    pub path: RelPath,
+    /// Its approved state.
+    pub state: State,
+}
+
+/// The approved content of a tree for one release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// Tree name (`shop`).
+    pub tree: String,
+    /// Release id (`2026.11.3`).
+    pub release: String,
+    /// When the pipeline built it; a one-shot check's observation window starts here.
+    pub created_at: Timestamp,
+    /// Who built it (`ci@build-7`).
+    pub created_by: String,
+    /// Entries sorted by path.
+    pub entries: Vec<ManifestEntry>,
+}
+
+/// A manifest could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The JSON is malformed or has wrong or unknown fields.
+    #[error("{path}: not a valid manifest: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A field has a bad value.
+    #[error("{path}: {field}: {message}")]
+    Invalid { path: PathBuf, field: String, message: String },
+    /// A path in the tree could not be read, so no honest manifest can be written.
+    #[error("cannot build a manifest: {path}: {message}")]
+    Unreadable { path: String, message: String },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonManifest {
+    format: String,
+    tree: String,
+    release: String,
+    created_at: String,
+    created_by: String,
+    entries: Vec<JsonEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonEntry {
+    path: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    path_bytes: Option<String>,
+    #[serde(rename = "type")]
+    kind: Kind,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    size: Option<u64>,
+    mode: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    gid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    blake3: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    target_bytes: Option<String>,
+}
+
+/// Formats permission bits the way people write them (`0644`, `4755`).
+pub fn format_mode(mode: u32) -> String {
+    format!("{mode:04o}")
+}
+
+impl Manifest {
+    /// Builds a manifest from a scan; fails if any path could not be read (it would be unvetted).
+    pub fn from_snapshot(
+        snap: &Snapshot,
+        tree: &str,
+        release: &str,
+        created_by: &str,
+        record_owner: bool,
+    ) -> Result<Manifest, ManifestError> {
+        let mut entries = Vec::with_capacity(snap.entries.len());
+        for e in &snap.entries {
+            if let Some(problem) = &e.problem {
+                return Err(ManifestError::Unreadable { path: e.path.to_string(), message: problem.clone() });
+            }
+            let mut state = State::of(e);
+            if !record_owner {
+                state.uid = None;
+                state.gid = None;
+            }
+            entries.push(ManifestEntry { path: e.path.clone(), state });
+        }
+        Ok(Manifest {
+            tree: tree.to_string(),
+            release: release.to_string(),
+            created_at: Timestamp::now(),
+            created_by: created_by.to_string(),
+            entries,
+        })
+    }
+
+    /// The canonical JSON bytes (what gets signed).
+    pub fn to_canonical_json(&self) -> String {
+        let q = |s: &str| serde_json::to_string(s).expect("strings serialize");
+        let mut out = format!(
+            "{{\"format\":{},\"tree\":{},\"release\":{},\"created_at\":{},\"created_by\":{},\n \"entries\":[",
+            q(FORMAT),
+            q(&self.tree),
+            q(&self.release),
+            q(&timefmt::format_timestamp(self.created_at)),
+            q(&self.created_by)
+        );
+        for (i, e) in self.entries.iter().enumerate() {
+            out.push_str(if i == 0 { "\n  " } else { ",\n  " });
+            out.push_str(&serde_json::to_string(&to_json_entry(e)).expect("entries serialize"));
+        }
+        out.push_str("]}\n");
+        out
+    }
+
+    /// Parses and validates manifest bytes; `origin` names the file in errors.
+    pub fn parse(bytes: &[u8], origin: &Path) -> Result<Manifest, ManifestError> {
+        let invalid = |field: String, message: String| ManifestError::Invalid {
+            path: origin.to_path_buf(),
+            field,
+            message,
+        };
+        let raw: JsonManifest = serde_json::from_slice(bytes)
+            .map_err(|e| ManifestError::Parse { path: origin.to_path_buf(), message: e.to_string() })?;
+        if raw.format != FORMAT {
+            return Err(invalid("format".into(), format!("{:?} is not {FORMAT:?}", raw.format)));
+        }
+        for (field, value) in [("tree", &raw.tree), ("release", &raw.release)] {
+            if value.trim().is_empty() {
+                return Err(invalid(field.into(), "must not be empty".into()));
+            }
+        }
+        let created_at = timefmt::parse_timestamp(&raw.created_at).map_err(|m| invalid("created_at".into(), m))?;
+        let mut seen = HashSet::with_capacity(raw.entries.len());
+        let mut entries = Vec::with_capacity(raw.entries.len());
+        for (i, je) in raw.entries.into_iter().enumerate() {
+            let entry = from_json_entry(je).map_err(|(field, m)| invalid(format!("entries[{i}].{field}"), m))?;
+            if !seen.insert(entry.path.clone()) {
+                return Err(invalid(format!("entries[{i}].path"), format!("{} appears twice", entry.path)));
+            }
+            entries.push(entry);
+        }
+        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        Ok(Manifest { tree: raw.tree, release: raw.release, created_at, created_by: raw.created_by, entries })
+    }
+
+    /// Reads and parses a manifest file (no signature check: see `sign::verify_bytes`).
+    pub fn read(path: &Path) -> Result<(Manifest, Vec<u8>), ManifestError> {
+        let bytes = std::fs::read(path).map_err(|e| ManifestError::Read { path: path.to_path_buf(), source: e })?;
+        Ok((Manifest::parse(&bytes, path)?, bytes))
+    }
+}
+
+fn to_json_entry(e: &ManifestEntry) -> JsonEntry {
+    let s = &e.state;
+    let (target, target_bytes) = match &s.target {
+        Some(t) => {
+            let lossy = String::from_utf8_lossy(t).into_owned();
+            let exact = std::str::from_utf8(t).is_err().then(|| hex::encode(t));
+            (Some(lossy), exact)
+        }
+        None => (None, None),
+    };
+    JsonEntry {
+        path: e.path.lossy().into_owned(),
+        path_bytes: e.path.hex_if_not_utf8(),
+        kind: s.kind,
+        size: s.size,
+        mode: format_mode(s.mode),
+        uid: s.uid,
+        gid: s.gid,
+        blake3: s.blake3.map(hex::encode),
+        target,
+        target_bytes,
+    }
+}
+
+fn from_json_entry(j: JsonEntry) -> Result<ManifestEntry, (&'static str, String)> {
+    let path = RelPath::from_json(&j.path, j.path_bytes.as_deref()).map_err(|m| ("path", m))?;
+    let mode = u32::from_str_radix(&j.mode, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or(("mode", format!("{:?} is not an octal mode like \"0644\"", j.mode)))?;
+    let blake3 = match &j.blake3 {
+        Some(h) => Some(parse_hash(h).map_err(|m| ("blake3", m))?),
+        None => None,
+    };
+    let target = match (&j.target, &j.target_bytes) {
+        (_, Some(h)) => Some(hex::decode(h).map_err(|e| ("target_bytes", format!("not hex: {e}")))?),
+        (Some(t), None) => Some(t.as_bytes().to_vec()),
+        (None, None) => None,
+    };
+    match j.kind {
+        Kind::File if j.size.is_none() => return Err(("size", "a file needs a size".into())),
+        Kind::File if blake3.is_none() => return Err(("blake3", "a file needs a blake3 hash".into())),
+        Kind::Symlink if target.is_none() => return Err(("target", "a symlink needs a target".into())),
+        _ => {}
+    }
+    let state = State { kind: j.kind, size: j.size, mode, uid: j.uid, gid: j.gid, blake3, target };
+    Ok(ManifestEntry { path, state })
+}
+
+/// Parses a 64-digit hex BLAKE3 hash, with or without a `blake3:` prefix.
+pub fn parse_hash(s: &str) -> Result<[u8; 32], String> {
+    let h = s.strip_prefix("blake3:").unwrap_or(s);
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(h, &mut out).map_err(|_| format!("{s:?} is not a 64-digit hex BLAKE3 hash"))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        let file = State {
+            kind: Kind::File,
+            size: Some(3),
+            mode: 0o644,
+            uid: Some(0),
+            gid: Some(0),
+            blake3: Some([7; 32]),
+            target: None,
+        };
+        let link = State { kind: Kind::Symlink, size: None, mode: 0o777, uid: None, gid: None, blake3: None, target: Some(b"\xfftarget".to_vec()) };
+        Manifest {
+            tree: "shop".into(),
+            release: "r1".into(),
+            created_at: timefmt::parse_timestamp("2026-11-21T10:00:00Z").unwrap(),
+            created_by: "ci".into(),
+            entries: vec![
+                ManifestEntry { path: RelPath::from_bytes(b"a\nb".to_vec()), state: file },
+                ManifestEntry { path: RelPath::from_bytes(b"z\xff".to_vec()), state: link },
+            ],
+        }
+    }
+
+    #[test]
+    fn canonical_json_round_trips() {
+        let m = sample();
+        let json = m.to_canonical_json();
+        assert!(json.starts_with("{\"format\":\"driftwatch.manifest.v1\",\"tree\":\"shop\""));
+        let back = Manifest::parse(json.as_bytes(), Path::new("m.json")).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.to_canonical_json(), json);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let json = sample().to_canonical_json();
+        let cases = [
+            (json.replace("\"0644\"", "\"rw-r--r--\""), "entries[0].mode"),
+            (json.replace("driftwatch.manifest.v1", "v0"), "format"),
+            (json.replace("2026-11-21T10:00:00Z", "yesterday"), "created_at"),
+            (json.replace("\"r1\"", "\"\""), "release"),
+        ];
+        for (bad, field) in cases {
+            let err = Manifest::parse(bad.as_bytes(), Path::new("m.json")).unwrap_err().to_string();
+            assert!(err.contains(field), "{err} should name {field}");
+        }
+        let err = Manifest::parse(&json.as_bytes()[..40], Path::new("m.json")).unwrap_err().to_string();
+        assert!(err.starts_with("m.json: not a valid manifest"), "{err}");
+        let err = Manifest::parse(json.replace("\"mode\"", "\"mood\"").as_bytes(), Path::new("m.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mood"), "{err}");
+    }
+
+    #[test]
+    fn escaping_paths_and_duplicates_are_rejected() {
+        let json = sample().to_canonical_json().replace("\"a\\nb\"", "\"../etc/passwd\"");
+        assert!(Manifest::parse(json.as_bytes(), Path::new("m")).unwrap_err().to_string().contains("entries[0].path"));
+        let json = sample().to_canonical_json().replace("\"path\":\"z\u{fffd}\",\"path_bytes\":\"7aff\"", "\"path\":\"a\\nb\"");
+        assert!(Manifest::parse(json.as_bytes(), Path::new("m")).unwrap_err().to_string().contains("twice"));
+    }
+}

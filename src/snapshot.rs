@@ -1,0 +1,299 @@
+//! What is in a tree now: walk + parallel hash, sorted by path.
+
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::{self, Hashed};
+use crate::pathbytes::RelPath;
+use crate::walk::{self, Found, WalkOptions};
+
+/// The type of a filesystem entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link (never followed).
+    Symlink,
+    /// Named pipe (never opened).
+    Fifo,
+    /// Unix socket (never opened).
+    Socket,
+    /// Character device (never opened).
+    CharDevice,
+    /// Block device (never opened).
+    BlockDevice,
+}
+
+impl Kind {
+    /// The name used in JSON and text output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+            Kind::Fifo => "fifo",
+            Kind::Socket => "socket",
+            Kind::CharDevice => "char_device",
+            Kind::BlockDevice => "block_device",
+        }
+    }
+}
+
+/// The stat fields driftwatch records for every path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Entry type.
+    pub kind: Kind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits including setuid/setgid/sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, ns since the epoch (recorded, never trusted: `touch -r` sets it).
+    pub mtime_ns: i64,
+    /// Status change time, ns since the epoch (cannot be set back from user space).
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub ino: u64,
+    /// Device number.
+    pub dev: u64,
+    /// Hard link count.
+    pub nlink: u64,
+}
+
+impl Meta {
+    /// Extracts the recorded fields from `std` metadata (taken without following symlinks).
+    pub fn from_std(m: &Metadata) -> Meta {
+        let ft = m.file_type();
+        let kind = if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_file() {
+            Kind::File
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else if ft.is_socket() {
+            Kind::Socket
+        } else if ft.is_char_device() {
+            Kind::CharDevice
+        } else {
+            Kind::BlockDevice
+        };
+        Meta {
+            kind,
+            size: m.size(),
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            ino: m.ino(),
+            dev: m.dev(),
+            nlink: m.nlink(),
+        }
+    }
+}
+
+/// One path in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Path relative to the tree root.
+    pub path: RelPath,
+    /// Its metadata.
+    pub meta: Meta,
+    /// BLAKE3 of the content, for regular files that could be read.
+    pub blake3: Option<[u8; 32]>,
+    /// Link target, for symlinks (raw bytes).
+    pub target: Option<Vec<u8>>,
+    /// Why the path could not be fully examined (it is then `unverifiable`).
+    pub problem: Option<String>,
+}
+
+/// Counters a scan reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ScanStats {
+    /// Regular files seen.
+    pub files: u64,
+    /// Directories seen.
+    pub dirs: u64,
+    /// Bytes of regular files hashed.
+    pub bytes: u64,
+    /// Wall time of the scan.
+    pub seconds: f64,
+    /// Paths matched by an exclusion and not examined.
+    #[serde(skip)]
+    pub excluded: u64,
+}
+
+/// Everything in a tree at one moment, sorted by path.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Entries sorted by path bytes.
+    pub entries: Vec<Entry>,
+    /// Counters.
+    pub stats: ScanStats,
+}
+
+/// How to scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Exclusions and filesystem rules.
+    pub walk: WalkOptions,
+    /// Hashing threads; 0 means one per core.
+    pub threads: usize,
+    /// A progress bar to advance (only given on a TTY).
+    pub progress: Option<indicatif::ProgressBar>,
+}
+
+/// The scan could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The walk could not start.
+    #[error(transparent)]
+    Walk(#[from] walk::WalkError),
+    /// The thread pool could not be built.
+    #[error("cannot start hashing threads: {0}")]
+    Threads(#[from] rayon::ThreadPoolBuildError),
+}
+
+/// Files are handed to the pool in batches: one task per file would cost more than a small file's hash.
+const BATCH: usize = 128;
+
+/// Walks `root` and hashes every regular file in parallel.
+pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Snapshot, ScanError> {
+    let started = Instant::now();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.threads).build()?;
+    let results: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+    let mut dirs = Vec::new();
+    let mut problems: Vec<(RelPath, String)> = Vec::new();
+    let mut excluded = 0u64;
+    let mut walk_result = Ok(());
+    pool.in_place_scope(|s| {
+        let mut batch: Vec<(PathBuf, RelPath)> = Vec::with_capacity(BATCH);
+        let flush = |batch: Vec<(PathBuf, RelPath)>| {
+            let results = &results;
+            let progress = opts.progress.clone();
+            s.spawn(move |_| {
+                let done: Vec<Entry> = batch.into_iter().filter_map(|(abs, rel)| examine(&abs, rel)).collect();
+                if let Some(p) = progress {
+                    p.inc(done.len() as u64);
+                }
+                results.lock().unwrap_or_else(|e| e.into_inner()).extend(done);
+            });
+        };
+        walk_result = walk::walk(root, &opts.walk, |found| match found {
+            Found::Dir { rel, meta, descended } => {
+                let problem = (!descended).then(|| "mount point: not descended (other filesystem)".to_string());
+                dirs.push(Entry { path: rel, meta, blake3: None, target: None, problem });
+            }
+            Found::Other { abs, rel, .. } => {
+                batch.push((abs, rel));
+                if batch.len() == BATCH {
+                    flush(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+                }
+            }
+            Found::Problem { rel, message } => problems.push((rel, message)),
+            Found::Excluded => excluded += 1,
+        });
+        if !batch.is_empty() {
+            flush(batch);
+        }
+    });
+    walk_result?;
+    let mut entries = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    entries.append(&mut dirs);
+    entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    attach_problems(&mut entries, problems);
+    let mut stats = ScanStats { excluded, ..ScanStats::default() };
+    for e in &entries {
+        match e.meta.kind {
+            Kind::File => {
+                stats.files += 1;
+                if e.blake3.is_some() {
+                    stats.bytes += e.meta.size;
+                }
+            }
+            Kind::Dir => stats.dirs += 1,
+            _ => {}
+        }
+    }
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(Snapshot { entries, stats })
+}
+
+/// Stats (and for regular files hashes) one path; `None` when it vanished since the walk listed it.
+pub fn examine(abs: &Path, path: RelPath) -> Option<Entry> {
+    let lstat = match hash::lstat(abs) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(problem_entry(path, format!("cannot stat: {e}"))),
+    };
+    let mut entry = Entry { path, meta: lstat, blake3: None, target: None, problem: None };
+    match lstat.kind {
+        Kind::File => match hash::hash_file(abs) {
+            Ok(Hashed::File(meta, h)) => {
+                entry.meta = meta;
+                entry.blake3 = Some(h);
+            }
+            Ok(Hashed::NotRegular(meta)) => entry.meta = meta,
+            Ok(Hashed::Changing(meta)) => {
+                entry.meta = meta;
+                entry.problem = Some("changed while being hashed".into());
+            }
+            // Swapped for a symlink between lstat and open: record what is there now.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return examine(abs, entry.path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => entry.problem = Some(format!("cannot read: {e}")),
+        },
+        Kind::Symlink => match std::fs::read_link(abs) {
+            Ok(t) => entry.target = Some(t.as_os_str().as_bytes().to_vec()),
+            Err(e) => entry.problem = Some(format!("cannot read link: {e}")),
+        },
+        _ => {}
+    }
+    Some(entry)
+}
+
+fn problem_entry(path: RelPath, message: String) -> Entry {
+    let meta = Meta {
+        kind: Kind::File,
+        size: 0,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        ino: 0,
+        dev: 0,
+        nlink: 0,
+    };
+    Entry { path, meta, blake3: None, target: None, problem: Some(message) }
+}
+
+/// Marks entries the walker could not list; a problem for a path not in the list becomes an entry.
+fn attach_problems(entries: &mut Vec<Entry>, problems: Vec<(RelPath, String)>) {
+    let mut orphans = Vec::new();
+    for (rel, message) in problems {
+        match entries.binary_search_by(|e| e.path.cmp(&rel)) {
+            Ok(i) => entries[i].problem = Some(message),
+            Err(_) => orphans.push(problem_entry(rel, message)),
+        }
+    }
+    if !orphans.is_empty() {
+        entries.extend(orphans);
+        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    }
+}
