@@ -208,12 +208,8 @@ pub fn compute(
     tallies
         .into_iter()
         .map(|((when, env, host), tally)| {
-            let labels = (
-                period.key_label(when),
-                env.unwrap_or("*"),
-                host.unwrap_or("*"),
-            );
-            tally.row(labels, target)
+            let (env, host) = (env.unwrap_or("*"), host.unwrap_or("*"));
+            tally.row(period.key_label(when), env, host, target)
         })
         .collect()
 }
@@ -267,7 +263,7 @@ impl Tally {
         }
     }
 
-    fn row(&self, (period, environment, host): (String, &str, &str), target: f64) -> KpiRow {
+    fn row(&self, period: String, environment: &str, host: &str, target: f64) -> KpiRow {
         let change_compliance = ratio(self.authorized, self.changes);
         KpiRow {
             period,

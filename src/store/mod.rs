@@ -1,0 +1,262 @@
+//! The collector's storage: one interface, SQLite behind it by default.
+//!
+//! The API layer only sees [`Store`]; a PostgreSQL implementation plugs in behind the same trait.
+//! History is tamper-evident: events, re-classifications and sealed daily KPI rows form one hash
+//! chain (see [`chain`]); `verify_chain` names the first record that does not fit.
+
+pub mod chain;
+pub mod sqlite;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use serde::Serialize;
+
+use crate::event::{EventBatch, Heartbeat, IngestResult};
+use crate::kpi::HostDay;
+
+/// A storage failure, naming what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("{context}: {message}")]
+    Db { context: String, message: String },
+    /// The storage URL is not understood.
+    #[error("storage {0:?}: expected sqlite:///path/to/file.db or postgres://user@host/db")]
+    BadUrl(String),
+    /// The database was written by a newer driftwatch.
+    #[error("{path}: schema version {found} is newer than this driftwatch understands ({supported})")]
+    Schema { path: String, found: i64, supported: i64 },
+    /// A named record does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+/// Access roles (DESIGN §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Posts one host's data.
+    Agent,
+    /// Reads KPI, events, audit.
+    Reader,
+    /// Manages changes, manifests, tokens.
+    Admin,
+}
+
+impl Role {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Reader => "reader",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "agent" => Some(Role::Agent),
+            "reader" => Some(Role::Reader),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A stored access token (its secret is never stored, only its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Token {
+    /// Row id, for `token revoke`.
+    pub id: i64,
+    /// Role.
+    pub role: Role,
+    /// Host an agent token is bound to.
+    pub host: Option<String>,
+    /// Free text.
+    pub label: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<String>,
+}
+
+/// An event as stored, with what the collector knows about it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredEvent {
+    /// Store-wide id.
+    pub id: i64,
+    /// Host.
+    pub host: String,
+    /// The agent's sequence number (unique per host).
+    pub seq: u64,
+    /// Environment.
+    pub environment: String,
+    /// Tree.
+    pub tree: String,
+    /// Path (lossy UTF-8).
+    pub path: String,
+    /// Exact path bytes (hex) when not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<String>,
+    /// Change kind.
+    pub change: String,
+    /// Current status (after any re-classification).
+    pub status: String,
+    /// Status the agent reported.
+    pub original_status: String,
+    /// Still unauthorized and not yet back to its approved state.
+    pub open: bool,
+    /// When the agent observed it.
+    pub observed_at: String,
+    /// Start of the observation window.
+    pub window_start: String,
+    /// When the collector received it (the KPI counts it on this day).
+    pub received_at: String,
+    /// New content hash.
+    pub blake3: Option<String>,
+    /// Previous content hash.
+    pub previous_blake3: Option<String>,
+    /// New size.
+    pub size: Option<u64>,
+}
+
+/// Filters for listing events.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// First day (inclusive, in the KPI timezone).
+    pub from: Option<Date>,
+    /// Last day (inclusive).
+    pub to: Option<Date>,
+    /// Only this host.
+    pub host: Option<String>,
+    /// Only this status (`unauthorized`, `change:CHG-1`, or a prefix like `retroactive`).
+    pub status: Option<String>,
+    /// Only open (unresolved unauthorized) events.
+    pub open_only: bool,
+    /// At most this many, newest last.
+    pub limit: Option<u64>,
+}
+
+/// A host as the collector sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostInfo {
+    /// Host name.
+    pub host: String,
+    /// Environment.
+    pub environment: String,
+    /// First heartbeat or report.
+    pub first_seen: String,
+    /// Last heartbeat or report.
+    pub last_seen: String,
+    /// Agent version from the last heartbeat.
+    pub agent_version: String,
+    /// Highest event sequence number received.
+    pub last_seq: u64,
+    /// Sequence numbers skipped so far (events the agent numbered but never delivered).
+    pub missing_seqs: u64,
+    /// Replayed events refused.
+    pub replays: u64,
+    /// Events the agent reports it dropped from a full spool.
+    pub spool_dropped: u64,
+    /// Open unauthorized changes.
+    pub open_unauthorized: u64,
+    /// No longer expected (its agent tokens were revoked).
+    pub retired: bool,
+    /// Seconds since it was last seen (the API marks it silent beyond `silent_after`).
+    pub silent_for_seconds: i64,
+}
+
+/// A change entry as the collector keeps it: its exact TOML and signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredChange {
+    /// Ticket id.
+    pub id: String,
+    /// The TOML text, exactly as signed.
+    pub toml: String,
+    /// The minisign signature of that text, if any.
+    pub minisig: Option<String>,
+    /// When the collector received this version.
+    pub received_at: String,
+}
+
+/// A signed manifest as the collector keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredManifest {
+    /// Tree name.
+    pub tree: String,
+    /// Release id.
+    pub release: String,
+    /// The manifest JSON, exactly as signed.
+    pub manifest: String,
+    /// Its signature.
+    pub minisig: Option<String>,
+    /// When received.
+    pub received_at: String,
+}
+
+/// The head of the hash chain: what `audit seal` signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ChainHead {
+    /// Number of records in the chain.
+    pub records: u64,
+    /// Hash of the last record (hex); the genesis value when empty.
+    pub head: String,
+}
+
+/// Outcome of walking the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainReport {
+    /// Records checked.
+    pub records: u64,
+    /// Head after the walk.
+    pub head: String,
+    /// The first record that does not fit, described for people; `None` when intact.
+    pub first_bad: Option<String>,
+    /// The hash of record number `n` (1-based), when a checkpoint asked for it.
+    pub hash_at: Option<(u64, String)>,
+}
+
+/// The collector's storage interface.
+pub trait Store: Send + Sync + 'static {
+    /// Creates a token; returns it with its secret (shown once, stored hashed).
+    fn create_token(&self, role: Role, host: Option<&str>, label: &str, now: Timestamp) -> Result<(Token, String), StoreError>;
+    /// Finds a live (unrevoked) token by its secret.
+    fn find_token(&self, secret: &str) -> Result<Option<Token>, StoreError>;
+    /// Lists tokens.
+    fn list_tokens(&self) -> Result<Vec<Token>, StoreError>;
+    /// Revokes a token; revoking a host's last agent token retires the host (no longer expected).
+    fn revoke_token(&self, id: i64, now: Timestamp) -> Result<Token, StoreError>;
+    /// Notes a heartbeat.
+    fn record_heartbeat(&self, hb: &Heartbeat, now: Timestamp) -> Result<(), StoreError>;
+    /// Stores a batch idempotently.
+    fn ingest(&self, batch: &EventBatch, now: Timestamp) -> Result<IngestResult, StoreError>;
+    /// Lists events.
+    fn events(&self, q: &EventQuery) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Changes an event's status, keeping the old one in the (chained) history.
+    fn reclassify(&self, event_id: i64, new_status: &str, reason: &str, now: Timestamp) -> Result<(), StoreError>;
+    /// Per-host per-day facts for the KPI, sealing finished days into the chain first.
+    fn host_days(&self, from: Date, to: Date, host: Option<&str>, now: Timestamp) -> Result<Vec<HostDay>, StoreError>;
+    /// Hosts.
+    fn hosts(&self, now: Timestamp) -> Result<Vec<HostInfo>, StoreError>;
+    /// Stores a change entry version.
+    fn put_change(&self, id: &str, toml: &str, minisig: Option<&str>, now: Timestamp) -> Result<(), StoreError>;
+    /// Latest version of every change entry.
+    fn changes(&self) -> Result<Vec<StoredChange>, StoreError>;
+    /// Stores a manifest.
+    fn put_manifest(&self, m: &StoredManifest) -> Result<(), StoreError>;
+    /// The newest manifest of a tree.
+    fn manifest(&self, tree: &str) -> Result<Option<StoredManifest>, StoreError>;
+    /// Walks the whole chain; `at` asks for the hash of that record too (for checkpoints).
+    fn verify_chain(&self, at: Option<u64>) -> Result<ChainReport, StoreError>;
+    /// Current chain head.
+    fn chain_head(&self) -> Result<ChainHead, StoreError>;
+}
+
+/// Opens the store named by a storage URL.
+pub fn open(url: &str, tz: jiff::tz::TimeZone) -> Result<Box<dyn Store>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(path), tz)?));
+    }
+    Err(StoreError::BadUrl(url.to_string()))
+}

@@ -1,0 +1,1090 @@
+//! SQLite store: one file, WAL, migrations at open. The embedded default.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde_json::{Value, json};
+
+use super::chain::{self, GENESIS};
+use super::{
+    ChainHead, ChainReport, EventQuery, HostInfo, Role, Store, StoreError, StoredChange, StoredEvent, StoredManifest,
+    Token,
+};
+use crate::event::{ChangeEvent, EventBatch, Heartbeat, IngestResult};
+use crate::kpi::HostDay;
+use crate::timefmt;
+
+/// Schema version this code writes.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+  id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, role TEXT NOT NULL, host TEXT,
+  label TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT);
+CREATE TABLE IF NOT EXISTS hosts (
+  name TEXT PRIMARY KEY, environment TEXT NOT NULL, first_seen INTEGER NOT NULL, first_day TEXT NOT NULL,
+  last_seen INTEGER NOT NULL, agent_version TEXT NOT NULL DEFAULT '', last_seq INTEGER NOT NULL DEFAULT 0,
+  missing_seqs INTEGER NOT NULL DEFAULT 0, replays INTEGER NOT NULL DEFAULT 0,
+  spool_dropped INTEGER NOT NULL DEFAULT 0, retired_day TEXT);
+CREATE TABLE IF NOT EXISTS presence (host TEXT NOT NULL, day TEXT NOT NULL, PRIMARY KEY (host, day)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS scans (
+  host TEXT NOT NULL, tree TEXT NOT NULL, day TEXT NOT NULL, finished_at TEXT NOT NULL, received_at INTEGER NOT NULL,
+  paths INTEGER NOT NULL, vetted INTEGER NOT NULL, release TEXT, seconds REAL NOT NULL,
+  PRIMARY KEY (host, tree, day)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+  id INTEGER PRIMARY KEY, chain_seq INTEGER NOT NULL UNIQUE, host TEXT NOT NULL, seq INTEGER NOT NULL,
+  environment TEXT NOT NULL, tree TEXT NOT NULL, path TEXT NOT NULL, path_bytes TEXT, change TEXT NOT NULL,
+  status TEXT NOT NULL, observed_at TEXT NOT NULL, window_start TEXT NOT NULL, received_at INTEGER NOT NULL,
+  day TEXT NOT NULL, blake3 TEXT, previous_blake3 TEXT, size INTEGER, resolves INTEGER,
+  content_hash TEXT NOT NULL, current_status TEXT NOT NULL, open INTEGER NOT NULL,
+  prev_hash TEXT NOT NULL, hash TEXT NOT NULL, UNIQUE (host, seq));
+CREATE INDEX IF NOT EXISTS events_day ON events (day, host);
+CREATE INDEX IF NOT EXISTS events_open ON events (open) WHERE open = 1;
+CREATE TABLE IF NOT EXISTS reclassifications (
+  id INTEGER PRIMARY KEY, chain_seq INTEGER NOT NULL UNIQUE, event_id INTEGER NOT NULL, old_status TEXT NOT NULL,
+  new_status TEXT NOT NULL, open_after INTEGER NOT NULL, reason TEXT NOT NULL, at TEXT NOT NULL,
+  prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS reclass_event ON reclassifications (event_id);
+CREATE TABLE IF NOT EXISTS kpi_days (
+  id INTEGER PRIMARY KEY, chain_seq INTEGER NOT NULL UNIQUE, day TEXT NOT NULL, host TEXT NOT NULL,
+  environment TEXT NOT NULL, version INTEGER NOT NULL, expected INTEGER NOT NULL, reported INTEGER NOT NULL,
+  changes INTEGER NOT NULL, authorized INTEGER NOT NULL, retroactive INTEGER NOT NULL, unauthorized INTEGER NOT NULL,
+  unverifiable INTEGER NOT NULL, vetted INTEGER, paths INTEGER, sealed_at TEXT NOT NULL,
+  prev_hash TEXT NOT NULL, hash TEXT NOT NULL, UNIQUE (day, host, version));
+CREATE TABLE IF NOT EXISTS changes (
+  id TEXT NOT NULL, version INTEGER NOT NULL, toml TEXT NOT NULL, minisig TEXT, received_at TEXT NOT NULL,
+  PRIMARY KEY (id, version));
+CREATE TABLE IF NOT EXISTS manifests (
+  tree TEXT NOT NULL, release TEXT NOT NULL, manifest TEXT NOT NULL, minisig TEXT, received_at TEXT NOT NULL,
+  seq INTEGER PRIMARY KEY);
+"#;
+
+/// The SQLite-backed store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    tz: TimeZone,
+    path: String,
+}
+
+fn db<E: std::fmt::Display>(context: &str) -> impl FnOnce(E) -> StoreError + '_ {
+    move |e| StoreError::Db { context: context.to_string(), message: e.to_string() }
+}
+
+type Res<T> = Result<T, StoreError>;
+
+/// Hash of a token secret: the store never sees the secret again.
+pub fn token_hash(secret: &str) -> String {
+    blake3::hash(secret.as_bytes()).to_hex().to_string()
+}
+
+fn micros(t: Timestamp) -> i64 {
+    t.as_microsecond()
+}
+
+fn from_micros(m: i64) -> String {
+    timefmt::format_timestamp(Timestamp::from_microsecond(m).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+fn is_violation(status: &str) -> bool {
+    status == "unauthorized" || status == "unverifiable"
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub fn open(path: &Path, tz: TimeZone) -> Res<SqliteStore> {
+        let shown = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(db(&shown))?;
+        }
+        let conn = Connection::open(path).map_err(db(&shown))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db(&shown))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db(&shown))?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db(&shown))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db(&shown))?;
+        let found: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get::<_, String>(0))
+            .optional()
+            .unwrap_or(None)
+            .and_then(|v| v.parse().ok());
+        if let Some(found) = found.filter(|v| *v > SCHEMA_VERSION) {
+            return Err(StoreError::Schema { path: shown, found, supported: SCHEMA_VERSION });
+        }
+        conn.execute_batch(SCHEMA).map_err(db(&shown))?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1), ('chain_len', '0'), ('chain_head', ?2)",
+            params![SCHEMA_VERSION.to_string(), GENESIS],
+        )
+        .map_err(db(&shown))?;
+        Ok(SqliteStore { conn: Mutex::new(conn), tz, path: shown })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn day_of(&self, t: Timestamp) -> Date {
+        t.to_zoned(self.tz.clone()).date()
+    }
+}
+
+/// The chain position kept in `meta`, advanced inside the writing transaction.
+struct ChainCursor {
+    len: u64,
+    head: String,
+}
+
+impl ChainCursor {
+    fn load(tx: &Transaction<'_>) -> Res<ChainCursor> {
+        let get = |k: &str| -> Res<String> {
+            tx.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0)).map_err(db("chain"))
+        };
+        Ok(ChainCursor { len: get("chain_len")?.parse().unwrap_or(0), head: get("chain_head")? })
+    }
+
+    /// Returns (chain_seq, prev_hash, hash) for the next record.
+    fn next(&mut self, kind: &str, body: &str) -> (i64, String, String) {
+        let prev = std::mem::take(&mut self.head);
+        let hash = chain::link(&prev, kind, body);
+        self.len += 1;
+        self.head = hash.clone();
+        (self.len as i64, prev, hash)
+    }
+
+    fn save(&self, tx: &Transaction<'_>) -> Res<()> {
+        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'chain_len'", [self.len.to_string()]).map_err(db("chain"))?;
+        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'chain_head'", [&self.head]).map_err(db("chain"))?;
+        Ok(())
+    }
+}
+
+/// The hashed fields of an event row, in chain order.
+#[allow(clippy::too_many_arguments)]
+fn event_body(
+    host: &str,
+    seq: i64,
+    environment: &str,
+    e: (&str, &str, Option<&str>, &str, &str, &str, &str),
+    received_at: i64,
+    day: &str,
+    hashes: (Option<&str>, Option<&str>, Option<i64>, Option<i64>),
+) -> String {
+    let (tree, path, path_bytes, change, status, observed_at, window_start) = e;
+    let (b3, prev_b3, size, resolves) = hashes;
+    chain::body(&[
+        json!(host),
+        json!(seq),
+        json!(environment),
+        json!(tree),
+        json!(path),
+        json!(path_bytes),
+        json!(change),
+        json!(status),
+        json!(observed_at),
+        json!(window_start),
+        json!(received_at),
+        json!(day),
+        json!(b3),
+        json!(prev_b3),
+        json!(size),
+        json!(resolves),
+    ])
+}
+
+fn reclass_body(event_id: i64, old: &str, new: &str, open_after: bool, reason: &str, at: &str) -> String {
+    chain::body(&[json!(event_id), json!(old), json!(new), json!(open_after), json!(reason), json!(at)])
+}
+
+fn kpi_body(d: &HostDay, version: i64, sealed_at: &str) -> String {
+    let (vetted, paths) = d.vetted_paths.map_or((None, None), |(v, p)| (Some(v), Some(p)));
+    chain::body(&[
+        json!(d.day.to_string()),
+        json!(d.host),
+        json!(d.environment),
+        json!(version),
+        json!(d.expected),
+        json!(d.reported),
+        json!(d.changes),
+        json!(d.authorized),
+        json!(d.retroactive),
+        json!(d.unauthorized),
+        json!(d.unverifiable),
+        json!(vetted),
+        json!(paths),
+        json!(sealed_at),
+    ])
+}
+
+fn content_hash(e: &ChangeEvent) -> String {
+    blake3::hash(serde_json::to_string(e).expect("events serialize").as_bytes()).to_hex().to_string()
+}
+
+fn upsert_host(tx: &Transaction<'_>, host: &str, env: &str, now: i64, day: &str) -> Res<()> {
+    tx.execute(
+        "INSERT INTO hosts (name, environment, first_seen, first_day, last_seen) VALUES (?1, ?2, ?3, ?4, ?3)
+         ON CONFLICT (name) DO UPDATE SET environment = excluded.environment, last_seen = MAX(last_seen, excluded.last_seen)",
+        params![host, env, now, day],
+    )
+    .map_err(db("hosts"))?;
+    tx.execute("INSERT OR IGNORE INTO presence (host, day) VALUES (?1, ?2)", params![host, day]).map_err(db("presence"))?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn create_token(&self, role: Role, host: Option<&str>, label: &str, now: Timestamp) -> Res<(Token, String)> {
+        let mut raw = [0u8; 32];
+        getrandom(&mut raw)?;
+        let secret = format!("dw_{}", hex::encode(raw));
+        let created = timefmt::format_timestamp(now);
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO tokens (hash, role, host, label, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token_hash(&secret), role.as_str(), host, label, created],
+        )
+        .map_err(db("tokens"))?;
+        let id = conn.last_insert_rowid();
+        if let Some(h) = host {
+            // A new agent token brings a retired host back into the expected set.
+            conn.execute("UPDATE hosts SET retired_day = NULL WHERE name = ?1", [h]).map_err(db("hosts"))?;
+        }
+        let token = Token { id, role, host: host.map(String::from), label: label.into(), created_at: created, revoked_at: None };
+        Ok((token, secret))
+    }
+
+    fn find_token(&self, secret: &str) -> Res<Option<Token>> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT id, role, host, label, created_at, revoked_at FROM tokens WHERE hash = ?1 AND revoked_at IS NULL",
+            [token_hash(secret)],
+            row_token,
+        )
+        .optional()
+        .map_err(db("tokens"))
+    }
+
+    fn list_tokens(&self) -> Res<Vec<Token>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT id, role, host, label, created_at, revoked_at FROM tokens ORDER BY id").map_err(db("tokens"))?;
+        let rows = st.query_map([], row_token).map_err(db("tokens"))?;
+        rows.collect::<Result<_, _>>().map_err(db("tokens"))
+    }
+
+    fn revoke_token(&self, id: i64, now: Timestamp) -> Res<Token> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("tokens"))?;
+        let at = timefmt::format_timestamp(now);
+        let n = tx
+            .execute("UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL", params![at, id])
+            .map_err(db("tokens"))?;
+        let token = tx
+            .query_row("SELECT id, role, host, label, created_at, revoked_at FROM tokens WHERE id = ?1", [id], row_token)
+            .optional()
+            .map_err(db("tokens"))?
+            .ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
+        if n == 1
+            && let (Role::Agent, Some(host)) = (token.role, &token.host)
+        {
+            let live: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM tokens WHERE role = 'agent' AND host = ?1 AND revoked_at IS NULL",
+                    [host],
+                    |r| r.get(0),
+                )
+                .map_err(db("tokens"))?;
+            if live == 0 {
+                let day = self.day_of(now).to_string();
+                tx.execute("UPDATE hosts SET retired_day = ?1 WHERE name = ?2", params![day, host]).map_err(db("hosts"))?;
+            }
+        }
+        tx.commit().map_err(db("tokens"))?;
+        Ok(token)
+    }
+
+    fn record_heartbeat(&self, hb: &Heartbeat, now: Timestamp) -> Res<()> {
+        let day = self.day_of(now).to_string();
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("heartbeat"))?;
+        upsert_host(&tx, &hb.host, &hb.environment, micros(now), &day)?;
+        tx.execute(
+            "UPDATE hosts SET agent_version = ?1, spool_dropped = MAX(spool_dropped, ?2) WHERE name = ?3",
+            params![hb.agent_version, hb.spool_dropped as i64, hb.host],
+        )
+        .map_err(db("heartbeat"))?;
+        tx.commit().map_err(db("heartbeat"))
+    }
+
+    fn ingest(&self, batch: &EventBatch, now: Timestamp) -> Res<IngestResult> {
+        let day = self.day_of(now).to_string();
+        let received = micros(now);
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("ingest"))?;
+        upsert_host(&tx, &batch.host, &batch.environment, received, &day)?;
+        let (mut last_seq, mut missing): (i64, i64) = tx
+            .query_row("SELECT last_seq, missing_seqs FROM hosts WHERE name = ?1", [&batch.host], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db("ingest"))?;
+        let mut cursor = ChainCursor::load(&tx)?;
+        let mut result = IngestResult::default();
+        let mut replays = 0i64;
+        {
+            let mut existing = tx.prepare_cached("SELECT content_hash FROM events WHERE host = ?1 AND seq = ?2").map_err(db("ingest"))?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (chain_seq, host, seq, environment, tree, path, path_bytes, change, status,
+                       observed_at, window_start, received_at, day, blake3, previous_blake3, size, resolves,
+                       content_hash, current_status, open, prev_hash, hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?9, ?19, ?20, ?21)",
+                )
+                .map_err(db("ingest"))?;
+            let mut resolve = Vec::new();
+            for e in &batch.events {
+                let seq = e.seq as i64;
+                let ch = content_hash(e);
+                let prior: Option<String> = existing.query_row(params![batch.host, seq], |r| r.get(0)).optional().map_err(db("ingest"))?;
+                match prior {
+                    Some(p) if p == ch => result.duplicates += 1,
+                    Some(_) => {
+                        result.rejected.push(e.seq);
+                        replays += 1;
+                    }
+                    None => {
+                        if seq > last_seq + 1 {
+                            missing += seq - last_seq - 1;
+                        } else if seq < last_seq && missing > 0 {
+                            missing -= 1;
+                        }
+                        last_seq = last_seq.max(seq);
+                        let size = e.size.map(|s| s as i64);
+                        let resolves = e.resolves.map(|s| s as i64);
+                        let body = event_body(
+                            &batch.host,
+                            seq,
+                            &batch.environment,
+                            (&e.tree, &e.path, e.path_bytes.as_deref(), &e.change, &e.status, &e.observed_at, &e.window_start),
+                            received,
+                            &day,
+                            (e.blake3.as_deref(), e.previous_blake3.as_deref(), size, resolves),
+                        );
+                        let (cseq, prev, hash) = cursor.next("event", &body);
+                        insert
+                            .execute(params![
+                                cseq,
+                                batch.host,
+                                seq,
+                                batch.environment,
+                                e.tree,
+                                e.path,
+                                e.path_bytes,
+                                e.change,
+                                e.status,
+                                e.observed_at,
+                                e.window_start,
+                                received,
+                                day,
+                                e.blake3,
+                                e.previous_blake3,
+                                size,
+                                resolves,
+                                ch,
+                                is_violation(&e.status),
+                                prev,
+                                hash
+                            ])
+                            .map_err(db("ingest"))?;
+                        result.stored += 1;
+                        if let Some(r) = e.resolves {
+                            resolve.push(r as i64);
+                        }
+                    }
+                }
+                result.acked_seq = result.acked_seq.max(e.seq);
+            }
+            let at = timefmt::format_timestamp(now);
+            for r in resolve {
+                let target: Option<(i64, String)> = tx
+                    .query_row("SELECT id, current_status FROM events WHERE host = ?1 AND seq = ?2 AND open = 1", params![batch.host, r], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
+                    .optional()
+                    .map_err(db("ingest"))?;
+                if let Some((id, status)) = target {
+                    append_reclass(&tx, &mut cursor, id, &status, &status, false, "resolved: path back to its approved state", &at)?;
+                }
+            }
+        }
+        for s in &batch.scans {
+            tx.execute(
+                "INSERT INTO scans (host, tree, day, finished_at, received_at, paths, vetted, release, seconds)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (host, tree, day) DO UPDATE SET finished_at = excluded.finished_at, received_at = excluded.received_at,
+                   paths = excluded.paths, vetted = excluded.vetted, release = excluded.release, seconds = excluded.seconds",
+                params![batch.host, s.tree, day, s.finished_at, received, s.paths as i64, s.vetted as i64, s.release, s.seconds],
+            )
+            .map_err(db("scans"))?;
+            result.scans += 1;
+        }
+        tx.execute(
+            "UPDATE hosts SET last_seq = ?1, missing_seqs = ?2, replays = replays + ?3 WHERE name = ?4",
+            params![last_seq, missing, replays, batch.host],
+        )
+        .map_err(db("ingest"))?;
+        cursor.save(&tx)?;
+        tx.commit().map_err(db("ingest"))?;
+        Ok(result)
+    }
+
+    fn events(&self, q: &EventQuery) -> Res<Vec<StoredEvent>> {
+        let mut sql = String::from(
+            "SELECT id, host, seq, environment, tree, path, path_bytes, change, current_status, status, open, observed_at,
+               window_start, received_at, blake3, previous_blake3, size FROM events WHERE status != 'resolved'",
+        );
+        let mut args: Vec<Value> = Vec::new();
+        if let Some(f) = q.from {
+            sql.push_str(" AND day >= ?");
+            args.push(json!(f.to_string()));
+        }
+        if let Some(t) = q.to {
+            sql.push_str(" AND day <= ?");
+            args.push(json!(t.to_string()));
+        }
+        if let Some(h) = &q.host {
+            sql.push_str(" AND host = ?");
+            args.push(json!(h));
+        }
+        if let Some(s) = &q.status {
+            if s.contains(':') {
+                sql.push_str(" AND current_status = ?");
+                args.push(json!(s));
+            } else {
+                sql.push_str(" AND (current_status = ? OR current_status LIKE ? || ':%')");
+                args.push(json!(s));
+                args.push(json!(s));
+            }
+        }
+        if q.open_only {
+            sql.push_str(" AND open = 1");
+        }
+        sql.push_str(" ORDER BY received_at, host, seq");
+        if let Some(l) = q.limit {
+            sql.push_str(&format!(" LIMIT {l}"));
+        }
+        let conn = self.conn();
+        let mut st = conn.prepare(&sql).map_err(db("events"))?;
+        let params: Vec<rusqlite::types::Value> = args
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => rusqlite::types::Value::Text(s),
+                other => rusqlite::types::Value::Text(other.to_string()),
+            })
+            .collect();
+        let rows = st
+            .query_map(rusqlite::params_from_iter(params), |r| {
+                Ok(StoredEvent {
+                    id: r.get(0)?,
+                    host: r.get(1)?,
+                    seq: r.get::<_, i64>(2)? as u64,
+                    environment: r.get(3)?,
+                    tree: r.get(4)?,
+                    path: r.get(5)?,
+                    path_bytes: r.get(6)?,
+                    change: r.get(7)?,
+                    status: r.get(8)?,
+                    original_status: r.get(9)?,
+                    open: r.get(10)?,
+                    observed_at: r.get(11)?,
+                    window_start: r.get(12)?,
+                    received_at: from_micros(r.get(13)?),
+                    blake3: r.get(14)?,
+                    previous_blake3: r.get(15)?,
+                    size: r.get::<_, Option<i64>>(16)?.map(|s| s as u64),
+                })
+            })
+            .map_err(db("events"))?;
+        rows.collect::<Result<_, _>>().map_err(db("events"))
+    }
+
+    fn reclassify(&self, event_id: i64, new_status: &str, reason: &str, now: Timestamp) -> Res<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("reclassify"))?;
+        let (old, host, day): (String, String, String) = tx
+            .query_row("SELECT current_status, host, day FROM events WHERE id = ?1", [event_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()
+            .map_err(db("reclassify"))?
+            .ok_or_else(|| StoreError::NotFound(format!("event {event_id}")))?;
+        let mut cursor = ChainCursor::load(&tx)?;
+        let at = timefmt::format_timestamp(now);
+        append_reclass(&tx, &mut cursor, event_id, &old, new_status, is_violation(new_status), reason, &at)?;
+        // A day already sealed into the chain gets a new version of its row: both facts stay.
+        let sealed: i64 = tx
+            .query_row("SELECT COUNT(*) FROM kpi_days WHERE day = ?1 AND host = ?2", params![day, host], |r| r.get(0))
+            .map_err(db("reclassify"))?;
+        if sealed > 0 {
+            let d: Date = day.parse().map_err(db("reclassify"))?;
+            let facts = compute_days(&tx, d, d, Some(&host))?;
+            for f in facts.iter().filter(|f| f.host == host) {
+                append_kpi(&tx, &mut cursor, f, &at)?;
+            }
+        }
+        cursor.save(&tx)?;
+        tx.commit().map_err(db("reclassify"))
+    }
+
+    fn host_days(&self, from: Date, to: Date, host: Option<&str>, now: Timestamp) -> Res<Vec<HostDay>> {
+        let today = self.day_of(now);
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("kpi"))?;
+        seal_until(&tx, today, &timefmt::format_timestamp(now))?;
+        let sealed_through: Option<Date> = meta_get(&tx, "sealed_through")?.and_then(|s| s.parse().ok());
+        let mut out = Vec::new();
+        let sealed_to = sealed_through.map(|s| s.min(to));
+        if let Some(st) = sealed_to.filter(|st| *st >= from) {
+            let mut sql = String::from(
+                "SELECT day, host, environment, expected, reported, changes, authorized, retroactive, unauthorized,
+                   unverifiable, vetted, paths, MAX(version) FROM kpi_days WHERE day >= ?1 AND day <= ?2",
+            );
+            if host.is_some() {
+                sql.push_str(" AND host = ?3");
+            }
+            sql.push_str(" GROUP BY day, host");
+            let mut stmt = tx.prepare(&sql).map_err(db("kpi"))?;
+            let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<HostDay> {
+                let vetted: Option<i64> = r.get(10)?;
+                let paths: Option<i64> = r.get(11)?;
+                Ok(HostDay {
+                    day: r.get::<_, String>(0)?.parse().unwrap_or(Date::ZERO),
+                    host: r.get(1)?,
+                    environment: r.get(2)?,
+                    expected: r.get(3)?,
+                    reported: r.get(4)?,
+                    changes: r.get::<_, i64>(5)? as u64,
+                    authorized: r.get::<_, i64>(6)? as u64,
+                    retroactive: r.get::<_, i64>(7)? as u64,
+                    unauthorized: r.get::<_, i64>(8)? as u64,
+                    unverifiable: r.get::<_, i64>(9)? as u64,
+                    vetted_paths: vetted.zip(paths).map(|(v, p)| (v as u64, p as u64)),
+                })
+            };
+            let rows = match host {
+                Some(h) => stmt.query_map(params![from.to_string(), st.to_string(), h], map),
+                None => stmt.query_map(params![from.to_string(), st.to_string()], map),
+            }
+            .map_err(db("kpi"))?;
+            for r in rows {
+                out.push(r.map_err(db("kpi"))?);
+            }
+        }
+        let live_from = sealed_through.map_or(from, |s| s.tomorrow().unwrap_or(s).max(from));
+        if live_from <= to {
+            out.extend(compute_days(&tx, live_from, to.min(today), host)?);
+        }
+        tx.commit().map_err(db("kpi"))?;
+        Ok(out)
+    }
+
+    fn hosts(&self, now: Timestamp) -> Res<Vec<HostInfo>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT name, environment, first_seen, last_seen, agent_version, last_seq, missing_seqs, replays, spool_dropped,
+                   retired_day, (SELECT COUNT(*) FROM events e WHERE e.host = h.name AND e.open = 1)
+                 FROM hosts h ORDER BY name",
+            )
+            .map_err(db("hosts"))?;
+        let now_us = micros(now);
+        let rows = st
+            .query_map([], |r| {
+                let last: i64 = r.get(3)?;
+                Ok(HostInfo {
+                    host: r.get(0)?,
+                    environment: r.get(1)?,
+                    first_seen: from_micros(r.get(2)?),
+                    last_seen: from_micros(last),
+                    agent_version: r.get(4)?,
+                    last_seq: r.get::<_, i64>(5)? as u64,
+                    missing_seqs: r.get::<_, i64>(6)? as u64,
+                    replays: r.get::<_, i64>(7)? as u64,
+                    spool_dropped: r.get::<_, i64>(8)? as u64,
+                    retired: r.get::<_, Option<String>>(9)?.is_some(),
+                    open_unauthorized: r.get::<_, i64>(10)? as u64,
+                    silent_for_seconds: (now_us - last).max(0) / 1_000_000,
+                })
+            })
+            .map_err(db("hosts"))?;
+        rows.collect::<Result<_, _>>().map_err(db("hosts"))
+    }
+
+    fn put_change(&self, id: &str, toml: &str, minisig: Option<&str>, now: Timestamp) -> Res<()> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO changes (id, version, toml, minisig, received_at)
+             VALUES (?1, COALESCE((SELECT MAX(version) FROM changes WHERE id = ?1), 0) + 1, ?2, ?3, ?4)",
+            params![id, toml, minisig, timefmt::format_timestamp(now)],
+        )
+        .map_err(db("changes"))?;
+        Ok(())
+    }
+
+    fn changes(&self) -> Res<Vec<StoredChange>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT id, toml, minisig, received_at, MAX(version) FROM changes GROUP BY id ORDER BY id")
+            .map_err(db("changes"))?;
+        let rows = st
+            .query_map([], |r| Ok(StoredChange { id: r.get(0)?, toml: r.get(1)?, minisig: r.get(2)?, received_at: r.get(3)? }))
+            .map_err(db("changes"))?;
+        rows.collect::<Result<_, _>>().map_err(db("changes"))
+    }
+
+    fn put_manifest(&self, m: &StoredManifest) -> Res<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO manifests (tree, release, manifest, minisig, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![m.tree, m.release, m.manifest, m.minisig, m.received_at],
+            )
+            .map_err(db("manifests"))?;
+        Ok(())
+    }
+
+    fn manifest(&self, tree: &str) -> Res<Option<StoredManifest>> {
+        self.conn()
+            .query_row(
+                "SELECT tree, release, manifest, minisig, received_at FROM manifests WHERE tree = ?1 ORDER BY seq DESC LIMIT 1",
+                [tree],
+                |r| Ok(StoredManifest { tree: r.get(0)?, release: r.get(1)?, manifest: r.get(2)?, minisig: r.get(3)?, received_at: r.get(4)? }),
+            )
+            .optional()
+            .map_err(db("manifests"))
+    }
+
+    fn verify_chain(&self, at: Option<u64>) -> Res<ChainReport> {
+        let conn = self.conn();
+        verify(&conn, at, &self.path)
+    }
+
+    fn chain_head(&self) -> Res<ChainHead> {
+        let conn = self.conn();
+        let get = |k: &str| -> Res<String> {
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0)).map_err(db("chain"))
+        };
+        Ok(ChainHead { records: get("chain_len")?.parse().unwrap_or(0), head: get("chain_head")? })
+    }
+}
+
+fn row_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<Token> {
+    let role: String = r.get(1)?;
+    Ok(Token {
+        id: r.get(0)?,
+        role: Role::parse(&role).unwrap_or(Role::Reader),
+        host: r.get(2)?,
+        label: r.get(3)?,
+        created_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+    })
+}
+
+fn getrandom(buf: &mut [u8]) -> Res<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(db("/dev/urandom"))
+}
+
+fn meta_get(tx: &Transaction<'_>, key: &str) -> Res<Option<String>> {
+    tx.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(db("meta"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn append_reclass(
+    tx: &Transaction<'_>,
+    cursor: &mut ChainCursor,
+    event_id: i64,
+    old: &str,
+    new: &str,
+    open_after: bool,
+    reason: &str,
+    at: &str,
+) -> Res<()> {
+    let (cseq, prev, hash) = cursor.next("reclassification", &reclass_body(event_id, old, new, open_after, reason, at));
+    tx.execute(
+        "INSERT INTO reclassifications (chain_seq, event_id, old_status, new_status, open_after, reason, at, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![cseq, event_id, old, new, open_after, reason, at, prev, hash],
+    )
+    .map_err(db("reclassify"))?;
+    tx.execute("UPDATE events SET current_status = ?1, open = ?2 WHERE id = ?3", params![new, open_after, event_id])
+        .map_err(db("reclassify"))?;
+    Ok(())
+}
+
+fn append_kpi(tx: &Transaction<'_>, cursor: &mut ChainCursor, d: &HostDay, sealed_at: &str) -> Res<()> {
+    let version: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM kpi_days WHERE day = ?1 AND host = ?2",
+            params![d.day.to_string(), d.host],
+            |r| r.get(0),
+        )
+        .map_err(db("kpi"))?;
+    let (cseq, prev, hash) = cursor.next("kpi_day", &kpi_body(d, version, sealed_at));
+    let (vetted, paths) = d.vetted_paths.map_or((None, None), |(v, p)| (Some(v as i64), Some(p as i64)));
+    tx.execute(
+        "INSERT INTO kpi_days (chain_seq, day, host, environment, version, expected, reported, changes, authorized,
+           retroactive, unauthorized, unverifiable, vetted, paths, sealed_at, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        params![
+            cseq,
+            d.day.to_string(),
+            d.host,
+            d.environment,
+            version,
+            d.expected,
+            d.reported,
+            d.changes as i64,
+            d.authorized as i64,
+            d.retroactive as i64,
+            d.unauthorized as i64,
+            d.unverifiable as i64,
+            vetted,
+            paths,
+            sealed_at,
+            prev,
+            hash
+        ],
+    )
+    .map_err(db("kpi"))?;
+    Ok(())
+}
+
+/// Seals every finished day (before `today`) not sealed yet into versioned, chained KPI rows.
+fn seal_until(tx: &Transaction<'_>, today: Date, now: &str) -> Res<()> {
+    let yesterday = match today.yesterday() {
+        Ok(d) => d,
+        Err(_) => return Ok(()),
+    };
+    let sealed: Option<Date> = meta_get(tx, "sealed_through")?.and_then(|s| s.parse().ok());
+    let first: Option<String> = tx.query_row("SELECT MIN(first_day) FROM hosts", [], |r| r.get(0)).map_err(db("kpi"))?;
+    let Some(first) = first.and_then(|f| f.parse::<Date>().ok()) else { return Ok(()) };
+    let start = sealed.and_then(|s| s.tomorrow().ok()).unwrap_or(first).max(first);
+    if start > yesterday {
+        return Ok(());
+    }
+    let mut cursor = ChainCursor::load(tx)?;
+    for d in compute_days(tx, start, yesterday, None)? {
+        append_kpi(tx, &mut cursor, &d, now)?;
+    }
+    cursor.save(tx)?;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('sealed_through', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [yesterday.to_string()],
+    )
+    .map_err(db("kpi"))?;
+    Ok(())
+}
+
+/// Computes host-day facts from events, presence and scans for `[from, to]`.
+fn compute_days(tx: &Transaction<'_>, from: Date, to: Date, host: Option<&str>) -> Res<Vec<HostDay>> {
+    let (f, t) = (from.to_string(), to.to_string());
+    let host_filter = host.unwrap_or("");
+    let mut hosts_st = tx
+        .prepare("SELECT name, environment, first_day, retired_day FROM hosts WHERE ?1 = '' OR name = ?1")
+        .map_err(db("kpi"))?;
+    let hosts: Vec<(String, String, String, Option<String>)> = hosts_st
+        .query_map([host_filter], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .map_err(db("kpi"))?
+        .collect::<Result<_, _>>()
+        .map_err(db("kpi"))?;
+    let mut presence: HashSet<(String, String)> = HashSet::new();
+    let mut st = tx.prepare("SELECT host, day FROM presence WHERE day >= ?1 AND day <= ?2").map_err(db("kpi"))?;
+    for r in st.query_map([&f, &t], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db("kpi"))? {
+        presence.insert(r.map_err(db("kpi"))?);
+    }
+    let mut counts: HashMap<(String, String), [u64; 5]> = HashMap::new();
+    let mut st = tx
+        .prepare(
+            "SELECT host, day,
+               SUM(current_status NOT IN ('excluded', 'resolved')),
+               SUM(current_status LIKE 'release:%' OR current_status LIKE 'change:%' OR current_status LIKE 'retroactive:%'),
+               SUM(current_status LIKE 'retroactive:%'),
+               SUM(current_status = 'unauthorized'),
+               SUM(current_status = 'unverifiable')
+             FROM events WHERE day >= ?1 AND day <= ?2 GROUP BY host, day",
+        )
+        .map_err(db("kpi"))?;
+    let rows = st
+        .query_map([&f, &t], |r| {
+            let n = |i: usize| r.get::<_, Option<i64>>(i).map(|v| v.unwrap_or(0) as u64);
+            Ok(((r.get(0)?, r.get(1)?), [n(2)?, n(3)?, n(4)?, n(5)?, n(6)?]))
+        })
+        .map_err(db("kpi"))?;
+    for r in rows {
+        let (k, v) = r.map_err(db("kpi"))?;
+        counts.insert(k, v);
+    }
+    let mut vetted: HashMap<(String, String), (u64, u64)> = HashMap::new();
+    let mut st = tx
+        .prepare("SELECT host, day, SUM(vetted), SUM(paths) FROM scans WHERE day >= ?1 AND day <= ?2 GROUP BY host, day")
+        .map_err(db("kpi"))?;
+    let rows = st
+        .query_map([&f, &t], |r| Ok(((r.get(0)?, r.get(1)?), (r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64))))
+        .map_err(db("kpi"))?;
+    for r in rows {
+        let (k, v) = r.map_err(db("kpi"))?;
+        vetted.insert(k, v);
+    }
+    let mut out = BTreeMap::new();
+    for (name, env, first_day, retired) in &hosts {
+        let mut d = from;
+        while d <= to {
+            let ds = d.to_string();
+            let expected = *first_day <= ds && retired.as_ref().is_none_or(|r| ds < *r);
+            let key = (name.clone(), ds.clone());
+            let c = counts.get(&key).copied();
+            if expected || c.is_some() {
+                let [changes, authorized, retroactive, unauthorized, unverifiable] = c.unwrap_or_default();
+                out.insert(
+                    (ds.clone(), name.clone()),
+                    HostDay {
+                        day: d,
+                        host: name.clone(),
+                        environment: env.clone(),
+                        expected,
+                        reported: presence.contains(&key),
+                        changes,
+                        authorized,
+                        retroactive,
+                        unauthorized,
+                        unverifiable,
+                        vetted_paths: vetted.get(&key).copied(),
+                    },
+                );
+            }
+            match d.tomorrow() {
+                Ok(n) => d = n,
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+/// One chained record as read back for verification.
+struct Record {
+    table: &'static str,
+    id: i64,
+    what: String,
+    prev: String,
+    hash: String,
+    body: String,
+    kind: &'static str,
+}
+
+fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
+    let ctx = format!("{path}: audit");
+    let mut records: BTreeMap<i64, Record> = BTreeMap::new();
+    let mut bad: Vec<(i64, String)> = Vec::new();
+    {
+        let mut st = conn
+            .prepare(
+                "SELECT chain_seq, id, host, seq, environment, tree, path, path_bytes, change, status, observed_at, window_start,
+                   received_at, day, blake3, previous_blake3, size, resolves, prev_hash, hash FROM events",
+            )
+            .map_err(db(&ctx))?;
+        let rows = st
+            .query_map([], |r| {
+                let host: String = r.get(2)?;
+                let seq: i64 = r.get(3)?;
+                let body = event_body(
+                    &host,
+                    seq,
+                    &r.get::<_, String>(4)?,
+                    (
+                        &r.get::<_, String>(5)?,
+                        &r.get::<_, String>(6)?,
+                        r.get::<_, Option<String>>(7)?.as_deref(),
+                        &r.get::<_, String>(8)?,
+                        &r.get::<_, String>(9)?,
+                        &r.get::<_, String>(10)?,
+                        &r.get::<_, String>(11)?,
+                    ),
+                    r.get(12)?,
+                    &r.get::<_, String>(13)?,
+                    (r.get::<_, Option<String>>(14)?.as_deref(), r.get::<_, Option<String>>(15)?.as_deref(), r.get(16)?, r.get(17)?),
+                );
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    Record {
+                        table: "events",
+                        id: r.get(1)?,
+                        what: format!("event {host}#{seq}"),
+                        prev: r.get(18)?,
+                        hash: r.get(19)?,
+                        body,
+                        kind: "event",
+                    },
+                ))
+            })
+            .map_err(db(&ctx))?;
+        for row in rows {
+            let (k, rec) = row.map_err(db(&ctx))?;
+            if let Some(dup) = records.insert(k, rec) {
+                bad.push((k, format!("chain position {k} used twice ({} id {})", dup.table, dup.id)));
+            }
+        }
+    }
+    {
+        let mut st = conn
+            .prepare("SELECT chain_seq, id, event_id, old_status, new_status, open_after, reason, at, prev_hash, hash FROM reclassifications")
+            .map_err(db(&ctx))?;
+        let rows = st
+            .query_map([], |r| {
+                let event_id: i64 = r.get(2)?;
+                let body = reclass_body(event_id, &r.get::<_, String>(3)?, &r.get::<_, String>(4)?, r.get(5)?, &r.get::<_, String>(6)?, &r.get::<_, String>(7)?);
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    Record {
+                        table: "reclassifications",
+                        id: r.get(1)?,
+                        what: format!("re-classification of event id {event_id}"),
+                        prev: r.get(8)?,
+                        hash: r.get(9)?,
+                        body,
+                        kind: "reclassification",
+                    },
+                ))
+            })
+            .map_err(db(&ctx))?;
+        for row in rows {
+            let (k, rec) = row.map_err(db(&ctx))?;
+            if let Some(dup) = records.insert(k, rec) {
+                bad.push((k, format!("chain position {k} used twice ({} id {})", dup.table, dup.id)));
+            }
+        }
+    }
+    {
+        let mut st = conn
+            .prepare(
+                "SELECT chain_seq, id, day, host, environment, version, expected, reported, changes, authorized, retroactive,
+                   unauthorized, unverifiable, vetted, paths, sealed_at, prev_hash, hash FROM kpi_days",
+            )
+            .map_err(db(&ctx))?;
+        let rows = st
+            .query_map([], |r| {
+                let day: String = r.get(2)?;
+                let host: String = r.get(3)?;
+                let vetted: Option<i64> = r.get(13)?;
+                let paths: Option<i64> = r.get(14)?;
+                let d = HostDay {
+                    day: day.parse().unwrap_or(Date::ZERO),
+                    host: host.clone(),
+                    environment: r.get(4)?,
+                    expected: r.get(6)?,
+                    reported: r.get(7)?,
+                    changes: r.get::<_, i64>(8)? as u64,
+                    authorized: r.get::<_, i64>(9)? as u64,
+                    retroactive: r.get::<_, i64>(10)? as u64,
+                    unauthorized: r.get::<_, i64>(11)? as u64,
+                    unverifiable: r.get::<_, i64>(12)? as u64,
+                    vetted_paths: vetted.zip(paths).map(|(v, p)| (v as u64, p as u64)),
+                };
+                let version: i64 = r.get(5)?;
+                let body = kpi_body(&d, version, &r.get::<_, String>(15)?);
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    Record {
+                        table: "kpi_days",
+                        id: r.get(1)?,
+                        what: format!("KPI row {day} {host} v{version}"),
+                        prev: r.get(16)?,
+                        hash: r.get(17)?,
+                        body,
+                        kind: "kpi_day",
+                    },
+                ))
+            })
+            .map_err(db(&ctx))?;
+        for row in rows {
+            let (k, rec) = row.map_err(db(&ctx))?;
+            if let Some(dup) = records.insert(k, rec) {
+                bad.push((k, format!("chain position {k} used twice ({} id {})", dup.table, dup.id)));
+            }
+        }
+    }
+    let meta = |k: &str| -> Res<String> { conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0)).map_err(db(&ctx)) };
+    let meta_len: u64 = meta("chain_len")?.parse().unwrap_or(0);
+    let meta_head = meta("chain_head")?;
+    let mut prev = GENESIS.to_string();
+    let mut expected_seq = 1i64;
+    let mut hash_at = None;
+    for (seq, rec) in &records {
+        if bad.iter().any(|(k, _)| k == seq) {
+            break;
+        }
+        let describe = |why: &str| format!("{} (table {}, id {}, chain position {seq}): {why}", rec.what, rec.table, rec.id);
+        if *seq != expected_seq {
+            bad.push((*seq, format!("chain position {expected_seq} is missing (deleted record) before {}", describe("next present record"))));
+            break;
+        }
+        if rec.prev != prev {
+            bad.push((*seq, describe("does not link to its predecessor (a record before it was deleted, inserted or rewritten)")));
+            break;
+        }
+        if chain::link(&prev, rec.kind, &rec.body) != rec.hash {
+            bad.push((*seq, describe("its content was edited after it was stored")));
+            break;
+        }
+        prev = rec.hash.clone();
+        if at == Some(*seq as u64) {
+            hash_at = Some((*seq as u64, prev.clone()));
+        }
+        expected_seq += 1;
+    }
+    let count = records.len() as u64;
+    if bad.is_empty() && (meta_len != count || meta_head != prev) {
+        bad.push((count as i64, format!("the chain ends at record {count} but the store's head says {meta_len} records: records were deleted from the end or the head was rewritten")));
+    }
+    if bad.is_empty() {
+        bad.extend(projection_problems(conn, &ctx)?);
+    }
+    bad.sort_by_key(|(k, _)| *k);
+    Ok(ChainReport { records: count, head: prev, first_bad: bad.into_iter().next().map(|(_, m)| m), hash_at })
+}
+
+/// The mutable `current_status`/`open` columns must equal what the chained history says.
+fn projection_problems(conn: &Connection, ctx: &str) -> Res<Vec<(i64, String)>> {
+    let mut st = conn
+        .prepare(
+            "SELECT e.chain_seq, e.host, e.seq, e.status, e.current_status, e.open,
+               (SELECT new_status FROM reclassifications r WHERE r.event_id = e.id ORDER BY chain_seq DESC LIMIT 1),
+               (SELECT open_after FROM reclassifications r WHERE r.event_id = e.id ORDER BY chain_seq DESC LIMIT 1)
+             FROM events e",
+        )
+        .map_err(db(ctx))?;
+    let rows = st
+        .query_map([], |r| {
+            let status: String = r.get(3)?;
+            let current: String = r.get(4)?;
+            let open: bool = r.get(5)?;
+            let last: Option<String> = r.get(6)?;
+            let last_open: Option<bool> = r.get(7)?;
+            let want_status = last.unwrap_or_else(|| status.clone());
+            let want_open = last_open.unwrap_or(is_violation(&status));
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, current != want_status || open != want_open, current, want_status))
+        })
+        .map_err(db(ctx))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (k, host, seq, wrong, current, want) = row.map_err(db(ctx))?;
+        if wrong {
+            out.push((k, format!("event {host}#{seq} (chain position {k}): current status {current:?} was edited; the history says {want:?}")));
+        }
+    }
+    Ok(out)
+}
+
+/// The `seq` of an event as `u64`, for callers that only have the event.
+pub fn event_seq(e: &ChangeEvent) -> u64 {
+    e.seq
+}
