@@ -96,7 +96,7 @@ impl ChangeEntry {
     pub fn parse(text: &str, origin: &Path) -> Result<ChangeEntry, ChangeLogError> {
         let raw: RawEntry = toml::from_str(text).map_err(|e| ChangeLogError::Parse {
             path: origin.to_path_buf(),
-            message: one_line_toml_error(&e, text),
+            message: toml_error(&e, text),
         })?;
         Self::validate(raw, origin)
     }
@@ -204,7 +204,7 @@ impl ChangeEntry {
 }
 
 /// toml's errors span several lines with a source snippet; keep line number and message.
-fn one_line_toml_error(e: &toml::de::Error, text: &str) -> String {
+pub fn toml_error(e: &toml::de::Error, text: &str) -> String {
     let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let msg = e.message().trim().replace('\n', " ");
     match line {

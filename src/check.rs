@@ -52,9 +52,9 @@ pub enum CheckError {
     /// A change entry is malformed.
     #[error(transparent)]
     ChangeLog(#[from] ChangeLogError),
-    /// The tree could not be scanned.
-    #[error("{root}: {source}")]
-    Scan { root: PathBuf, source: ScanError },
+    /// The tree could not be scanned (the error names the root).
+    #[error(transparent)]
+    Scan(#[from] ScanError),
     /// A bad `--exclude` glob.
     #[error("--exclude: {0}")]
     Exclude(String),
@@ -77,8 +77,7 @@ pub fn run(opts: &CheckOptions) -> Result<CheckOutcome, CheckError> {
     let exclude = glob::path_set(&opts.exclude).map_err(CheckError::Exclude)?;
     let walk = WalkOptions { exclude: exclude.clone(), skip: own_files(&opts.root, &opts.manifest), cross_filesystems: false };
     let scan_opts = ScanOptions { walk, threads: opts.threads, progress: opts.progress.clone() };
-    let snap = snapshot::scan(&opts.root, &scan_opts)
-        .map_err(|source| CheckError::Scan { root: opts.root.clone(), source })?;
+    let snap = snapshot::scan(&opts.root, &scan_opts)?;
     if let Some(p) = &opts.progress {
         p.finish_and_clear();
     }

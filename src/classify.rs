@@ -130,6 +130,47 @@ pub fn classify(change: &Change, obs: &Observation, release: Option<&str>, ctx: 
     best.unwrap_or(Status::Unauthorized)
 }
 
+/// A stored change as the collector re-examines it when a change entry arrives after the fact.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredChangeRef<'a> {
+    /// Host.
+    pub host: &'a str,
+    /// Tree.
+    pub tree: &'a str,
+    /// Path.
+    pub path: &'a crate::pathbytes::RelPath,
+    /// New content hash (`None` for a removal or a non-file).
+    pub blake3: Option<[u8; 32]>,
+    /// The path is gone.
+    pub removed: bool,
+    /// The agent's observation window (t0, observed_at].
+    pub t0: Timestamp,
+    /// When the agent observed it.
+    pub observed_at: Timestamp,
+}
+
+/// The status a stored change gets from a newly arrived (or newly approved) entry, if it covers it.
+pub fn reclassify(c: &StoredChangeRef<'_>, entry: &ChangeEntry, now: Timestamp) -> Option<Status> {
+    let (_, approved_at) = entry.approval.as_ref()?;
+    let actual = (!c.removed).then(|| crate::diff::State {
+        kind: crate::snapshot::Kind::File,
+        size: None,
+        mode: 0,
+        uid: None,
+        gid: None,
+        blake3: c.blake3,
+        target: None,
+    });
+    let applies = *approved_at <= now
+        && entry.covers(c.host, c.tree, c.path)
+        && entry.window_overlaps(c.t0, c.observed_at)
+        && entry.allows_result(c.path, actual.as_ref());
+    if !applies {
+        return None;
+    }
+    Some(if *approved_at <= c.observed_at { Status::Change(entry.id.clone()) } else { Status::Retroactive(entry.id.clone()) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
 use jiff::civil::Date;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The CSV header line of DESIGN §7, without the line break.
 pub const CSV_HEADER: &str = "period,environment,host,changes,authorized,retroactive,\
@@ -136,7 +136,7 @@ impl Grouping {
 }
 
 /// One KPI row; fields and their order are the CSV columns of DESIGN §7.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KpiRow {
     /// The period label: `2026-11-21`, `2026-W47` or `2026-11`.
     pub period: String,
@@ -337,7 +337,7 @@ pub fn to_csv(rows: &[KpiRow]) -> String {
 /// Quotes a field (RFC 4180) when it holds a comma, a quote or a line break.
 ///
 /// Host and environment names come from agents, so they can hold anything.
-fn csv_field(field: &str) -> Cow<'_, str> {
+pub fn csv_field(field: &str) -> Cow<'_, str> {
     if field.contains([',', '"', '\n', '\r']) {
         Cow::Owned(format!("\"{}\"", field.replace('"', "\"\"")))
     } else {

@@ -5,6 +5,8 @@
 pub mod changelog;
 pub mod check;
 pub mod classify;
+pub mod client;
+pub mod collector;
 pub mod cli;
 pub mod diff;
 pub mod event;

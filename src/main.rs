@@ -9,7 +9,15 @@ fn main() -> ExitCode {
     match driftwatch::cli::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
+            // thiserror messages already embed their source; only add causes not yet said.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
+            let msg = msg.replace('\n', " ");
             eprintln!("driftwatch: error: {msg}");
             ExitCode::from(driftwatch::exit::ERROR)
         }

@@ -230,3 +230,37 @@ fn change_json(c: &ReportedChange) -> Value {
     }
     Value::Object(m)
 }
+
+/// Columns of `events --format csv` (DESIGN §7).
+pub const EVENTS_CSV_HEADER: &str =
+    "id,host,environment,tree,path,path_bytes,change,status,original_status,open,observed_at,window_start,received_at,blake3,previous_blake3,size";
+
+/// Events as CSV with the same fields as the JSON.
+pub fn events_csv(events: &[crate::store::StoredEvent]) -> String {
+    let mut out = String::from(EVENTS_CSV_HEADER);
+    out.push('\n');
+    for e in events {
+        let fields = [
+            e.id.to_string(),
+            e.host.clone(),
+            e.environment.clone(),
+            e.tree.clone(),
+            e.path.clone(),
+            e.path_bytes.clone().unwrap_or_default(),
+            e.change.clone(),
+            e.status.clone(),
+            e.original_status.clone(),
+            e.open.to_string(),
+            e.observed_at.clone(),
+            e.window_start.clone(),
+            e.received_at.clone(),
+            e.blake3.clone().unwrap_or_default(),
+            e.previous_blake3.clone().unwrap_or_default(),
+            e.size.map(|s| s.to_string()).unwrap_or_default(),
+        ];
+        let line: Vec<String> = fields.iter().map(|f| crate::kpi::csv_field(f).into_owned()).collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
+    }
+    out
+}

@@ -78,21 +78,30 @@ pub fn load_public_keys(paths: &[PathBuf]) -> Result<Vec<TrustedKey>, SignError>
 pub fn load_secret_key(path: &Path) -> Result<SecretKey, SignError> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let bad = |message: String| SignError::BadKey { path: path.to_path_buf(), what: "secret key", message };
-    let boxed = SecretKeyBox::from_string(&text).map_err(|e| bad(e.to_string()))?;
-    let probe = boxed.clone().into_unencrypted_secret_key();
-    match probe {
-        Ok(sk) if !sk.is_encrypted() => Ok(sk),
-        _ => {
-            let password = match std::env::var(PASSWORD_ENV) {
-                Ok(p) => Some(p),
-                Err(_) if std::io::stdin().is_terminal() => None,
-                Err(_) => {
-                    return Err(bad(format!("the key is encrypted: set {PASSWORD_ENV} or run on a terminal")));
-                }
-            };
-            boxed.into_secret_key(password).map_err(|e| bad(e.to_string()))
-        }
+    if let Some(sk) = unencrypted_key(&text) {
+        return Ok(sk);
     }
+    let boxed = SecretKeyBox::from_string(&text).map_err(|e| bad(e.to_string()))?;
+    let password = match std::env::var(PASSWORD_ENV) {
+        Ok(p) => Some(p),
+        Err(_) if std::io::stdin().is_terminal() => None,
+        Err(_) => return Err(bad(format!("the key is encrypted: set {PASSWORD_ENV} or run on a terminal"))),
+    };
+    boxed.into_secret_key(password).map_err(|e| bad(e.to_string()))
+}
+
+/// Reads an unencrypted secret key directly: `minisign -G -W` leaves its checksum zeroed, which
+/// the crate's own loader rejects as corrupt. A wrong key still cannot forge anything: every
+/// signature is verified against a public key.
+fn unencrypted_key(text: &str) -> Option<SecretKey> {
+    use ct_codecs::{Base64, Decoder};
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))?;
+    let bytes = Base64::decode_to_vec(line, None).ok()?;
+    // Layout: sig_alg (2) | kdf_alg (2) | ...; a zero kdf_alg means "not encrypted".
+    if bytes.get(2..4)? != [0, 0] {
+        return None;
+    }
+    SecretKey::from_bytes(&bytes).ok()
 }
 
 /// Writes `PREFIX.key` (mode 0600, unencrypted) and `PREFIX.pub`.

@@ -34,7 +34,7 @@ pub enum Found {
     Other { abs: PathBuf, rel: RelPath, file_type: FileType },
     /// A path the walker could not stat or list, with the reason.
     Problem { rel: RelPath, message: String },
-    /// A path matched an exclusion (its subtree, if a directory, was not walked).
+    /// A path matched an exclusion: not examined.
     Excluded,
 }
 
@@ -74,11 +74,17 @@ pub fn walk(root: &Path, opts: &WalkOptions, mut sink: impl FnMut(Found)) -> Res
             }
         };
         let rel = rel_of(root, entry.path());
-        if opts.exclude.is_match(rel.as_path()) {
-            if entry.file_type().is_dir() {
-                it.skip_current_dir();
-            }
+        let excluded = opts.exclude.is_match(rel.as_path());
+        if excluded {
+            // Never prune an excluded directory: `cache/*` matches `cache/a` but must not hide
+            // `cache/a/b/evil.so`. Each path is judged by its own name; excluded ones are only
+            // listed, never stat'ed or hashed (except directories, for the filesystem check).
             sink(Found::Excluded);
+            if entry.file_type().is_dir() && !opts.cross_filesystems {
+                if entry.metadata().map(|m| m.dev() != root_dev).unwrap_or(true) {
+                    it.skip_current_dir();
+                }
+            }
             continue;
         }
         if !opts.skip.is_empty() && opts.skip.iter().any(|s| s == entry.path()) {

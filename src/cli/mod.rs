@@ -2,6 +2,8 @@
 //!
 //! This is the binary's edge: errors become `anyhow` here and one line on stderr in `main`.
 
+pub mod ops;
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -55,6 +57,37 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Compare a tree with its manifest and the change log; exit 0 clean, 1 drift, 2 error.
     Check(CheckArgs),
+    /// Run the central server (API, KPI, audit).
+    Collector {
+        /// Config file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Log as JSON lines instead of text.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Manage collector access tokens (stored hashed).
+    #[command(subcommand)]
+    Token(ops::TokenCommand),
+    /// Changes recorded by the collector (or its store).
+    Events(ops::EventsArgs),
+    /// The compliance KPI table; exit 1 when a row misses the target.
+    Kpi(ops::KpiArgs),
+    /// Register, list and approve change entries.
+    #[command(subcommand)]
+    Changes(ops::ChangesCommand),
+    /// Verify or seal the tamper-evident history.
+    #[command(subcommand)]
+    Audit(ops::AuditCommand),
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `manifest` subcommands.
@@ -183,6 +216,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::CLEAN)
         }
         Command::Check(args) => run_check(args),
+        Command::Collector { config, log_format } => ops::run_collector(config, log_format == LogFormat::Json),
+        Command::Token(cmd) => ops::run_token(cmd),
+        Command::Events(args) => ops::run_events(args),
+        Command::Kpi(args) => ops::run_kpi(args),
+        Command::Changes(cmd) => ops::run_changes(cmd),
+        Command::Audit(cmd) => ops::run_audit(cmd),
     }
 }
 
@@ -217,7 +256,7 @@ fn manifest_build(args: BuildArgs) -> anyhow::Result<u8> {
         threads: args.threads,
         progress: progress_bar("hashing"),
     };
-    let snap = snapshot::scan(&args.root, &opts).with_context(|| args.root.display().to_string())?;
+    let snap = snapshot::scan(&args.root, &opts)?;
     if let Some(p) = &opts.progress {
         p.finish_and_clear();
     }

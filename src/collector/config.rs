@@ -1,0 +1,315 @@
+//! The collector's TOML config (DESIGN §5), validated once at load into typed settings.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::sign::{self, TrustedKey};
+use crate::timefmt;
+
+/// Default config path.
+pub const DEFAULT_PATH: &str = "/etc/driftwatch/collector.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default = "default_storage")]
+    storage: String,
+    #[serde(default = "default_max_body")]
+    max_body: String,
+    #[serde(default = "default_silent_after")]
+    silent_after: String,
+    #[serde(default)]
+    kpi: RawKpi,
+    #[serde(default)]
+    trust: RawTrust,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKpi {
+    #[serde(default = "default_target")]
+    target: f64,
+    #[serde(default = "default_timezone")]
+    timezone: String,
+}
+
+impl Default for RawKpi {
+    fn default() -> Self {
+        RawKpi { target: default_target(), timezone: default_timezone() }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default)]
+    release_keys: Vec<PathBuf>,
+    #[serde(default)]
+    approver_keys: Vec<PathBuf>,
+    #[serde(default = "yes")]
+    require_signatures: bool,
+    #[serde(default)]
+    allow_self_approval: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "default_rpm")]
+    requests_per_minute: u32,
+    #[serde(default = "default_request_timeout")]
+    request_timeout: String,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits { requests_per_minute: default_rpm(), request_timeout: default_request_timeout() }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default)]
+    pubkey: Option<PathBuf>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8470".into()
+}
+fn default_storage() -> String {
+    "sqlite:///var/lib/driftwatch/collector.db".into()
+}
+fn default_max_body() -> String {
+    "8MiB".into()
+}
+fn default_silent_after() -> String {
+    "2h".into()
+}
+fn default_target() -> f64 {
+    0.97
+}
+fn default_timezone() -> String {
+    "UTC".into()
+}
+fn default_rpm() -> u32 {
+    1200
+}
+fn default_request_timeout() -> String {
+    "30s".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// TLS certificate and key files.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Validated collector settings.
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    /// Where the config came from (for messages).
+    pub origin: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// TLS, when configured.
+    pub tls: Option<Tls>,
+    /// Storage URL.
+    pub storage: String,
+    /// Largest accepted request body.
+    pub max_body: usize,
+    /// A host not heard from for this long is silent.
+    pub silent_after: Duration,
+    /// KPI target (0–1).
+    pub target: f64,
+    /// Timezone of KPI days.
+    pub timezone: jiff::tz::TimeZone,
+    /// Its name, for display.
+    pub timezone_name: String,
+    /// Keys release manifests must verify against.
+    pub release_keys: Vec<TrustedKey>,
+    /// Keys change entries must verify against.
+    pub approver_keys: Vec<TrustedKey>,
+    /// Refuse unsigned manifests and change entries.
+    pub require_signatures: bool,
+    /// Accept entries approved by their own requester.
+    pub allow_self_approval: bool,
+    /// Per-token request budget per minute.
+    pub requests_per_minute: u32,
+    /// Longest time a request may take.
+    pub request_timeout: Duration,
+    /// Secret key that signs audit checkpoints.
+    pub audit_key: Option<PathBuf>,
+    /// Public key that verifies audit checkpoints.
+    pub audit_pubkey: Option<PathBuf>,
+}
+
+/// Parses `8MiB`, `512KiB`, `1GiB`, `100000` (bytes).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("{s:?} is not a size like 8MiB"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        _ => return Err(format!("{s:?} has no valid unit (B, KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+impl CollectorConfig {
+    /// Reads and validates a config file, listing every problem found.
+    pub fn load(path: &Path) -> Result<CollectorConfig, Vec<String>> {
+        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates config text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<CollectorConfig, Vec<String>> {
+        let p = origin.display();
+        let raw: RawConfig = toml::from_str(text).map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
+        let mut problems = Vec::new();
+        let mut field = |name: &str, r: Result<(), String>| {
+            if let Err(m) = r {
+                problems.push(format!("{p}: {name}: {m}"));
+            }
+        };
+        let listen = raw.listen.parse::<SocketAddr>();
+        field("listen", listen.as_ref().map(|_| ()).map_err(|e| format!("{:?}: {e}", raw.listen)));
+        let max_body = parse_size(&raw.max_body);
+        field("max_body", max_body.as_ref().map(|_| ()).map_err(Clone::clone));
+        let silent_after = timefmt::parse_duration(&raw.silent_after);
+        field("silent_after", silent_after.as_ref().map(|_| ()).map_err(Clone::clone));
+        let request_timeout = timefmt::parse_duration(&raw.limits.request_timeout);
+        field("limits.request_timeout", request_timeout.as_ref().map(|_| ()).map_err(Clone::clone));
+        if raw.limits.requests_per_minute == 0 {
+            field("limits.requests_per_minute", Err("must be at least 1".into()));
+        }
+        if !(0.0..=1.0).contains(&raw.kpi.target) {
+            field("kpi.target", Err(format!("{} is not between 0 and 1", raw.kpi.target)));
+        }
+        let tz = jiff::tz::TimeZone::get(&raw.kpi.timezone);
+        field("kpi.timezone", tz.as_ref().map(|_| ()).map_err(|e| format!("{:?}: {e}", raw.kpi.timezone)));
+        if !(raw.storage.starts_with("sqlite://") || raw.storage.starts_with("postgres://") || raw.storage.starts_with("postgresql://")) {
+            field("storage", Err(format!("{:?}: expected sqlite:///path or postgres://...", raw.storage)));
+        }
+        let mut keys = |name: &str, paths: &[PathBuf]| -> Vec<TrustedKey> {
+            let mut out = Vec::new();
+            for k in paths {
+                match sign::load_public_key(k) {
+                    Ok(key) => out.push(key),
+                    Err(e) => field(name, Err(e.to_string())),
+                }
+            }
+            out
+        };
+        let release_keys = keys("trust.release_keys", &raw.trust.release_keys);
+        let approver_keys = keys("trust.approver_keys", &raw.trust.approver_keys);
+        if raw.trust.require_signatures && raw.trust.approver_keys.is_empty() {
+            field("trust.approver_keys", Err("require_signatures = true needs at least one approver key (or set require_signatures = false)".into()));
+        }
+        if let Some(t) = &raw.tls {
+            for (name, f) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
+                if let Err(e) = std::fs::metadata(f) {
+                    field(name, Err(format!("{}: {e}", f.display())));
+                }
+            }
+        }
+        if let Some(k) = &raw.audit.key
+            && let Err(e) = std::fs::metadata(k)
+        {
+            field("audit.key", Err(format!("{}: {e}", k.display())));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(CollectorConfig {
+            origin: origin.to_path_buf(),
+            listen: listen.expect("checked"),
+            tls: raw.tls.map(|t| Tls { cert: t.cert, key: t.key }),
+            storage: raw.storage,
+            max_body: max_body.expect("checked"),
+            silent_after: silent_after.expect("checked"),
+            target: raw.kpi.target,
+            timezone: tz.expect("checked"),
+            timezone_name: raw.kpi.timezone,
+            release_keys,
+            approver_keys,
+            require_signatures: raw.trust.require_signatures,
+            allow_self_approval: raw.trust.allow_self_approval,
+            requests_per_minute: raw.limits.requests_per_minute,
+            request_timeout: request_timeout.expect("checked"),
+            audit_key: raw.audit.key,
+            audit_pubkey: raw.audit.pubkey,
+        })
+    }
+
+    /// The change-log policy these settings imply.
+    pub fn change_policy(&self) -> crate::changelog::Policy {
+        crate::changelog::Policy {
+            approver_keys: self.approver_keys.clone(),
+            require_signatures: self.require_signatures,
+            allow_self_approval: self.allow_self_approval,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_bind_loopback() {
+        let c = CollectorConfig::parse("storage = \"sqlite:///tmp/x.db\"\n[trust]\nrequire_signatures = false\n", Path::new("c.toml")).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8470");
+        assert_eq!(c.max_body, 8 << 20);
+        assert_eq!(c.target, 0.97);
+    }
+
+    #[test]
+    fn all_problems_are_listed_at_once() {
+        let text = "listen = \"nowhere\"\nmax_body = \"8 parsecs\"\nsilent_after = \"soon\"\n[kpi]\ntarget = 97\ntimezone = \"Mars/Olympus\"\n";
+        let errs = CollectorConfig::parse(text, Path::new("c.toml")).unwrap_err();
+        for want in ["listen", "max_body", "silent_after", "kpi.target", "kpi.timezone", "trust.approver_keys"] {
+            assert!(errs.iter().any(|e| e.contains(want)), "{want} missing from {errs:?}");
+        }
+        let errs = CollectorConfig::parse("lisen = \"x\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(errs[0].contains("lisen"), "{errs:?}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("lots").is_err());
+    }
+}
