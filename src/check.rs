@@ -76,7 +76,7 @@ pub fn run(opts: &CheckOptions) -> Result<CheckOutcome, CheckError> {
     let log = load_changes(opts, &mut warnings)?;
     let exclude = glob::path_set(&opts.exclude).map_err(CheckError::Exclude)?;
     let walk = WalkOptions { exclude: exclude.clone(), skip: own_files(&opts.root, &opts.manifest), cross_filesystems: false };
-    let scan_opts = ScanOptions { walk, threads: opts.threads, progress: opts.progress.clone() };
+    let scan_opts = ScanOptions { walk, threads: opts.threads, progress: opts.progress.clone(), ..ScanOptions::default() };
     let snap = snapshot::scan(&opts.root, &scan_opts)?;
     if let Some(p) = &opts.progress {
         p.finish_and_clear();

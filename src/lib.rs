@@ -2,6 +2,7 @@
 //!
 //! The library holds everything; `src/main.rs` only parses the command line and calls [`cli::run`].
 
+pub mod agent;
 pub mod changelog;
 pub mod check;
 pub mod classify;

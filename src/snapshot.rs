@@ -4,7 +4,8 @@ use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -156,6 +157,11 @@ pub struct ScanOptions {
     pub threads: usize,
     /// A progress bar to advance (only given on a TTY).
     pub progress: Option<indicatif::ProgressBar>,
+    /// The stat cache: the previous snapshot. A file whose size, mtime, ctime, inode and device
+    /// are unchanged keeps its hash without being read (ctime cannot be set back from user space).
+    pub cache: Option<Arc<BTreeMap<RelPath, Entry>>>,
+    /// Prefix added to every path (scanning a subtree of a tree).
+    pub prefix: Option<RelPath>,
 }
 
 /// The scan could not run.
@@ -181,13 +187,19 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Snapshot, ScanError> {
     let mut problems: Vec<(RelPath, String)> = Vec::new();
     let mut excluded = 0u64;
     let mut walk_result = Ok(());
+    let join = |p: RelPath| match &opts.prefix {
+        Some(prefix) => RelPath::from_bytes([prefix.as_bytes(), b"/", p.as_bytes()].concat()),
+        None => p,
+    };
     pool.in_place_scope(|s| {
         let mut batch: Vec<(PathBuf, RelPath)> = Vec::with_capacity(BATCH);
         let flush = |batch: Vec<(PathBuf, RelPath)>| {
             let results = &results;
             let progress = opts.progress.clone();
+            let cache = opts.cache.clone();
             s.spawn(move |_| {
-                let done: Vec<Entry> = batch.into_iter().filter_map(|(abs, rel)| examine(&abs, rel)).collect();
+                let done: Vec<Entry> =
+                    batch.into_iter().filter_map(|(abs, rel)| examine_cached(&abs, rel, cache.as_deref())).collect();
                 if let Some(p) = progress {
                     p.inc(done.len() as u64);
                 }
@@ -197,15 +209,15 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Snapshot, ScanError> {
         walk_result = walk::walk(root, &opts.walk, |found| match found {
             Found::Dir { rel, meta, descended } => {
                 let problem = (!descended).then(|| "mount point: not descended (other filesystem)".to_string());
-                dirs.push(Entry { path: rel, meta, blake3: None, target: None, problem });
+                dirs.push(Entry { path: join(rel), meta, blake3: None, target: None, problem });
             }
             Found::Other { abs, rel, .. } => {
-                batch.push((abs, rel));
+                batch.push((abs, join(rel)));
                 if batch.len() == BATCH {
                     flush(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
                 }
             }
-            Found::Problem { rel, message } => problems.push((rel, message)),
+            Found::Problem { rel, message } => problems.push((join(rel), message)),
             Found::Excluded => excluded += 1,
         });
         if !batch.is_empty() {
@@ -214,6 +226,7 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Snapshot, ScanError> {
     });
     walk_result?;
     let mut entries = results.into_inner().unwrap_or_else(|e| e.into_inner());
+
     entries.append(&mut dirs);
     entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     attach_problems(&mut entries, problems);
@@ -236,11 +249,26 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Snapshot, ScanError> {
 
 /// Stats (and for regular files hashes) one path; `None` when it vanished since the walk listed it.
 pub fn examine(abs: &Path, path: RelPath) -> Option<Entry> {
+    examine_cached(abs, path, None)
+}
+
+/// As [`examine`], reusing the cached hash of a file whose stat stamp did not move.
+pub fn examine_cached(abs: &Path, path: RelPath, cache: Option<&BTreeMap<RelPath, Entry>>) -> Option<Entry> {
     let lstat = match hash::lstat(abs) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => return Some(problem_entry(path, format!("cannot stat: {e}"))),
     };
+    if lstat.kind == Kind::File
+        && let Some(old) = cache.and_then(|c| c.get(&path))
+        && old.problem.is_none()
+        && old.blake3.is_some()
+        && old.meta.kind == Kind::File
+        && (old.meta.size, old.meta.mtime_ns, old.meta.ctime_ns, old.meta.ino, old.meta.dev)
+            == (lstat.size, lstat.mtime_ns, lstat.ctime_ns, lstat.ino, lstat.dev)
+    {
+        return Some(Entry { path, meta: lstat, blake3: old.blake3, target: None, problem: None });
+    }
     let mut entry = Entry { path, meta: lstat, blake3: None, target: None, problem: None };
     match lstat.kind {
         Kind::File => match hash::hash_file(abs) {

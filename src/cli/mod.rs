@@ -2,6 +2,7 @@
 //!
 //! This is the binary's edge: errors become `anyhow` here and one line on stderr in `main`.
 
+pub mod agent_cmds;
 pub mod ops;
 
 use std::io::{IsTerminal, Write};
@@ -66,6 +67,27 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
     },
+    /// Run the agent daemon (foreground; systemd Type=notify).
+    Agent {
+        /// Config file (default /etc/driftwatch/agent.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Log as JSON lines instead of text.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// One scan of every tree in the agent config, updating its state and spool; exit 1 on drift.
+    Scan {
+        /// Config file (default /etc/driftwatch/agent.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Validate an agent or collector config and everything it points to.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Manage collector access tokens (stored hashed).
     #[command(subcommand)]
     Token(ops::TokenCommand),
@@ -79,6 +101,17 @@ pub enum Command {
     /// Verify or seal the tamper-evident history.
     #[command(subcommand)]
     Audit(ops::AuditCommand),
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// List every problem at once; exit 0 when valid, 2 otherwise.
+    Check {
+        /// Config file (default: /etc/driftwatch/agent.toml, else collector.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Log output formats.
@@ -217,6 +250,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Check(args) => run_check(args),
         Command::Collector { config, log_format } => ops::run_collector(config, log_format == LogFormat::Json),
+        Command::Agent { config, log_format } => agent_cmds::run_agent(config, log_format == LogFormat::Json),
+        Command::Scan { config, format } => agent_cmds::run_scan(config, format),
+        Command::Config(ConfigCommand::Check { config }) => agent_cmds::run_config_check(config),
         Command::Token(cmd) => ops::run_token(cmd),
         Command::Events(args) => ops::run_events(args),
         Command::Kpi(args) => ops::run_kpi(args),
@@ -255,6 +291,7 @@ fn manifest_build(args: BuildArgs) -> anyhow::Result<u8> {
         walk: WalkOptions { exclude, skip, cross_filesystems: false },
         threads: args.threads,
         progress: progress_bar("hashing"),
+        ..ScanOptions::default()
     };
     let snap = snapshot::scan(&args.root, &opts)?;
     if let Some(p) = &opts.progress {

@@ -1,0 +1,470 @@
+//! The agent's TOML config (DESIGN §5), validated once at load; every problem names file and key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::GlobSet;
+use serde::Deserialize;
+
+use crate::collector::config::parse_size;
+use crate::glob;
+use crate::sign::{self, TrustedKey};
+use crate::timefmt;
+
+/// Default config path.
+pub const DEFAULT_PATH: &str = "/etc/driftwatch/agent.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    host: Option<String>,
+    #[serde(default = "default_env")]
+    environment: String,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default)]
+    tree: Vec<RawTree>,
+    #[serde(default)]
+    scan: RawScan,
+    #[serde(default)]
+    changes: RawChanges,
+    #[serde(default)]
+    trust: RawTrust,
+    #[serde(default)]
+    collector: RawCollector,
+    #[serde(default)]
+    kpi: RawKpi,
+    #[serde(default)]
+    evidence: RawEvidence,
+    #[serde(default)]
+    spool: RawSpool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTree {
+    name: String,
+    root: PathBuf,
+    manifest: Option<PathBuf>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default)]
+    cross_filesystems: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScan {
+    #[serde(default = "d_interval")]
+    interval: String,
+    #[serde(default = "d_rehash")]
+    full_rehash: String,
+    #[serde(default = "yes")]
+    realtime: bool,
+    #[serde(default)]
+    threads: usize,
+    #[serde(default = "d_debounce")]
+    debounce: String,
+}
+
+impl Default for RawScan {
+    fn default() -> Self {
+        RawScan { interval: d_interval(), full_rehash: d_rehash(), realtime: true, threads: 0, debounce: d_debounce() }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChanges {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default)]
+    release_keys: Vec<PathBuf>,
+    #[serde(default)]
+    approver_keys: Vec<PathBuf>,
+    #[serde(default = "yes")]
+    require_signatures: bool,
+    #[serde(default)]
+    allow_self_approval: bool,
+}
+
+impl Default for RawTrust {
+    fn default() -> Self {
+        RawTrust { release_keys: vec![], approver_keys: vec![], require_signatures: true, allow_self_approval: false }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCollector {
+    url: Option<String>,
+    token_file: Option<PathBuf>,
+    #[serde(default = "d_heartbeat")]
+    heartbeat: String,
+    #[serde(default)]
+    embedded: bool,
+    #[serde(default = "d_listen")]
+    listen: String,
+    #[serde(default = "d_batch")]
+    batch: usize,
+}
+
+impl Default for RawCollector {
+    fn default() -> Self {
+        RawCollector { url: None, token_file: None, heartbeat: d_heartbeat(), embedded: false, listen: d_listen(), batch: d_batch() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKpi {
+    #[serde(default = "d_target")]
+    target: f64,
+    #[serde(default = "d_tz")]
+    timezone: String,
+}
+
+impl Default for RawKpi {
+    fn default() -> Self {
+        RawKpi { target: d_target(), timezone: d_tz() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvidence {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "d_ev_file")]
+    max_file_size: String,
+    #[serde(default = "d_ev_total")]
+    max_total: String,
+}
+
+impl Default for RawEvidence {
+    fn default() -> Self {
+        RawEvidence { enabled: true, max_file_size: d_ev_file(), max_total: d_ev_total() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    #[serde(default = "d_spool")]
+    max_size: String,
+}
+
+impl Default for RawSpool {
+    fn default() -> Self {
+        RawSpool { max_size: d_spool() }
+    }
+}
+
+fn default_env() -> String {
+    "production".into()
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/driftwatch")
+}
+fn d_interval() -> String {
+    "1h".into()
+}
+fn d_rehash() -> String {
+    "24h".into()
+}
+fn d_debounce() -> String {
+    "200ms".into()
+}
+fn d_heartbeat() -> String {
+    "60s".into()
+}
+fn d_listen() -> String {
+    "127.0.0.1:8470".into()
+}
+fn d_batch() -> usize {
+    500
+}
+fn d_target() -> f64 {
+    0.97
+}
+fn d_tz() -> String {
+    "UTC".into()
+}
+fn d_ev_file() -> String {
+    "16MiB".into()
+}
+fn d_ev_total() -> String {
+    "512MiB".into()
+}
+fn d_spool() -> String {
+    "256MiB".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// One watched tree.
+#[derive(Debug, Clone)]
+pub struct TreeConfig {
+    /// Name (`shop`).
+    pub name: String,
+    /// Deployed directory.
+    pub root: PathBuf,
+    /// Manifest file of the release in force.
+    pub manifest: Option<PathBuf>,
+    /// Exclusion globs as written.
+    pub exclude_globs: Vec<String>,
+    /// Compiled exclusions.
+    pub exclude: GlobSet,
+    /// Descend into other filesystems.
+    pub cross_filesystems: bool,
+}
+
+/// Where events go.
+#[derive(Debug, Clone)]
+pub enum Uplink {
+    /// Nowhere: events stay in the spool (a one-shot `scan` without a collector).
+    None,
+    /// A remote collector.
+    Remote {
+        /// Base URL.
+        url: String,
+        /// Token file.
+        token_file: PathBuf,
+    },
+    /// An in-process collector on SQLite under the state dir, serving on `listen`.
+    Embedded {
+        /// Listen address of the embedded collector (dashboard and API).
+        listen: std::net::SocketAddr,
+    },
+}
+
+/// Validated agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Config file path.
+    pub origin: PathBuf,
+    /// Host name.
+    pub host: String,
+    /// Environment label.
+    pub environment: String,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Trees.
+    pub trees: Vec<TreeConfig>,
+    /// Full scan interval.
+    pub interval: Duration,
+    /// Full rehash interval.
+    pub full_rehash: Duration,
+    /// Watch with inotify.
+    pub realtime: bool,
+    /// Hashing threads (0 = cores).
+    pub threads: usize,
+    /// Debounce of real-time events.
+    pub debounce: Duration,
+    /// Change log directory.
+    pub changes_dir: Option<PathBuf>,
+    /// Keys manifests must verify against.
+    pub release_keys: Vec<TrustedKey>,
+    /// Keys change entries must verify against.
+    pub approver_keys: Vec<TrustedKey>,
+    /// Refuse unsigned manifests and entries.
+    pub require_signatures: bool,
+    /// Accept self-approved entries.
+    pub allow_self_approval: bool,
+    /// Where events go.
+    pub uplink: Uplink,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Events per batch.
+    pub batch: usize,
+    /// KPI target (embedded collector).
+    pub target: f64,
+    /// KPI timezone name (embedded collector).
+    pub timezone: String,
+    /// Keep evidence of unauthorized content.
+    pub evidence: bool,
+    /// Largest file copied as evidence.
+    pub evidence_max_file: u64,
+    /// Evidence store cap.
+    pub evidence_max_total: u64,
+    /// Spool cap.
+    pub spool_max: u64,
+}
+
+impl AgentConfig {
+    /// Reads and validates, listing every problem found.
+    pub fn load(path: &Path) -> Result<AgentConfig, Vec<String>> {
+        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates config text.
+    pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, Vec<String>> {
+        let p = origin.display().to_string();
+        let raw: Raw = toml::from_str(text).map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
+        let mut problems: Vec<String> = Vec::new();
+        let mut bad = |key: &str, msg: String| problems.push(format!("{p}: {key}: {msg}"));
+        let dur = |key: &str, v: &str, bad: &mut dyn FnMut(&str, String)| {
+            timefmt::parse_duration(v).unwrap_or_else(|m| {
+                bad(key, m);
+                Duration::from_secs(1)
+            })
+        };
+        let interval = dur("scan.interval", &raw.scan.interval, &mut bad);
+        let full_rehash = dur("scan.full_rehash", &raw.scan.full_rehash, &mut bad);
+        let debounce = dur("scan.debounce", &raw.scan.debounce, &mut bad);
+        let heartbeat = dur("collector.heartbeat", &raw.collector.heartbeat, &mut bad);
+        if interval < Duration::from_secs(1) {
+            bad("scan.interval", "must be at least 1s".into());
+        }
+        let size = |key: &str, v: &str, bad: &mut dyn FnMut(&str, String)| {
+            parse_size(v).map(|s| s as u64).unwrap_or_else(|m| {
+                bad(key, m);
+                0
+            })
+        };
+        let evidence_max_file = size("evidence.max_file_size", &raw.evidence.max_file_size, &mut bad);
+        let evidence_max_total = size("evidence.max_total", &raw.evidence.max_total, &mut bad);
+        let spool_max = size("spool.max_size", &raw.spool.max_size, &mut bad);
+        if raw.tree.is_empty() {
+            bad("tree", "no [[tree]] to watch".into());
+        }
+        let mut trees = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in raw.tree.iter().enumerate() {
+            let key = |f: &str| format!("tree[{i}].{f}");
+            if t.name.is_empty() || !t.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                bad(&key("name"), format!("{:?} must be letters, digits, `.`, `_`, `-`", t.name));
+            }
+            if !names.insert(t.name.clone()) {
+                bad(&key("name"), format!("{:?} is used twice", t.name));
+            }
+            match std::fs::metadata(&t.root) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => bad(&key("root"), format!("{}: not a directory", t.root.display())),
+                Err(e) => bad(&key("root"), format!("{}: {e}", t.root.display())),
+            }
+            if let Some(m) = &t.manifest
+                && let Err(e) = std::fs::metadata(m)
+            {
+                bad(&key("manifest"), format!("{}: {e}", m.display()));
+            }
+            let exclude = glob::path_set(&t.exclude).unwrap_or_else(|m| {
+                bad(&key("exclude"), m);
+                GlobSet::empty()
+            });
+            trees.push(TreeConfig {
+                name: t.name.clone(),
+                root: t.root.clone(),
+                manifest: t.manifest.clone(),
+                exclude_globs: t.exclude.clone(),
+                exclude,
+                cross_filesystems: t.cross_filesystems,
+            });
+        }
+        let mut keys = |key: &str, paths: &[PathBuf]| -> Vec<TrustedKey> {
+            paths
+                .iter()
+                .filter_map(|k| sign::load_public_key(k).map_err(|e| bad(key, e.to_string())).ok())
+                .collect()
+        };
+        let release_keys = keys("trust.release_keys", &raw.trust.release_keys);
+        let approver_keys = keys("trust.approver_keys", &raw.trust.approver_keys);
+        if raw.trust.require_signatures {
+            if raw.trust.release_keys.is_empty() {
+                bad("trust.release_keys", "require_signatures = true needs at least one release key".into());
+            }
+            if raw.changes.dir.is_some() && raw.trust.approver_keys.is_empty() {
+                bad("trust.approver_keys", "require_signatures = true with [changes] dir needs at least one approver key".into());
+            }
+        }
+        if let Some(d) = &raw.changes.dir
+            && !d.is_dir()
+        {
+            bad("changes.dir", format!("{}: not a directory", d.display()));
+        }
+        let uplink = match (&raw.collector.url, raw.collector.embedded) {
+            (Some(_), true) => {
+                bad("collector", "set either url or embedded = true, not both".into());
+                Uplink::None
+            }
+            (Some(url), false) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    bad("collector.url", format!("{url:?} is not an http(s) URL"));
+                }
+                match &raw.collector.token_file {
+                    Some(t) => {
+                        if let Err(e) = crate::client::read_token(t) {
+                            bad("collector.token_file", e.to_string());
+                        }
+                        Uplink::Remote { url: url.clone(), token_file: t.clone() }
+                    }
+                    None => {
+                        bad("collector.token_file", "required with collector.url".into());
+                        Uplink::None
+                    }
+                }
+            }
+            (None, true) => match raw.collector.listen.parse() {
+                Ok(listen) => Uplink::Embedded { listen },
+                Err(e) => {
+                    bad("collector.listen", format!("{:?}: {e}", raw.collector.listen));
+                    Uplink::None
+                }
+            },
+            (None, false) => Uplink::None,
+        };
+        if !(0.0..=1.0).contains(&raw.kpi.target) {
+            bad("kpi.target", format!("{} is not between 0 and 1", raw.kpi.target));
+        }
+        if jiff::tz::TimeZone::get(&raw.kpi.timezone).is_err() {
+            bad("kpi.timezone", format!("{:?} is not a known time zone", raw.kpi.timezone));
+        }
+        if raw.collector.batch == 0 {
+            bad("collector.batch", "must be at least 1".into());
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(AgentConfig {
+            origin: origin.to_path_buf(),
+            host: raw.host.unwrap_or_else(crate::cli::hostname),
+            environment: raw.environment,
+            state_dir: raw.state_dir,
+            trees,
+            interval,
+            full_rehash,
+            realtime: raw.scan.realtime,
+            threads: raw.scan.threads,
+            debounce,
+            changes_dir: raw.changes.dir,
+            release_keys,
+            approver_keys,
+            require_signatures: raw.trust.require_signatures,
+            allow_self_approval: raw.trust.allow_self_approval,
+            uplink,
+            heartbeat,
+            batch: raw.collector.batch,
+            target: raw.kpi.target,
+            timezone: raw.kpi.timezone,
+            evidence: raw.evidence.enabled,
+            evidence_max_file,
+            evidence_max_total,
+            spool_max,
+        })
+    }
+
+    /// The change-log policy these settings imply.
+    pub fn change_policy(&self) -> crate::changelog::Policy {
+        crate::changelog::Policy {
+            approver_keys: self.approver_keys.clone(),
+            require_signatures: self.require_signatures,
+            allow_self_approval: self.allow_self_approval,
+        }
+    }
+}

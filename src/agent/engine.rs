@@ -1,0 +1,346 @@
+//! The agent's engine: owns the trees' state and the spool, runs scans and real-time updates.
+//!
+//! Synchronous on purpose: hashing is CPU and disk work, kept off the async runtime. The daemon
+//! drives it from one thread; the one-shot `scan` command calls it directly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use jiff::Timestamp;
+
+use super::config::{AgentConfig, TreeConfig};
+use super::evidence::Evidence;
+use super::spool::{Spool, SpoolError};
+use super::state::{self, TreeState};
+use super::tracker::{self, Pending, Tracker};
+use crate::changelog::{self, ChangeEntry};
+use crate::classify::Status;
+use crate::event::{ChangeEvent, ScanSummary};
+use crate::manifest::Manifest;
+use crate::pathbytes::RelPath;
+use crate::sign;
+use crate::snapshot::{self, Entry, Kind, ScanOptions};
+use crate::walk::WalkOptions;
+
+/// One tree at run time.
+pub struct TreeRuntime {
+    /// Its settings.
+    pub cfg: TreeConfig,
+    /// Its remembered state.
+    pub state: TreeState,
+    /// The manifest in force.
+    pub manifest: Option<Manifest>,
+    dir: PathBuf,
+    warned: BTreeSet<String>,
+}
+
+/// What one observation pass produced, for reports.
+#[derive(Debug, Default, Clone)]
+pub struct PassResult {
+    /// Events spooled, numbered.
+    pub events: Vec<ChangeEvent>,
+    /// Events that did not fit in the spool.
+    pub dropped: u64,
+    /// The scan summary (full scans only).
+    pub summary: Option<ScanSummary>,
+    /// Files, dirs, bytes seen (full scans).
+    pub scanned: (u64, u64, u64),
+}
+
+/// The engine.
+pub struct Engine {
+    /// Settings.
+    pub cfg: AgentConfig,
+    /// Trees.
+    pub trees: Vec<TreeRuntime>,
+    /// The spool, shared with the uplink.
+    pub spool: Arc<Mutex<Spool>>,
+    entries: Vec<ChangeEntry>,
+    evidence: Evidence,
+    /// Latest scan summary per tree, sent with the next batch.
+    pub summaries: BTreeMap<String, ScanSummary>,
+}
+
+impl Engine {
+    /// Loads every tree's state (rebuilding what is corrupt, with a log line) and opens the spool.
+    pub fn new(cfg: AgentConfig) -> Result<Engine, SpoolError> {
+        let spool = Spool::open(&cfg.state_dir.join("spool"), cfg.spool_max)?;
+        if spool.recovered_tail > 0 {
+            tracing::warn!(bytes = spool.recovered_tail, "spool: cut a torn tail left by a crash");
+        }
+        let evidence = Evidence::new(&cfg.state_dir, cfg.evidence_max_file, cfg.evidence_max_total);
+        let mut e = Engine { trees: Vec::new(), spool: Arc::new(Mutex::new(spool)), entries: Vec::new(), evidence, summaries: BTreeMap::new(), cfg };
+        e.sync_trees();
+        Ok(e)
+    }
+
+    /// Replaces the settings (SIGHUP): trees added are loaded, trees removed are dropped.
+    pub fn reload(&mut self, cfg: AgentConfig) {
+        self.cfg = cfg;
+        self.sync_trees();
+    }
+
+    fn sync_trees(&mut self) {
+        let wanted: Vec<TreeConfig> = self.cfg.trees.clone();
+        self.trees.retain(|t| wanted.iter().any(|w| w.name == t.cfg.name && w.root == t.cfg.root));
+        for w in wanted {
+            if let Some(t) = self.trees.iter_mut().find(|t| t.cfg.name == w.name) {
+                t.cfg = w;
+                continue;
+            }
+            let dir = state::tree_dir(&self.cfg.state_dir, &w.name);
+            let state = TreeState::load(&dir).unwrap_or_else(|why| {
+                tracing::warn!(tree = %w.name, %why, "state unreadable: re-baselining against the manifest");
+                TreeState::default()
+            });
+            let manifest = load_in_force(&dir, &state);
+            tracing::info!(tree = %w.name, root = %w.root.display(), release = ?state.release, "watching tree");
+            self.trees.push(TreeRuntime { cfg: w, state, manifest, dir, warned: BTreeSet::new() });
+        }
+    }
+
+    fn load_changes(&mut self) {
+        let Some(dir) = &self.cfg.changes_dir else { return };
+        match changelog::load_dir(dir, &self.cfg.change_policy()) {
+            Ok(log) => {
+                for r in &log.refused {
+                    tracing::warn!(refused = %r, "change entry refused");
+                }
+                self.entries = log.entries;
+            }
+            Err(e) => tracing::error!(error = %e, "change log unreadable; keeping the entries loaded before"),
+        }
+    }
+
+    /// Index of a tree by name.
+    pub fn tree_index(&self, name: &str) -> Option<usize> {
+        self.trees.iter().position(|t| t.cfg.name == name)
+    }
+
+    /// A full scan of one tree (`rehash` ignores the stat cache).
+    pub fn full_scan(&mut self, i: usize, rehash: bool) -> Result<PassResult, String> {
+        self.load_changes();
+        let started = Instant::now();
+        let deploy = self.refresh_manifest(i);
+        let t = &self.trees[i];
+        let cache = if rehash { None } else { t.state.snapshot.clone().map(Arc::new) };
+        let opts = ScanOptions {
+            walk: WalkOptions { exclude: t.cfg.exclude.clone(), skip: own_files(&t.cfg), cross_filesystems: t.cfg.cross_filesystems },
+            threads: self.cfg.threads,
+            cache,
+            ..ScanOptions::default()
+        };
+        let snap = snapshot::scan(&t.cfg.root, &opts).map_err(|e| e.to_string())?;
+        let scanned = (snap.stats.files, snap.stats.dirs, snap.stats.bytes);
+        let mut paths: BTreeMap<RelPath, Option<Entry>> = BTreeMap::new();
+        if let Some(prev) = &t.state.snapshot {
+            for p in prev.keys() {
+                paths.insert(p.clone(), None);
+            }
+        } else if let Some(m) = &t.manifest {
+            for e in &m.entries {
+                paths.insert(e.path.clone(), None);
+            }
+        }
+        for e in snap.entries {
+            paths.insert(e.path.clone(), Some(e));
+        }
+        let now = Timestamp::now();
+        let mut result = self.pass(i, paths.into_iter().collect(), now, deploy.as_deref())?;
+        let t = &mut self.trees[i];
+        t.state.last_scan = Some(now);
+        if rehash {
+            t.state.last_full_rehash = Some(now);
+        }
+        let tracker = Tracker { tree: &t.cfg, host: &self.cfg.host, entries: &self.entries, manifest: t.manifest.as_ref() };
+        let summary = tracker.summary(&t.state, now, started.elapsed().as_secs_f64());
+        t.state.save(&t.dir).map_err(|e| format!("{}: {e}", t.dir.display()))?;
+        self.summaries.insert(t.cfg.name.clone(), summary.clone());
+        result.summary = Some(summary);
+        result.scanned = scanned;
+        Ok(result)
+    }
+
+    /// Re-examines paths touched in real time (a directory is re-walked whole).
+    pub fn touched(&mut self, i: usize, abs_paths: &BTreeSet<PathBuf>) -> Result<PassResult, String> {
+        let t = &self.trees[i];
+        if t.state.snapshot.is_none() {
+            return self.full_scan(i, false);
+        }
+        let skip = own_files(&t.cfg);
+        let mut paths: BTreeMap<RelPath, Option<Entry>> = BTreeMap::new();
+        for abs in abs_paths {
+            if skip.contains(abs) {
+                continue;
+            }
+            let Ok(rel) = abs.strip_prefix(&t.cfg.root) else { continue };
+            if rel.as_os_str().is_empty() {
+                continue;
+            }
+            let rel = RelPath::from_bytes(std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()).to_vec());
+            let entry = snapshot::examine(abs, rel.clone());
+            let prev = t.state.snapshot.as_ref().expect("checked");
+            // Whatever was below a path that changed type or vanished is gone unless seen again.
+            let prefix = [rel.as_bytes(), b"/"].concat();
+            for p in prev.range(rel.clone()..).skip(1).take_while(|(p, _)| p.as_bytes().starts_with(&prefix)) {
+                paths.entry(p.0.clone()).or_insert(None);
+            }
+            if let Some(e) = &entry
+                && e.meta.kind == Kind::Dir
+            {
+                let opts = ScanOptions {
+                    walk: WalkOptions { exclude: t.cfg.exclude.clone(), skip: skip.clone(), cross_filesystems: t.cfg.cross_filesystems },
+                    threads: self.cfg.threads,
+                    prefix: Some(rel.clone()),
+                    ..ScanOptions::default()
+                };
+                if let Ok(sub) = snapshot::scan(abs, &opts) {
+                    for e in sub.entries {
+                        paths.insert(e.path.clone(), Some(e));
+                    }
+                }
+            }
+            paths.insert(rel, entry);
+        }
+        let now = Timestamp::now();
+        let result = self.pass(i, paths.into_iter().collect(), now, None)?;
+        let t = &mut self.trees[i];
+        t.state.save(&t.dir).map_err(|e| format!("{}: {e}", t.dir.display()))?;
+        Ok(result)
+    }
+
+    /// Classifies observations, spools their events, commits what was spooled, keeps evidence.
+    fn pass(&mut self, i: usize, observed: Vec<(RelPath, Option<Entry>)>, now: Timestamp, deploy: Option<&str>) -> Result<PassResult, String> {
+        let t = &self.trees[i];
+        let t0 = t.state.last_scan.or(t.manifest.as_ref().map(|m| m.created_at)).unwrap_or(now);
+        let tracker = Tracker { tree: &t.cfg, host: &self.cfg.host, entries: &self.entries, manifest: t.manifest.as_ref() };
+        let baseline_without_manifest = t.state.snapshot.is_none() && t.manifest.is_none();
+        let mut pending = if baseline_without_manifest {
+            tracing::warn!(tree = %t.cfg.name, "no manifest: the first scan becomes the baseline; nothing in it is vetted");
+            observed
+                .into_iter()
+                .map(|(path, entry)| Pending { path, entry, events: vec![], status: None, change: None, overlay: None, closes: false, opens: None })
+                .collect()
+        } else {
+            tracker.observe(&t.state, observed, t0, now, deploy)
+        };
+        pending.extend(tracker.reconsider_open(&t.state, now));
+        let all: Vec<ChangeEvent> = pending.iter().flat_map(|p| p.events.iter().cloned()).collect();
+        let wanted = all.len();
+        let kept = if all.is_empty() { Vec::new() } else { self.spool.lock().unwrap_or_else(|e| e.into_inner()).append(all).map_err(|e| e.to_string())? };
+        let dropped = (wanted - kept.len()) as u64;
+        if dropped > 0 {
+            tracing::error!(tree = %t.cfg.name, dropped, "spool full: events dropped; their paths will be reported again by the next scan");
+        }
+        let mut next = 0usize;
+        let mut overflow = false;
+        let tree_root = t.cfg.root.clone();
+        let t = &mut self.trees[i];
+        for p in pending {
+            let n = p.events.len();
+            if overflow || next + n > kept.len() {
+                // Not spooled: leave the path as it was so the next scan sees the change again.
+                overflow = true;
+                continue;
+            }
+            let seqs: Vec<u64> = kept[next..next + n].iter().map(|e| e.seq).collect();
+            if let (Some(Status::Unauthorized), Some(ev)) = (&p.status, kept.get(next))
+                && self.cfg.evidence
+                && (ev.change == "added" || ev.change == "modified")
+                && ev.blake3.is_some()
+            {
+                let abs = tree_root.join(p.path.as_path());
+                match self.evidence.capture(&tree_root, &abs, &self.cfg.host, ev) {
+                    Ok(blob) => tracing::info!(path = %p.path, blob = %blob.display(), "evidence kept"),
+                    Err(why) => tracing::warn!(path = %p.path, %why, "no evidence kept"),
+                }
+            }
+            for ev in &kept[next..next + n] {
+                log_event(&self.cfg.host, ev);
+            }
+            next += n;
+            tracker::commit(&mut t.state, p, &seqs);
+        }
+        Ok(PassResult { events: kept, dropped, summary: None, scanned: (0, 0, 0) })
+    }
+
+    /// Loads the configured manifest; adopts it when it is the first or newer. Returns the
+    /// release id when it is a deploy. Failures keep the manifest in force and are logged once.
+    fn refresh_manifest(&mut self, i: usize) -> Option<String> {
+        let require = self.cfg.require_signatures;
+        let keys = self.cfg.release_keys.clone();
+        let t = &mut self.trees[i];
+        let path = t.cfg.manifest.clone()?;
+        let loaded = (|| -> Result<(Manifest, Vec<u8>), String> {
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if require || !keys.is_empty() {
+                sign::verify_bytes(&bytes, &path, &keys).map_err(|e| e.to_string())?;
+            }
+            let m = Manifest::parse(&bytes, &path).map_err(|e| e.to_string())?;
+            if m.tree != t.cfg.name {
+                return Err(format!("{}: tree: {:?} is not {:?}", path.display(), m.tree, t.cfg.name));
+            }
+            Ok((m, bytes))
+        })();
+        let (m, bytes) = match loaded {
+            Ok(x) => x,
+            Err(why) => {
+                if t.warned.insert(why.clone()) {
+                    tracing::error!(tree = %t.cfg.name, %why, "manifest rejected; it authorizes nothing");
+                }
+                return None;
+            }
+        };
+        let in_force = t.manifest.as_ref().map(|f| (f.created_at, f.release.clone()));
+        match in_force {
+            Some((at, rel)) if m.created_at <= at => {
+                if m.created_at < at && t.warned.insert(format!("rollback {}", m.release)) {
+                    tracing::warn!(tree = %t.cfg.name, manifest = %m.release, in_force = %rel,
+                        "older manifest ignored: a rollback is not a release unless a change entry covers it");
+                }
+                None
+            }
+            previous => {
+                let deploy = previous.is_some().then(|| m.release.clone());
+                if let Err(e) = std::fs::create_dir_all(&t.dir).and_then(|_| super::spool::write_atomic(&t.dir.join("manifest.json"), &bytes)) {
+                    tracing::error!(tree = %t.cfg.name, error = %e, "cannot keep the manifest in the state dir");
+                }
+                tracing::info!(tree = %t.cfg.name, release = %m.release, deploy = deploy.is_some(), "manifest in force");
+                t.state.release = Some(m.release.clone());
+                t.state.manifest_created_at = Some(m.created_at);
+                t.state.overlay.clear();
+                t.manifest = Some(m);
+                deploy
+            }
+        }
+    }
+}
+
+/// One greppable line per event.
+fn log_event(host: &str, ev: &ChangeEvent) {
+    if ev.status == "unauthorized" || ev.status == "unverifiable" {
+        tracing::warn!(host, tree = %ev.tree, path = %ev.path, change = %ev.change, status = %ev.status, seq = ev.seq, blake3 = ev.blake3.as_deref().unwrap_or(""), "drift");
+    } else {
+        tracing::info!(host, tree = %ev.tree, path = %ev.path, change = %ev.change, status = %ev.status, seq = ev.seq, resolves = ev.resolves, "drift");
+    }
+}
+
+/// The manifest kept in the state dir is the one in force (it may be newer than the file on disk
+/// after an attempted rollback).
+fn load_in_force(dir: &Path, state: &TreeState) -> Option<Manifest> {
+    state.release.as_ref()?;
+    let path = dir.join("manifest.json");
+    let bytes = std::fs::read(&path).ok()?;
+    Manifest::parse(&bytes, &path).ok()
+}
+
+/// The manifest file and its signature are not part of the deployed code.
+fn own_files(t: &TreeConfig) -> Vec<PathBuf> {
+    let Some(m) = &t.manifest else { return Vec::new() };
+    let (Ok(root), Ok(mabs)) = (t.root.canonicalize(), m.canonicalize()) else { return Vec::new() };
+    let Ok(rel) = mabs.strip_prefix(&root) else { return Vec::new() };
+    let p = t.root.join(rel);
+    vec![sign::sig_path(&p), p]
+}

@@ -1,0 +1,415 @@
+//! The agent daemon: scheduled and real-time detection, durable reporting (DESIGN §9).
+//!
+//! Read top to bottom: [`run`] loads the config, starts the engine thread (scans, state, spool),
+//! the uplink (spool → collector, with backoff), the heartbeat, the real-time watcher and the
+//! signal handlers, then waits for SIGTERM.
+
+pub mod config;
+pub mod engine;
+pub mod evidence;
+pub mod spool;
+pub mod state;
+pub mod tracker;
+pub mod watch;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::Notify;
+
+use crate::client::{Client, ClientError};
+use crate::collector::Collector;
+use crate::collector::config::CollectorConfig;
+use crate::event::{EventBatch, Heartbeat, IngestResult, ScanSummary};
+use crate::store::{Store, sqlite::SqliteStore};
+use config::{AgentConfig, Uplink};
+use engine::{Engine, PassResult};
+use spool::Spool;
+
+/// Work for the engine thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Full scan of one tree (all when `None`); `rehash` forces hashing everything.
+    Scan {
+        /// Tree name.
+        tree: Option<String>,
+        /// Ignore the stat cache (`None`: when `full_rehash` is due).
+        rehash: Option<bool>,
+    },
+    /// Paths touched in real time.
+    Touched {
+        /// Tree name.
+        tree: String,
+        /// Absolute paths.
+        paths: BTreeSet<PathBuf>,
+    },
+    /// New settings (SIGHUP).
+    Reload(Box<AgentConfig>),
+    /// Finish and stop.
+    Stop,
+}
+
+/// Where batches and heartbeats go.
+#[derive(Clone)]
+pub enum Sink {
+    /// Nowhere: events wait in the spool.
+    None,
+    /// A collector over HTTP(S).
+    Remote(Client),
+    /// The embedded collector's store, in process.
+    Embedded(Arc<dyn Store>),
+}
+
+impl Sink {
+    async fn send(&self, batch: EventBatch) -> Result<IngestResult, ClientError> {
+        match self {
+            Sink::None => Err(ClientError::Transport { url: "(no collector)".into(), message: "no collector configured".into() }),
+            Sink::Remote(c) => c.post_json("/api/v1/events", &batch).await,
+            Sink::Embedded(store) => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.ingest(&batch, Timestamp::now()))
+                    .await
+                    .map_err(|e| ClientError::Transport { url: "embedded".into(), message: e.to_string() })?
+                    .map_err(|e| ClientError::Transport { url: "embedded".into(), message: e.to_string() })
+            }
+        }
+    }
+
+    async fn heartbeat(&self, hb: Heartbeat) -> Result<(), ClientError> {
+        match self {
+            Sink::None => Ok(()),
+            Sink::Remote(c) => c.post_json::<_, serde_json::Value>("/api/v1/heartbeat", &hb).await.map(|_| ()),
+            Sink::Embedded(store) => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.record_heartbeat(&hb, Timestamp::now()))
+                    .await
+                    .map_err(|e| ClientError::Transport { url: "embedded".into(), message: e.to_string() })?
+                    .map_err(|e| ClientError::Transport { url: "embedded".into(), message: e.to_string() })
+            }
+        }
+    }
+}
+
+/// The collector settings of the embedded mode, derived from the agent's.
+pub fn embedded_collector_config(cfg: &AgentConfig, listen: std::net::SocketAddr) -> CollectorConfig {
+    CollectorConfig {
+        origin: cfg.origin.clone(),
+        listen,
+        tls: None,
+        storage: format!("sqlite://{}", cfg.state_dir.join("collector.db").display()),
+        max_body: 8 << 20,
+        silent_after: cfg.heartbeat * 3,
+        target: cfg.target,
+        timezone: jiff::tz::TimeZone::get(&cfg.timezone).unwrap_or(jiff::tz::TimeZone::UTC),
+        timezone_name: cfg.timezone.clone(),
+        release_keys: cfg.release_keys.clone(),
+        approver_keys: cfg.approver_keys.clone(),
+        require_signatures: cfg.require_signatures,
+        allow_self_approval: cfg.allow_self_approval,
+        requests_per_minute: 6000,
+        request_timeout: Duration::from_secs(30),
+        audit_key: None,
+        audit_pubkey: None,
+    }
+}
+
+/// Opens the sink a config names (the embedded store is created under the state dir).
+pub fn open_sink(cfg: &AgentConfig) -> anyhow::Result<Sink> {
+    Ok(match &cfg.uplink {
+        Uplink::None => Sink::None,
+        Uplink::Remote { url, token_file } => Sink::Remote(Client::new(url, crate::client::read_token(token_file)?)?),
+        Uplink::Embedded { .. } => {
+            let tz = jiff::tz::TimeZone::get(&cfg.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
+            Sink::Embedded(Arc::new(SqliteStore::open(&cfg.state_dir.join("collector.db"), tz)?))
+        }
+    })
+}
+
+/// Sends spooled events until the spool is empty or the sink fails; returns events acknowledged.
+pub async fn flush(spool: &Arc<Mutex<Spool>>, sink: &Sink, cfg: &AgentConfig, scans: Vec<ScanSummary>) -> Result<u64, ClientError> {
+    let mut sent = 0;
+    let mut scans = scans;
+    loop {
+        let events = spool.lock().unwrap_or_else(|e| e.into_inner()).peek(cfg.batch);
+        if events.is_empty() && scans.is_empty() {
+            return Ok(sent);
+        }
+        let last = events.last().map(|e| e.seq);
+        let n = events.len() as u64;
+        let batch = EventBatch { host: cfg.host.clone(), environment: cfg.environment.clone(), events, scans: std::mem::take(&mut scans) };
+        let result = sink.send(batch).await?;
+        if !result.rejected.is_empty() {
+            tracing::error!(seqs = ?result.rejected, "collector refused events as replays (same number, other content)");
+        }
+        if let Some(last) = last {
+            let acked = result.acked_seq.min(last);
+            spool.lock().unwrap_or_else(|e| e.into_inner()).ack(acked).map_err(|e| ClientError::Transport { url: "spool".into(), message: e.to_string() })?;
+        }
+        sent += n;
+    }
+}
+
+fn status_line(engine_trees: usize, spool: &Arc<Mutex<Spool>>) -> String {
+    let s = spool.lock().unwrap_or_else(|e| e.into_inner());
+    format!("watching {engine_trees} trees; spool {} events; {} dropped", s.depth(), s.dropped)
+}
+
+/// `driftwatch agent`: the daemon. Returns when SIGTERM/SIGINT arrived and the batch in flight was sent.
+pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run_async(cfg))
+}
+
+async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
+    let sink = open_sink(&cfg)?;
+    let mut engine = Engine::new(cfg.clone())?;
+    let spool = engine.spool.clone();
+    let wake = Arc::new(Notify::new());
+    let summaries: Arc<Mutex<BTreeMap<String, ScanSummary>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let last_scan: Arc<Mutex<Option<Timestamp>>> = Arc::new(Mutex::new(None));
+
+    // The embedded collector serves the dashboard and API on the same store.
+    let mut server = None;
+    if let (Uplink::Embedded { listen }, Sink::Embedded(store)) = (&cfg.uplink, &sink) {
+        let c = Collector::bind_with_store(embedded_collector_config(&cfg, *listen), store.clone()).await?;
+        tracing::info!(url = %c.url(), "embedded collector listening");
+        eprintln!("driftwatch embedded collector listening on {}", c.url());
+        let stop = Arc::new(Notify::new());
+        let s2 = stop.clone();
+        server = Some((tokio::spawn(c.serve(async move { s2.notified().await })), stop));
+    }
+
+    // Engine thread: owns the state; everything else talks to it through `tx`.
+    let (tx, rx) = mpsc::channel::<Command>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let engine_thread = {
+        let wake = wake.clone();
+        let summaries = summaries.clone();
+        let last_scan = last_scan.clone();
+        std::thread::Builder::new().name("engine".into()).spawn(move || {
+            let mut ready = Some(ready_tx);
+            let trees: Vec<String> = engine.trees.iter().map(|t| t.cfg.name.clone()).collect();
+            for name in trees {
+                scan_one(&mut engine, &name, None, &summaries, &last_scan);
+            }
+            wake.notify_one();
+            if let Some(r) = ready.take() {
+                let _ = r.send(());
+            }
+            while let Ok(cmd) = rx.recv() {
+                match cmd {
+                    Command::Stop => break,
+                    Command::Reload(cfg) => {
+                        engine.reload(*cfg);
+                        let trees: Vec<String> = engine.trees.iter().map(|t| t.cfg.name.clone()).collect();
+                        for name in trees {
+                            if engine.trees.iter().any(|t| t.cfg.name == name && t.state.last_scan.is_none()) {
+                                scan_one(&mut engine, &name, None, &summaries, &last_scan);
+                            }
+                        }
+                    }
+                    Command::Scan { tree, rehash } => {
+                        let names: Vec<String> = match tree {
+                            Some(t) => vec![t],
+                            None => engine.trees.iter().map(|t| t.cfg.name.clone()).collect(),
+                        };
+                        for name in names {
+                            scan_one(&mut engine, &name, rehash, &summaries, &last_scan);
+                        }
+                    }
+                    Command::Touched { tree, paths } => {
+                        if let Some(i) = engine.tree_index(&tree)
+                            && let Err(e) = engine.touched(i, &paths)
+                        {
+                            tracing::error!(tree = %tree, error = %e, "real-time update failed");
+                        }
+                    }
+                }
+                wake.notify_one();
+            }
+        })?
+    };
+
+    // Uplink: spool → collector, exponential backoff with jitter, never losing what is not acked.
+    let stopping = Arc::new(tokio::sync::watch::channel(false).0);
+    let uplink = {
+        let (spool, sink, cfg, wake, summaries) = (spool.clone(), sink.clone(), cfg.clone(), wake.clone(), summaries.clone());
+        let mut stop_rx = stopping.subscribe();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                let scans: Vec<ScanSummary> = std::mem::take(&mut *summaries.lock().unwrap_or_else(|e| e.into_inner())).into_values().collect();
+                match flush(&spool, &sink, &cfg, scans.clone()).await {
+                    Ok(_) => backoff = Duration::from_millis(500),
+                    Err(e) => {
+                        // Keep the summaries for the next attempt.
+                        {
+                            let mut s = summaries.lock().unwrap_or_else(|e| e.into_inner());
+                            for sc in scans {
+                                s.entry(sc.tree.clone()).or_insert(sc);
+                            }
+                        }
+                        if !matches!(sink, Sink::None) {
+                            tracing::warn!(error = %e, retry_in = ?backoff, "uplink: collector unreachable; events stay in the spool");
+                        }
+                        let jitter = Duration::from_millis(u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs() % 250));
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff + jitter) => {},
+                            _ = stop_rx.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                        continue;
+                    }
+                }
+                if *stop_rx.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    _ = wake.notified() => {},
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {},
+                    _ = stop_rx.changed() => return,
+                }
+            }
+        })
+    };
+
+    // Heartbeat.
+    let heartbeat = {
+        let (spool, sink, cfg, last_scan) = (spool.clone(), sink.clone(), cfg.clone(), last_scan.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(cfg.heartbeat);
+            loop {
+                tick.tick().await;
+                let (dropped, depth) = {
+                    let s = spool.lock().unwrap_or_else(|e| e.into_inner());
+                    (s.dropped, s.depth())
+                };
+                let hb = Heartbeat {
+                    host: cfg.host.clone(),
+                    environment: cfg.environment.clone(),
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
+                    trees: cfg.trees.iter().map(|t| t.name.clone()).collect(),
+                    last_scan: last_scan.lock().unwrap_or_else(|e| e.into_inner()).map(crate::timefmt::format_timestamp),
+                    spool_dropped: dropped,
+                    spool_depth: depth,
+                };
+                if let Err(e) = sink.heartbeat(hb).await {
+                    tracing::debug!(error = %e, "heartbeat not delivered");
+                }
+            }
+        })
+    };
+
+    let _ = ready_rx.await;
+    let mut watchers = watch::start(&cfg, tx.clone());
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status_line(cfg.trees.len(), &spool))]);
+    tracing::info!(host = %cfg.host, trees = cfg.trees.len(), "driftwatch agent ready");
+    eprintln!("driftwatch agent ready: {} trees", cfg.trees.len());
+
+    // Scheduled scans, signals, watchdog.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut scan_tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.interval, cfg.interval);
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut dog = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2).max(Duration::from_millis(100)));
+    let mut cfg = cfg;
+    loop {
+        tokio::select! {
+            _ = scan_tick.tick() => { let _ = tx.send(Command::Scan { tree: None, rehash: None }); }
+            _ = dog.tick() => {
+                if watchdog.is_some() {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog, sd_notify::NotifyState::Status(&status_line(cfg.trees.len(), &spool))]);
+                }
+            }
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                match AgentConfig::load(&cfg.origin) {
+                    Ok(new) => {
+                        tracing::info!(config = %cfg.origin.display(), trees = new.trees.len(), "config reloaded");
+                        drop(watchers);
+                        watchers = watch::start(&new, tx.clone());
+                        let _ = tx.send(Command::Reload(Box::new(new.clone())));
+                        cfg = new;
+                    }
+                    Err(problems) => {
+                        for p in problems {
+                            tracing::error!(problem = %p, "config reload refused; keeping the running config");
+                        }
+                    }
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping: finishing the work in flight");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    drop(watchers);
+    let _ = tx.send(Command::Stop);
+    let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
+    // One last send of what the engine just spooled, bounded in time; the rest stays spooled.
+    let _ = stopping.send(true);
+    let _ = uplink.await;
+    let left = tokio::time::timeout(Duration::from_secs(10), flush(&spool, &sink, &cfg, Vec::new())).await;
+    if let Ok(Err(e)) = left {
+        tracing::warn!(error = %e, "events left in the spool for the next start");
+    }
+    heartbeat.abort();
+    if let Some((task, stop)) = server {
+        stop.notify_one();
+        let _ = task.await;
+    }
+    tracing::info!("driftwatch agent stopped");
+    Ok(())
+}
+
+fn scan_one(
+    engine: &mut Engine,
+    name: &str,
+    rehash: Option<bool>,
+    summaries: &Arc<Mutex<BTreeMap<String, ScanSummary>>>,
+    last_scan: &Arc<Mutex<Option<Timestamp>>>,
+) -> Option<PassResult> {
+    let i = engine.tree_index(name)?;
+    let due = {
+        let t = &engine.trees[i];
+        let full = engine.cfg.full_rehash;
+        t.state.last_full_rehash.is_none_or(|at| {
+            Timestamp::now().duration_since(at).unsigned_abs() >= full
+        })
+    };
+    match engine.full_scan(i, rehash.unwrap_or(due)) {
+        Ok(r) => {
+            if let Some(s) = &r.summary {
+                summaries.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), s.clone());
+            }
+            *last_scan.lock().unwrap_or_else(|e| e.into_inner()) = Some(Timestamp::now());
+            tracing::info!(tree = name, files = r.scanned.0, dirs = r.scanned.1, events = r.events.len(),
+                seconds = r.summary.as_ref().map(|s| s.seconds).unwrap_or(0.0), "scan finished");
+            Some(r)
+        }
+        Err(e) => {
+            tracing::error!(tree = name, error = %e, "scan failed");
+            None
+        }
+    }
+}
+
+/// The state dir lock: one agent (or `scan`) per state dir at a time.
+pub fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!("{}: another driftwatch agent or scan is using this state dir", path.display());
+    }
+    Ok(f)
+}

@@ -1,0 +1,337 @@
+//! What the agent remembers per tree between runs, written crash-safe (temp, fsync, rename).
+//!
+//! The last snapshot is kept in a compact binary form with a BLAKE3 trailer; the rest (release in
+//! force, authorized overlay, open unauthorized changes) as JSON. A missing, corrupt or
+//! other-version state is not fatal: the tree is re-baselined against its manifest, which
+//! re-reports what differs from the approved state.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::diff::State;
+use crate::pathbytes::RelPath;
+use crate::snapshot::{Entry, Kind, Meta};
+
+const SNAP_MAGIC: &[u8; 8] = b"DWSNAP1\n";
+
+/// An unauthorized change still open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenChange {
+    /// Its event's sequence number.
+    pub seq: u64,
+    /// Start of its observation window.
+    pub t0: Timestamp,
+    /// When it was observed.
+    pub observed_at: Timestamp,
+}
+
+/// A persisted approved state (serde form of [`State`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDto {
+    kind: Kind,
+    size: Option<u64>,
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    blake3: Option<String>,
+    target: Option<String>,
+}
+
+impl From<&State> for StateDto {
+    fn from(s: &State) -> Self {
+        StateDto {
+            kind: s.kind,
+            size: s.size,
+            mode: s.mode,
+            uid: s.uid,
+            gid: s.gid,
+            blake3: s.blake3.map(hex::encode),
+            target: s.target.as_ref().map(hex::encode),
+        }
+    }
+}
+
+impl StateDto {
+    fn to_state(&self) -> Option<State> {
+        Some(State {
+            kind: self.kind,
+            size: self.size,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            blake3: match &self.blake3 {
+                Some(h) => Some(crate::manifest::parse_hash(h).ok()?),
+                None => None,
+            },
+            target: match &self.target {
+                Some(t) => Some(hex::decode(t).ok()?),
+                None => None,
+            },
+        })
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    version: u32,
+    release: Option<String>,
+    manifest_created_at: Option<Timestamp>,
+    last_scan: Option<Timestamp>,
+    last_full_rehash: Option<Timestamp>,
+    overlay: Vec<(String, Option<StateDto>)>,
+    open: Vec<(String, Vec<OpenChange>)>,
+}
+
+/// Everything the agent tracks for one tree.
+#[derive(Debug, Default)]
+pub struct TreeState {
+    /// Release id of the manifest in force.
+    pub release: Option<String>,
+    /// Its `created_at`: only a newer manifest is a deploy.
+    pub manifest_created_at: Option<Timestamp>,
+    /// When the last observation finished.
+    pub last_scan: Option<Timestamp>,
+    /// When the last full rehash finished.
+    pub last_full_rehash: Option<Timestamp>,
+    /// Authorized changes on top of the manifest (`None` = authorized removal).
+    pub overlay: BTreeMap<RelPath, Option<State>>,
+    /// Unauthorized changes still open, by path.
+    pub open: BTreeMap<RelPath, Vec<OpenChange>>,
+    /// The last observed snapshot (`None` before the first scan).
+    pub snapshot: Option<BTreeMap<RelPath, Entry>>,
+}
+
+/// Where a tree's state files live.
+pub fn tree_dir(state_dir: &Path, tree: &str) -> PathBuf {
+    state_dir.join("trees").join(tree)
+}
+
+impl TreeState {
+    /// Loads a tree's state; `Err` carries why it had to be rebuilt (the caller logs it).
+    pub fn load(dir: &Path) -> Result<TreeState, String> {
+        let json_path = dir.join("state.json");
+        let text = match std::fs::read_to_string(&json_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TreeState::default()),
+            Err(e) => return Err(format!("{}: {e}", json_path.display())),
+        };
+        let p: Persisted = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json_path.display()))?;
+        if p.version != 1 {
+            return Err(format!("{}: state version {} is not 1", json_path.display(), p.version));
+        }
+        let path = |h: &str| hex::decode(h).map(RelPath::from_bytes).map_err(|e| format!("{}: {e}", json_path.display()));
+        let mut overlay = BTreeMap::new();
+        for (k, v) in p.overlay {
+            let state = match v {
+                Some(d) => Some(d.to_state().ok_or_else(|| format!("{}: bad overlay entry", json_path.display()))?),
+                None => None,
+            };
+            overlay.insert(path(&k)?, state);
+        }
+        let mut open = BTreeMap::new();
+        for (k, v) in p.open {
+            open.insert(path(&k)?, v);
+        }
+        let snap_path = dir.join("snapshot.bin");
+        let snapshot = match std::fs::read(&snap_path) {
+            Ok(bytes) => Some(decode_snapshot(&bytes).ok_or_else(|| format!("{}: corrupt snapshot", snap_path.display()))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{}: {e}", snap_path.display())),
+        };
+        Ok(TreeState {
+            release: p.release,
+            manifest_created_at: p.manifest_created_at,
+            last_scan: p.last_scan,
+            last_full_rehash: p.last_full_rehash,
+            overlay,
+            open,
+            snapshot,
+        })
+    }
+
+    /// Saves atomically (snapshot first, then the JSON that refers to it).
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        if let Some(s) = &self.snapshot {
+            super::spool::write_atomic(&dir.join("snapshot.bin"), &encode_snapshot(s))?;
+        }
+        let p = Persisted {
+            version: 1,
+            release: self.release.clone(),
+            manifest_created_at: self.manifest_created_at,
+            last_scan: self.last_scan,
+            last_full_rehash: self.last_full_rehash,
+            overlay: self.overlay.iter().map(|(k, v)| (hex::encode(k.as_bytes()), v.as_ref().map(StateDto::from))).collect(),
+            open: self.open.iter().map(|(k, v)| (hex::encode(k.as_bytes()), v.clone())).collect(),
+        };
+        super::spool::write_atomic(&dir.join("state.json"), serde_json::to_string(&p).expect("state serializes").as_bytes())
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn kind_code(k: Kind) -> u8 {
+    match k {
+        Kind::File => 0,
+        Kind::Dir => 1,
+        Kind::Symlink => 2,
+        Kind::Fifo => 3,
+        Kind::Socket => 4,
+        Kind::CharDevice => 5,
+        Kind::BlockDevice => 6,
+    }
+}
+
+fn code_kind(c: u8) -> Option<Kind> {
+    Some(match c {
+        0 => Kind::File,
+        1 => Kind::Dir,
+        2 => Kind::Symlink,
+        3 => Kind::Fifo,
+        4 => Kind::Socket,
+        5 => Kind::CharDevice,
+        6 => Kind::BlockDevice,
+        _ => return None,
+    })
+}
+
+/// Encodes a snapshot compactly, with a BLAKE3 trailer over everything before it.
+pub fn encode_snapshot(s: &BTreeMap<RelPath, Entry>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() * 100);
+    out.extend_from_slice(SNAP_MAGIC);
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    for e in s.values() {
+        put_bytes(&mut out, e.path.as_bytes());
+        let m = &e.meta;
+        out.push(kind_code(m.kind));
+        for v in [m.size, m.ino, m.dev, m.nlink] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [m.mode, m.uid, m.gid] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [m.mtime_ns, m.ctime_ns] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let flags = u8::from(e.blake3.is_some()) | (u8::from(e.target.is_some()) << 1) | (u8::from(e.problem.is_some()) << 2);
+        out.push(flags);
+        if let Some(h) = &e.blake3 {
+            out.extend_from_slice(h);
+        }
+        if let Some(t) = &e.target {
+            put_bytes(&mut out, t);
+        }
+        if let Some(p) = &e.problem {
+            put_bytes(&mut out, p.as_bytes());
+        }
+    }
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    out
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn bytes(&mut self) -> Option<Vec<u8>> {
+        let n = self.u32()? as usize;
+        Some(self.take(n)?.to_vec())
+    }
+}
+
+/// Decodes a snapshot; `None` when the magic, the structure or the checksum is wrong.
+pub fn decode_snapshot(bytes: &[u8]) -> Option<BTreeMap<RelPath, Entry>> {
+    if bytes.len() < SNAP_MAGIC.len() + 8 + 32 || &bytes[..8] != SNAP_MAGIC {
+        return None;
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if blake3::hash(body).as_bytes() != sum {
+        return None;
+    }
+    let mut r = Reader { b: body, pos: 8 };
+    let n = r.u64()?;
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let path = RelPath::from_bytes(r.bytes()?);
+        let kind = code_kind(r.take(1)?[0])?;
+        let (size, ino, dev, nlink) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        let (mode, uid, gid) = (r.u32()?, r.u32()?, r.u32()?);
+        let (mtime_ns, ctime_ns) = (r.i64()?, r.i64()?);
+        let flags = r.take(1)?[0];
+        let blake3 = if flags & 1 != 0 { Some(r.take(32)?.try_into().ok()?) } else { None };
+        let target = if flags & 2 != 0 { Some(r.bytes()?) } else { None };
+        let problem = if flags & 4 != 0 { Some(String::from_utf8(r.bytes()?).ok()?) } else { None };
+        let meta = Meta { kind, size, mode, uid, gid, mtime_ns, ctime_ns, ino, dev, nlink };
+        out.insert(path.clone(), Entry { path, meta, blake3, target, problem });
+    }
+    (r.pos == body.len()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(p: &[u8], hash: Option<[u8; 32]>) -> Entry {
+        Entry {
+            path: RelPath::from_bytes(p.to_vec()),
+            meta: Meta { kind: Kind::File, size: 3, mode: 0o644, uid: 1, gid: 2, mtime_ns: -5, ctime_ns: 7, ino: 9, dev: 10, nlink: 1 },
+            blake3: hash,
+            target: Some(b"\xfft".to_vec()),
+            problem: Some("denied".into()),
+        }
+    }
+
+    #[test]
+    fn snapshot_round_trips_and_detects_corruption() {
+        let mut m = BTreeMap::new();
+        for e in [entry(b"a\xff", Some([3; 32])), entry(b"b\nc", None)] {
+            m.insert(e.path.clone(), e);
+        }
+        let bytes = encode_snapshot(&m);
+        assert_eq!(decode_snapshot(&bytes).unwrap(), m);
+        let mut bad = bytes.clone();
+        bad[20] ^= 1;
+        assert!(decode_snapshot(&bad).is_none());
+        assert!(decode_snapshot(&bytes[..bytes.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn state_round_trips_and_corrupt_state_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = TreeState { release: Some("r1".into()), ..TreeState::default() };
+        let p = RelPath::from_bytes(b"x".to_vec());
+        s.open.insert(p.clone(), vec![OpenChange { seq: 4, t0: Timestamp::UNIX_EPOCH, observed_at: Timestamp::UNIX_EPOCH }]);
+        s.overlay.insert(p.clone(), None);
+        s.snapshot = Some(BTreeMap::new());
+        s.save(dir.path()).unwrap();
+        let back = TreeState::load(dir.path()).unwrap();
+        assert_eq!(back.release.as_deref(), Some("r1"));
+        assert_eq!(back.open[&p][0].seq, 4);
+        assert_eq!(back.overlay[&p], None);
+        std::fs::write(dir.path().join("state.json"), "{not json").unwrap();
+        assert!(TreeState::load(dir.path()).is_err());
+    }
+}

@@ -1,0 +1,270 @@
+//! Turning observations of a tree into events (DESIGN §6, §9): the agent's judgement.
+//!
+//! [`Tracker::observe`] compares what was just seen with the previous observation, classifies
+//! each change against the approved state (manifest + authorized overlay) and the change log,
+//! and returns [`Pending`] items. Nothing in the tree state changes until [`commit`] is called
+//! for an item whose events made it into the spool: an event dropped from a full spool leaves its
+//! path unobserved, so the next scan finds the change again (the resync).
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::Timestamp;
+
+use super::config::TreeConfig;
+use super::state::{OpenChange, TreeState};
+use crate::changelog::ChangeEntry;
+use crate::classify::{self, Context, Observation, Status};
+use crate::diff::{self, Change, ChangeKind, State};
+use crate::event::{ChangeEvent, ScanSummary};
+use crate::manifest::Manifest;
+use crate::pathbytes::RelPath;
+use crate::snapshot::Entry;
+use crate::timefmt;
+
+/// What one observed path leads to, applied to the state by [`commit`] once spooled.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// The path.
+    pub path: RelPath,
+    /// What is there now (`None`: gone).
+    pub entry: Option<Entry>,
+    /// Events to spool for it (a counted change and/or records closing open ones).
+    pub events: Vec<ChangeEvent>,
+    /// Its status, when a counted change was emitted.
+    pub status: Option<Status>,
+    /// The change, when there was one.
+    pub change: Option<Change>,
+    /// New overlay value (an authorized change becomes part of the approved state).
+    pub overlay: Option<Option<State>>,
+    /// Open changes of this path that are now closed.
+    pub closes: bool,
+    /// The counted event opens an unauthorized change.
+    pub opens: Option<(Timestamp, Timestamp)>,
+}
+
+/// Classifies observations of one tree.
+pub struct Tracker<'a> {
+    /// The tree.
+    pub tree: &'a TreeConfig,
+    /// This host's name.
+    pub host: &'a str,
+    /// Valid, signature-checked change entries.
+    pub entries: &'a [ChangeEntry],
+    /// The manifest in force, if any.
+    pub manifest: Option<&'a Manifest>,
+}
+
+impl Tracker<'_> {
+    /// The approved state of a path: the overlay first, then the manifest.
+    fn approved(&self, state: &TreeState, index: &HashMap<&RelPath, &State>, path: &RelPath) -> Option<State> {
+        match state.overlay.get(path) {
+            Some(o) => o.clone(),
+            None => index.get(path).map(|s| (*s).clone()),
+        }
+    }
+
+    fn index(&self) -> HashMap<&RelPath, &State> {
+        self.manifest.map(|m| m.entries.iter().map(|e| (&e.path, &e.state)).collect()).unwrap_or_default()
+    }
+
+    /// Judges observations of `observed` paths made in the window (t0, now]; `deploy` is the
+    /// release id when a newer signed manifest has just come into force.
+    pub fn observe(
+        &self,
+        state: &TreeState,
+        observed: Vec<(RelPath, Option<Entry>)>,
+        t0: Timestamp,
+        now: Timestamp,
+        deploy: Option<&str>,
+    ) -> Vec<Pending> {
+        let index = self.index();
+        let ctx = Context { host: self.host, tree: &self.tree.name, exclude: &self.tree.exclude, entries: self.entries, now };
+        let obs = Observation { t0, t: now, observed_at: now };
+        let mut out = Vec::new();
+        for (path, entry) in observed {
+            // Before the first observation, the previous state is the approved one.
+            let before: Option<State> = match &state.snapshot {
+                Some(s) => s.get(&path).map(State::of),
+                None => self.approved(state, &index, &path),
+            };
+            let after = entry.as_ref().map(State::of);
+            let problem = entry.as_ref().and_then(|e| e.problem.clone());
+            let kind = match (&before, &after) {
+                (None, None) => None,
+                (None, Some(_)) => Some(ChangeKind::Added),
+                (Some(_), None) => Some(ChangeKind::Removed),
+                (Some(b), Some(a)) => diff::compare(b, a).or(problem.as_ref().map(|_| ChangeKind::Modified)),
+            };
+            let mut p = Pending { path: path.clone(), entry: entry.clone(), events: vec![], status: None, change: None, overlay: None, closes: false, opens: None };
+            let Some(kind) = kind else {
+                out.push(p);
+                continue;
+            };
+            if self.tree.exclude.is_match(path.as_path()) {
+                out.push(p);
+                continue;
+            }
+            let change = Change { path: path.clone(), kind, expected: before.clone(), actual: after.clone(), problem, ctime_ns: None };
+            let approved = self.approved(state, &index, &path);
+            let at_approved = change.problem.is_none()
+                && match (&approved, &after) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => diff::compare(a, b).is_none(),
+                    _ => false,
+                };
+            let status = if at_approved {
+                // Back to (or deployed into) the approved state.
+                deploy.map(|r| Status::Release(r.to_string()))
+            } else {
+                Some(classify::classify(&change, &obs, None, &ctx))
+            };
+            if let Some(status) = &status {
+                p.events.push(self.event(&change, status, t0, now, None));
+                if status.is_authorized() && !at_approved {
+                    p.overlay = Some(after.clone());
+                }
+                if status.is_violation() {
+                    p.opens = Some((t0, now));
+                }
+            }
+            if at_approved || status.as_ref().is_some_and(Status::is_authorized) {
+                self.close_open(state, &change, &mut p, now, None);
+            }
+            p.status = status;
+            p.change = Some(change);
+            out.push(p);
+        }
+        out
+    }
+
+    /// Records that close the open changes of a path: plain `resolved`, or the authorizing status
+    /// when a change entry now covers them (an approval after the fact).
+    fn close_open(&self, state: &TreeState, change: &Change, p: &mut Pending, now: Timestamp, by: Option<&Status>) {
+        if let Some(open) = state.open.get(&change.path) {
+            for o in open {
+                let status = by.map_or_else(|| "resolved".to_string(), |s| s.to_string());
+                let mut ev = self.event(change, &Status::Unauthorized, o.t0, now, Some(o.seq));
+                ev.status = status;
+                p.events.push(ev);
+            }
+            p.closes = true;
+        }
+    }
+
+    /// Re-checks open changes against the change log: an entry approved after the fact closes them
+    /// as `retroactive:<id>` (or `change:<id>`) and makes the current state approved.
+    pub fn reconsider_open(&self, state: &TreeState, now: Timestamp) -> Vec<Pending> {
+        let mut out = Vec::new();
+        let Some(snap) = &state.snapshot else { return out };
+        for (path, open) in &state.open {
+            let Some(first) = open.first() else { continue };
+            let entry = snap.get(path).cloned();
+            let actual = entry.as_ref().map(State::of);
+            let c = classify::StoredChangeRef {
+                host: self.host,
+                tree: &self.tree.name,
+                path,
+                blake3: actual.as_ref().and_then(|a| a.blake3),
+                removed: entry.is_none(),
+                t0: first.t0,
+                observed_at: first.observed_at,
+            };
+            let Some(status) = self.entries.iter().filter_map(|e| classify::reclassify(&c, e, now)).min() else { continue };
+            let change = Change {
+                path: path.clone(),
+                kind: if entry.is_none() { ChangeKind::Removed } else { ChangeKind::Modified },
+                expected: None,
+                actual: actual.clone(),
+                problem: None,
+                ctime_ns: None,
+            };
+            let mut p = Pending { path: path.clone(), entry, events: vec![], status: None, change: None, overlay: Some(actual), closes: false, opens: None };
+            self.close_open(state, &change, &mut p, now, Some(&status));
+            out.push(p);
+        }
+        out
+    }
+
+    fn event(&self, c: &Change, status: &Status, t0: Timestamp, now: Timestamp, resolves: Option<u64>) -> ChangeEvent {
+        ChangeEvent {
+            seq: 0,
+            tree: self.tree.name.clone(),
+            path: c.path.lossy().into_owned(),
+            path_bytes: c.path.hex_if_not_utf8(),
+            change: c.kind.as_str().to_string(),
+            status: status.to_string(),
+            observed_at: timefmt::format_timestamp(now),
+            window_start: timefmt::format_timestamp(t0),
+            blake3: c.actual.as_ref().and_then(|a| a.blake3).map(hex::encode),
+            previous_blake3: c.expected.as_ref().and_then(|e| e.blake3).map(hex::encode),
+            size: c.actual.as_ref().and_then(|a| a.size),
+            resolves,
+        }
+    }
+
+    /// The scan summary of a tree: vetted paths against the approved state.
+    pub fn summary(&self, state: &TreeState, now: Timestamp, seconds: f64) -> ScanSummary {
+        let snap = state.snapshot.as_ref();
+        let mut approved: BTreeMap<&RelPath, Option<&State>> = BTreeMap::new();
+        if let Some(m) = self.manifest {
+            for e in &m.entries {
+                approved.insert(&e.path, Some(&e.state));
+            }
+        }
+        for (p, o) in &state.overlay {
+            approved.insert(p, o.as_ref());
+        }
+        let excluded = |p: &RelPath| self.tree.exclude.is_match(p.as_path());
+        let mut paths = 0u64;
+        let mut vetted = 0u64;
+        if let Some(snap) = snap {
+            for (p, e) in snap {
+                if excluded(p) {
+                    continue;
+                }
+                paths += 1;
+                let ok = e.problem.is_none()
+                    && match approved.get(p) {
+                        Some(Some(a)) => diff::compare(a, &State::of(e)).is_none(),
+                        _ => self.manifest.is_none() && !state.open.contains_key(p),
+                    };
+                vetted += u64::from(ok);
+            }
+            for (p, a) in &approved {
+                if a.is_some() && !snap.contains_key(*p) && !excluded(p) {
+                    paths += 1;
+                }
+            }
+        }
+        ScanSummary {
+            tree: self.tree.name.clone(),
+            finished_at: timefmt::format_timestamp(now),
+            paths,
+            vetted,
+            release: state.release.clone(),
+            seconds,
+        }
+    }
+}
+
+/// Applies a pending item whose events were spooled with the given sequence numbers.
+pub fn commit(state: &mut TreeState, p: Pending, seqs: &[u64]) {
+    let snap = state.snapshot.get_or_insert_with(BTreeMap::new);
+    match p.entry {
+        Some(e) => {
+            snap.insert(p.path.clone(), e);
+        }
+        None => {
+            snap.remove(&p.path);
+        }
+    }
+    if let Some(o) = p.overlay {
+        state.overlay.insert(p.path.clone(), o);
+    }
+    if p.closes {
+        state.open.remove(&p.path);
+    }
+    if let (Some((t0, observed_at)), Some(seq)) = (p.opens, seqs.first()) {
+        state.open.entry(p.path).or_default().push(OpenChange { seq: *seq, t0, observed_at });
+    }
+}
