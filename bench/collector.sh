@@ -86,9 +86,13 @@ load_now() {
 
 # CPU seconds (user+sys+irq) the whole machine has been busy so far (all cores).
 busy_now() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / hz; exit }' /proc/stat; }
-# "other processes: X CPU-s in Y s": what neither the collector nor the load generator used.
+# "other processes: X CPU-s in Y s": machine CPU not used by the collector (nor, for ingestion,
+# the load generator); for KPI calls it includes curl.
 other_cpu() {  # $1 busy before, $2 busy after, $3 our CPU-s, $4 wall s
-  awk -v a="$1" -v b="$2" -v o="$3" -v w="$4" 'BEGIN { x = b - a - o; if (x < 0) x = 0; printf "other processes %.2f CPU-s in %.2f s (%.2f cores)", x, w, (w > 0 ? x / w : 0) }'
+  # /proc/stat ticks are 10 ms and the sampling itself costs a few: short windows say nothing.
+  awk -v a="$1" -v b="$2" -v o="$3" -v w="$4" 'BEGIN { x = b - a - o; if (x < 0) x = 0;
+    if (w < 0.5) print "window too short to sample other CPU use";
+    else printf "other processes %.2f CPU-s in %.2f s (%.2f cores)", x, w, x / w }'
 }
 
 # CPU seconds (user+sys) a process has used so far.

@@ -17,6 +17,7 @@ pub mod hash;
 pub mod kpi;
 pub mod manifest;
 pub mod pathbytes;
+pub mod quickstart;
 pub mod report;
 pub mod sign;
 pub mod snapshot;

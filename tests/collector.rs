@@ -1093,7 +1093,7 @@ fn csv_fields(line: &str) -> Vec<String> {
 
 #[test]
 fn cli_events_and_kpi_against_the_collector() {
-    let (site, c, tf) = clisite();
+    let (site, c, tf) = cli_site();
     let base = ["--collector", c.url.as_str(), "--token-file", s(&tf)];
 
     let out = common::run(["events"].iter().chain(&base).chain(&["--format", "csv"]));

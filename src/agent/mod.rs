@@ -113,6 +113,7 @@ pub fn embedded_collector_config(cfg: &AgentConfig, listen: std::net::SocketAddr
         request_timeout: Duration::from_secs(30),
         audit_key: None,
         audit_pubkey: None,
+        evidence_dir: Some(cfg.state_dir.join("evidence")),
     }
 }
 

@@ -88,6 +88,15 @@ pub enum Command {
     /// Validate an agent or collector config and everything it points to.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the real agent and dashboard on a demo tree under ./quickstart (created once, reused).
+    Quickstart {
+        /// Where the demo lives.
+        #[arg(long, default_value = "quickstart")]
+        dir: PathBuf,
+        /// Dashboard address (a free port is picked if this one is taken).
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: std::net::SocketAddr,
+    },
     /// Manage collector access tokens (stored hashed).
     #[command(subcommand)]
     Token(ops::TokenCommand),
@@ -253,6 +262,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Agent { config, log_format } => agent_cmds::run_agent(config, log_format == LogFormat::Json),
         Command::Scan { config, format } => agent_cmds::run_scan(config, format),
         Command::Config(ConfigCommand::Check { config }) => agent_cmds::run_config_check(config),
+        Command::Quickstart { dir, listen } => {
+            ops::init_logging(false);
+            crate::quickstart::Quickstart { dir, listen }.run()?;
+            Ok(exit::CLEAN)
+        }
         Command::Token(cmd) => ops::run_token(cmd),
         Command::Events(args) => ops::run_events(args),
         Command::Kpi(args) => ops::run_kpi(args),

@@ -62,6 +62,11 @@ impl ApiError {
     fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
+
+    /// A 400 with a reason.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::bad(message)
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -102,6 +107,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/hosts", get(get_hosts))
         .route("/api/v1/audit/verify", get(get_audit))
         .route("/metrics", get(get_metrics))
+        .route("/", get(super::dashboard::index))
+        .route("/login", post(super::dashboard::login))
+        .route("/evidence/{blake3}", get(get_evidence))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(move |req: Request, next: Next| async move {
@@ -127,11 +135,14 @@ async fn blocking<T: Send + 'static>(
 
 /// Checks the bearer token, the role and the rate limit.
 async fn authorize(state: &Arc<AppState>, headers: &HeaderMap, allowed: &[Role]) -> ApiResult<Token> {
+    // The dashboard's login cookie only works on read routes (all GETs): it cannot be used to write.
+    let cookie = if allowed.contains(&Role::Reader) { super::dashboard::cookie_token(headers) } else { None };
     let secret = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|s| s.trim().to_string())
+        .or(cookie)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <token>"))?;
     let token = blocking(state, move |s| s.find_token(&secret))
         .await?
@@ -507,6 +518,27 @@ async fn get_hosts(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Ap
         })
         .collect();
     Ok(axum::Json(out).into_response())
+}
+
+/// Evidence blobs, when this collector shares a host with the agent that kept them (embedded mode).
+async fn get_evidence(State(state): State<Arc<AppState>>, Path(hash): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Role::Reader, Role::Admin]).await?;
+    manifest::parse_hash(&hash).map_err(ApiError::bad)?;
+    let dir = state.cfg.evidence_dir.clone().ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "evidence is kept on the agent's host (STATE_DIR/evidence/blobs); this collector has none")
+    })?;
+    let blob = dir.join("blobs").join(&hash);
+    let data = tokio::fs::read(&blob).await.map_err(|_| ApiError::new(StatusCode::NOT_FOUND, format!("no evidence {hash}")))?;
+    let diff = tokio::fs::read_to_string(dir.join("blobs").join(format!("{hash}.diff"))).await.ok();
+    let mut body = String::new();
+    if let Some(d) = diff {
+        body.push_str("=== diff against the previous content ===\n");
+        body.push_str(&d);
+        body.push_str("\n=== content ===\n");
+    }
+    body.push_str(&String::from_utf8_lossy(&data));
+    // Served as plain text, never rendered: it is attacker-controlled content.
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")], body).into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -168,6 +168,8 @@ pub struct CollectorConfig {
     pub audit_key: Option<PathBuf>,
     /// Public key that verifies audit checkpoints.
     pub audit_pubkey: Option<PathBuf>,
+    /// Evidence store to serve (embedded mode: the agent's `STATE_DIR/evidence`).
+    pub evidence_dir: Option<PathBuf>,
 }
 
 /// Parses `8MiB`, `512KiB`, `1GiB`, `100000` (bytes).
@@ -270,6 +272,7 @@ impl CollectorConfig {
             request_timeout: request_timeout.expect("checked"),
             audit_key: raw.audit.key,
             audit_pubkey: raw.audit.pubkey,
+            evidence_dir: None,
         })
     }
 

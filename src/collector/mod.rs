@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod metrics;
 
 use std::future::Future;
