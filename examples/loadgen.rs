@@ -135,7 +135,12 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ingest(a) => ingest(a),
         Cmd::Seed(a) => seed(a),
         Cmd::Seal { db, through } => seal(&db, through),
-        Cmd::KpiLocal { db, from, to, group } => kpi_local(&db, from, to, &group),
+        Cmd::KpiLocal {
+            db,
+            from,
+            to,
+            group,
+        } => kpi_local(&db, from, to, &group),
     }
 }
 
@@ -160,19 +165,67 @@ impl Rng {
         items[self.below(items.len() as u64) as usize]
     }
     fn hash_hex(&mut self) -> String {
-        format!("{:016x}{:016x}{:016x}{:016x}", self.next(), self.next(), self.next(), self.next())
+        format!(
+            "{:016x}{:016x}{:016x}{:016x}",
+            self.next(),
+            self.next(),
+            self.next(),
+            self.next()
+        )
     }
 }
 
 const TREES: &[&str] = &["www", "www", "www", "etc", "opt-app"];
-const VENDORS: &[&str] = &["symfony", "laravel", "guzzlehttp", "monolog", "doctrine", "twig", "psr", "league", "nesbot", "ramsey"];
-const DIRS: &[&str] = &["src", "lib", "src/Http", "src/Console", "src/Event", "src/Util", "resources/views", "config"];
-const STEMS: &[&str] = &["Kernel", "Request", "Response", "Client", "Handler", "Logger", "Router", "Cache", "Session", "index", "bootstrap", "helpers"];
+const VENDORS: &[&str] = &[
+    "symfony",
+    "laravel",
+    "guzzlehttp",
+    "monolog",
+    "doctrine",
+    "twig",
+    "psr",
+    "league",
+    "nesbot",
+    "ramsey",
+];
+const DIRS: &[&str] = &[
+    "src",
+    "lib",
+    "src/Http",
+    "src/Console",
+    "src/Event",
+    "src/Util",
+    "resources/views",
+    "config",
+];
+const STEMS: &[&str] = &[
+    "Kernel",
+    "Request",
+    "Response",
+    "Client",
+    "Handler",
+    "Logger",
+    "Router",
+    "Cache",
+    "Session",
+    "index",
+    "bootstrap",
+    "helpers",
+];
 const EXTS: &[&str] = &["php", "php", "php", "js", "twig", "json", "yml"];
 
 fn make_path(rng: &mut Rng, tree: &str) -> String {
     match tree {
-        "etc" => format!("{}/{}.conf", rng.pick(&["nginx/sites-enabled", "php/8.3/fpm/pool.d", "cron.d", "systemd/system"]), rng.pick(STEMS).to_lowercase()),
+        "etc" => format!(
+            "{}/{}.conf",
+            rng.pick(&[
+                "nginx/sites-enabled",
+                "php/8.3/fpm/pool.d",
+                "cron.d",
+                "systemd/system"
+            ]),
+            rng.pick(STEMS).to_lowercase()
+        ),
         _ => format!(
             "vendor/{}/pkg-{}/{}/{}{}.{}",
             rng.pick(VENDORS),
@@ -208,7 +261,11 @@ fn make_event(rng: &mut Rng, seq: u64, observed: Timestamp) -> ChangeEvent {
             let h = rng.hash_hex();
             (Some(h.clone()), Some(h), Some(rng.below(64 << 10)))
         }
-        _ => (Some(rng.hash_hex()), Some(rng.hash_hex()), Some(rng.below(64 << 10))),
+        _ => (
+            Some(rng.hash_hex()),
+            Some(rng.hash_hex()),
+            Some(rng.below(64 << 10)),
+        ),
     };
     ChangeEvent {
         seq,
@@ -299,7 +356,11 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let hosts: Vec<Host> = tokens
         .into_iter()
         .enumerate()
-        .map(|(i, (name, token))| Host { name, token, events: a.events / n_hosts + u64::from((i as u64) < a.events % n_hosts) })
+        .map(|(i, (name, token))| Host {
+            name,
+            token,
+            events: a.events / n_hosts + u64::from((i as u64) < a.events % n_hosts),
+        })
         .collect();
 
     // Build every request body before the clock starts: the generator shares the 2 cores with the
@@ -322,11 +383,25 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                 .collect();
             seq += n;
             // The last batch of a host carries its scan summaries, as the agent sends them.
-            let scans = if seq == h.events { scans_for(&mut rng, now) } else { Vec::new() };
-            let batch = EventBatch { host: h.name.clone(), environment: a.environment.clone(), events, scans };
+            let scans = if seq == h.events {
+                scans_for(&mut rng, now)
+            } else {
+                Vec::new()
+            };
+            let batch = EventBatch {
+                host: h.name.clone(),
+                environment: a.environment.clone(),
+                events,
+                scans,
+            };
             let body = serde_json::to_vec(&batch)?;
             body_bytes += body.len();
-            jobs.push(Job { host: hi, body, events: n, last_seq: seq });
+            jobs.push(Job {
+                host: hi,
+                body,
+                events: n,
+                last_seq: seq,
+            });
         }
         per_host.push(jobs);
     }
@@ -346,7 +421,8 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let c = a.concurrency.min(hosts.len()).max(1);
     let mut queues: Vec<Vec<Job>> = (0..c).map(|_| Vec::new()).collect();
     {
-        let mut iters: Vec<std::vec::IntoIter<Job>> = per_host.into_iter().map(Vec::into_iter).collect();
+        let mut iters: Vec<std::vec::IntoIter<Job>> =
+            per_host.into_iter().map(Vec::into_iter).collect();
         let mut left = true;
         while left {
             left = false;
@@ -359,7 +435,10 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         }
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let hosts = Arc::new(hosts);
     let url = format!("{}/api/v1/events", a.url.trim_end_matches('/'));
     let (reports, elapsed) = rt.block_on(async {
@@ -367,10 +446,15 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         let start = Instant::now();
         for q in queues {
             // One client per worker: one keep-alive connection each, C connections in all.
-            let client = reqwest::Client::builder().pool_max_idle_per_host(1).timeout(Duration::from_secs(120)).build()?;
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(120))
+                .build()?;
             let hosts = hosts.clone();
             let url = url.clone();
-            handles.push(tokio::spawn(async move { run_worker(client, &url, &hosts, q).await }));
+            handles.push(tokio::spawn(async move {
+                run_worker(client, &url, &hosts, q).await
+            }));
         }
         let mut reports = Vec::new();
         for h in handles {
@@ -379,9 +463,19 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>((reports, start.elapsed()))
     })?;
 
-    let mut lat: Vec<Duration> = reports.iter().flat_map(|r| r.latencies.iter().copied()).collect();
+    let mut lat: Vec<Duration> = reports
+        .iter()
+        .flat_map(|r| r.latencies.iter().copied())
+        .collect();
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1).min(lat.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let pct = |p: f64| {
+        lat.get(
+            ((lat.len() as f64 * p).ceil() as usize)
+                .saturating_sub(1)
+                .min(lat.len().saturating_sub(1)),
+        )
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
     let stored: u64 = reports.iter().map(|r| r.stored).sum();
     let duplicates: u64 = reports.iter().map(|r| r.duplicates).sum();
     let rejected: u64 = reports.iter().map(|r| r.rejected).sum();
@@ -395,14 +489,23 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         sent_bytes as f64 / (1 << 20) as f64 / secs,
         errors.len()
     );
-    eprintln!("loadgen: batch latency ms p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}", pct(0.50), pct(0.90), pct(0.99), pct(1.0));
+    eprintln!(
+        "loadgen: batch latency ms p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        pct(1.0)
+    );
     for e in errors.iter().take(5) {
         eprintln!("loadgen: error: {e}");
     }
 
     let verified = match &a.reader_token_file {
         Some(f) => {
-            let reader = std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?.trim().to_string();
+            let reader = std::fs::read_to_string(f)
+                .with_context(|| format!("{}", f.display()))?
+                .trim()
+                .to_string();
             let base = a.url.trim_end_matches('/').to_string();
             match rt.block_on(verify_hosts(&base, &reader, &hosts)) {
                 Ok(msg) => {
@@ -442,7 +545,12 @@ fn own_cpu_seconds() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-async fn run_worker(client: reqwest::Client, url: &str, hosts: &[Host], jobs: Vec<Job>) -> WorkerReport {
+async fn run_worker(
+    client: reqwest::Client,
+    url: &str,
+    hosts: &[Host],
+    jobs: Vec<Job>,
+) -> WorkerReport {
     let mut rep = WorkerReport::default();
     for job in jobs {
         let host = &hosts[job.host];
@@ -464,7 +572,8 @@ async fn run_worker(client: reqwest::Client, url: &str, hosts: &[Host], jobs: Ve
                     continue;
                 }
                 Err(e) => {
-                    rep.errors.push(format!("{} batch to seq {}: {e}", host.name, job.last_seq));
+                    rep.errors
+                        .push(format!("{} batch to seq {}: {e}", host.name, job.last_seq));
                     break;
                 }
             };
@@ -482,7 +591,10 @@ async fn run_worker(client: reqwest::Client, url: &str, hosts: &[Host], jobs: Ve
             }
             if !status.is_success() {
                 let text = resp.text().await.unwrap_or_default();
-                rep.errors.push(format!("{} batch to seq {}: HTTP {status}: {text}", host.name, job.last_seq));
+                rep.errors.push(format!(
+                    "{} batch to seq {}: HTTP {status}: {text}",
+                    host.name, job.last_seq
+                ));
                 break;
             }
             match resp.json::<IngestResult>().await {
@@ -495,11 +607,19 @@ async fn run_worker(client: reqwest::Client, url: &str, hosts: &[Host], jobs: Ve
                     if r.stored + r.duplicates != job.events || r.acked_seq != job.last_seq {
                         rep.errors.push(format!(
                             "{} batch to seq {}: stored {} + duplicates {} of {} events, acked {}",
-                            host.name, job.last_seq, r.stored, r.duplicates, job.events, r.acked_seq
+                            host.name,
+                            job.last_seq,
+                            r.stored,
+                            r.duplicates,
+                            job.events,
+                            r.acked_seq
                         ));
                     }
                 }
-                Err(e) => rep.errors.push(format!("{} batch to seq {}: bad answer: {e}", host.name, job.last_seq)),
+                Err(e) => rep.errors.push(format!(
+                    "{} batch to seq {}: bad answer: {e}",
+                    host.name, job.last_seq
+                )),
             }
             break;
         }
@@ -510,13 +630,23 @@ async fn run_worker(client: reqwest::Client, url: &str, hosts: &[Host], jobs: Ve
 /// Every host's `last_seq` must equal the events sent to it, with no gaps and no replays.
 async fn verify_hosts(base: &str, reader: &str, hosts: &[Host]) -> anyhow::Result<String> {
     let client = reqwest::Client::new();
-    let resp = client.get(format!("{base}/api/v1/hosts")).bearer_auth(reader).send().await?;
+    let resp = client
+        .get(format!("{base}/api/v1/hosts"))
+        .bearer_auth(reader)
+        .send()
+        .await?;
     let status = resp.status();
     if !status.is_success() {
-        bail!("GET /api/v1/hosts: HTTP {status}: {}", resp.text().await.unwrap_or_default());
+        bail!(
+            "GET /api/v1/hosts: HTTP {status}: {}",
+            resp.text().await.unwrap_or_default()
+        );
     }
     let list: Vec<serde_json::Value> = resp.json().await?;
-    let by_name: HashMap<&str, &serde_json::Value> = list.iter().filter_map(|h| Some((h.get("host")?.as_str()?, h))).collect();
+    let by_name: HashMap<&str, &serde_json::Value> = list
+        .iter()
+        .filter_map(|h| Some((h.get("host")?.as_str()?, h)))
+        .collect();
     let mut problems = Vec::new();
     let mut sum = 0u64;
     for h in hosts {
@@ -524,18 +654,33 @@ async fn verify_hosts(base: &str, reader: &str, hosts: &[Host]) -> anyhow::Resul
             problems.push(format!("{}: not listed", h.name));
             continue;
         };
-        let field = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(u64::MAX);
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(u64::MAX)
+        };
         let (last, missing, replays) = (field("last_seq"), field("missing_seqs"), field("replays"));
         sum += last;
         if last != h.events || missing != 0 || replays != 0 {
-            problems.push(format!("{}: last_seq {last} (want {}), missing_seqs {missing}, replays {replays}", h.name, h.events));
+            problems.push(format!(
+                "{}: last_seq {last} (want {}), missing_seqs {missing}, replays {replays}",
+                h.name, h.events
+            ));
         }
     }
     let want: u64 = hosts.iter().map(|h| h.events).sum();
     if !problems.is_empty() {
-        bail!("{} of {} hosts wrong (sum of last_seq {sum}, want {want}); first: {}", problems.len(), hosts.len(), problems[..problems.len().min(3)].join("; "));
+        bail!(
+            "{} of {} hosts wrong (sum of last_seq {sum}, want {want}); first: {}",
+            problems.len(),
+            hosts.len(),
+            problems[..problems.len().min(3)].join("; ")
+        );
     }
-    Ok(format!("{} hosts, sum of last_seq = {sum} = events sent, no missing_seqs, no replays", hosts.len()))
+    Ok(format!(
+        "{} hosts, sum of last_seq = {sum} = events sent, no missing_seqs, no replays",
+        hosts.len()
+    ))
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -546,7 +691,10 @@ fn day_start(d: Date) -> anyhow::Result<Timestamp> {
 }
 
 fn yesterday_utc() -> anyhow::Result<Date> {
-    Ok(Timestamp::now().to_zoned(TimeZone::UTC).date().yesterday()?)
+    Ok(Timestamp::now()
+        .to_zoned(TimeZone::UTC)
+        .date()
+        .yesterday()?)
 }
 
 fn seed(a: SeedArgs) -> anyhow::Result<()> {
@@ -559,18 +707,29 @@ fn seed(a: SeedArgs) -> anyhow::Result<()> {
     };
     let start = end.checked_sub(jiff::Span::new().days(i64::from(a.days) - 1))?;
     let store = SqliteStore::open(&a.db, TimeZone::UTC).map_err(|e| anyhow!("{e}"))?;
-    if !store.hosts(Timestamp::now()).map_err(|e| anyhow!("{e}"))?.is_empty() {
+    if !store
+        .hosts(Timestamp::now())
+        .map_err(|e| anyhow!("{e}"))?
+        .is_empty()
+    {
         bail!("{}: already holds hosts; seed a new file", a.db.display());
     }
     let mut rng = Rng(a.seed);
     let names: Vec<String> = (0..a.hosts).map(|h| format!("host-{h:04}")).collect();
-    let envs: Vec<&str> = (0..a.hosts).map(|h| if h % 10 == 9 { "staging" } else { "production" }).collect();
+    let envs: Vec<&str> = (0..a.hosts)
+        .map(|h| if h % 10 == 9 { "staging" } else { "production" })
+        .collect();
     let mut seqs = vec![0u64; a.hosts as usize];
     let (mut events, mut host_days, mut silent) = (0u64, 0u64, 0u64);
     let t0 = Instant::now();
     let mut day = start;
     let mut i = 0u32;
-    eprintln!("seed: {} hosts × {} days ({start} .. {end}) into {}", a.hosts, a.days, a.db.display());
+    eprintln!(
+        "seed: {} hosts × {} days ({start} .. {end}) into {}",
+        a.hosts,
+        a.days,
+        a.db.display()
+    );
     while day <= end {
         let base = day_start(day)?;
         for h in 0..a.hosts as usize {
@@ -587,7 +746,9 @@ fn seed(a: SeedArgs) -> anyhow::Result<()> {
                     spool_dropped: 0,
                     spool_depth: 0,
                 };
-                store.record_heartbeat(&hb, now).map_err(|e| anyhow!("{e}"))?;
+                store
+                    .record_heartbeat(&hb, now)
+                    .map_err(|e| anyhow!("{e}"))?;
             } else if rng.below(1000) < a.silent_permille {
                 silent += 1;
                 continue;
@@ -600,7 +761,12 @@ fn seed(a: SeedArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             events += evs.len() as u64;
-            let batch = EventBatch { host: names[h].clone(), environment: envs[h].to_string(), events: evs, scans: scans_for(&mut rng, now) };
+            let batch = EventBatch {
+                host: names[h].clone(),
+                environment: envs[h].to_string(),
+                events: evs,
+                scans: scans_for(&mut rng, now),
+            };
             let r = store.ingest(&batch, now).map_err(|e| anyhow!("{e}"))?;
             if r.stored != k {
                 bail!("{} on {day}: stored {} of {k}", names[h], r.stored);
@@ -610,7 +776,12 @@ fn seed(a: SeedArgs) -> anyhow::Result<()> {
         i += 1;
         if i % 30 == 0 || day == end {
             let s = t0.elapsed().as_secs_f64();
-            eprintln!("seed: {i}/{} days, {host_days} host-days reported, {events} events, {:.1} s ({:.0} host-days/s)", a.days, s, host_days as f64 / s);
+            eprintln!(
+                "seed: {i}/{} days, {host_days} host-days reported, {events} events, {:.1} s ({:.0} host-days/s)",
+                a.days,
+                s,
+                host_days as f64 / s
+            );
         }
         day = day.tomorrow()?;
     }
@@ -629,8 +800,14 @@ fn seal(db: &Path, through: Date) -> anyhow::Result<()> {
     // "now" is just after midnight of the next day: every day through `through` is finished.
     let now = day_start(through.tomorrow()?)? + SignedDuration::from_secs(1);
     let t = Instant::now();
-    let days = store.host_days(through, through, None, now).map_err(|e| anyhow!("{e}"))?;
-    println!("sealed_through={through} seconds={:.3} host_days_of_last_day={}", t.elapsed().as_secs_f64(), days.len());
+    let days = store
+        .host_days(through, through, None, now)
+        .map_err(|e| anyhow!("{e}"))?;
+    println!(
+        "sealed_through={through} seconds={:.3} host_days_of_last_day={}",
+        t.elapsed().as_secs_f64(),
+        days.len()
+    );
     Ok(())
 }
 
@@ -642,7 +819,9 @@ fn kpi_local(db: &Path, from: Date, to: Date, group: &str) -> anyhow::Result<()>
     };
     let store = SqliteStore::open(db, TimeZone::UTC).map_err(|e| anyhow!("{e}"))?;
     let t = Instant::now();
-    let days = store.host_days(from, to, None, Timestamp::now()).map_err(|e| anyhow!("{e}"))?;
+    let days = store
+        .host_days(from, to, None, Timestamp::now())
+        .map_err(|e| anyhow!("{e}"))?;
     let t_store = t.elapsed();
     let t = Instant::now();
     let rows = kpi::compute(&days, Period::Day, &groupings, 0.97);

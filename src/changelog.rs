@@ -82,13 +82,20 @@ pub struct ChangeEntry {
 pub enum ChangeLogError {
     /// File or directory unreadable.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// TOML syntax, wrong type, unknown or missing key.
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     /// A field has a bad value.
     #[error("{path}: {field}: {message}")]
-    Invalid { path: PathBuf, field: String, message: String },
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
 }
 
 impl ChangeEntry {
@@ -110,12 +117,21 @@ impl ChangeEntry {
         };
         let id_ok = !raw.id.is_empty()
             && raw.id.len() <= 128
-            && raw.id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            && raw
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
             && !raw.id.starts_with('.');
         if !id_ok {
-            return Err(invalid("id", format!("{:?} must be letters, digits, `.`, `_`, `-`", raw.id)));
+            return Err(invalid(
+                "id",
+                format!("{:?} must be letters, digits, `.`, `_`, `-`", raw.id),
+            ));
         }
-        for (field, value) in [("summary", &raw.summary), ("requested_by", &raw.requested_by)] {
+        for (field, value) in [
+            ("summary", &raw.summary),
+            ("requested_by", &raw.requested_by),
+        ] {
             if value.trim().is_empty() {
                 return Err(invalid(field, "must not be empty".into()));
             }
@@ -124,7 +140,12 @@ impl ChangeEntry {
             let s = match v {
                 toml::Value::String(s) => s.clone(),
                 toml::Value::Datetime(d) => d.to_string(),
-                other => return Err(invalid(field, format!("expected a timestamp, found {}", other.type_str()))),
+                other => {
+                    return Err(invalid(
+                        field,
+                        format!("expected a timestamp, found {}", other.type_str()),
+                    ));
+                }
             };
             timefmt::parse_timestamp(&s).map_err(|m| invalid(field, m))
         };
@@ -134,11 +155,23 @@ impl ChangeEntry {
             return Err(invalid("end", "must be after start".into()));
         }
         let approval = match (&raw.approved_by, &raw.approved_at) {
-            (Some(by), Some(at)) if !by.trim().is_empty() => Some((by.clone(), time("approved_at", at)?)),
+            (Some(by), Some(at)) if !by.trim().is_empty() => {
+                Some((by.clone(), time("approved_at", at)?))
+            }
             (None, None) => None,
             (Some(_), Some(_)) => return Err(invalid("approved_by", "must not be empty".into())),
-            (Some(_), None) => return Err(invalid("approved_at", "missing (approved_by is set)".into())),
-            (None, Some(_)) => return Err(invalid("approved_by", "missing (approved_at is set)".into())),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "approved_at",
+                    "missing (approved_by is set)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "approved_by",
+                    "missing (approved_at is set)".into(),
+                ));
+            }
         };
         let globs = |field: &str, list: &[String]| -> Result<GlobSet, ChangeLogError> {
             if list.is_empty() {
@@ -157,7 +190,11 @@ impl ChangeEntry {
             if !paths.is_match(rel.as_path()) {
                 return Err(invalid(&field, "is not covered by `paths`".into()));
             }
-            let e = if v == "absent" { Expected::Absent } else { Expected::Content(parse_hash(v).map_err(|m| invalid(&field, m))?) };
+            let e = if v == "absent" {
+                Expected::Absent
+            } else {
+                Expected::Content(parse_hash(v).map_err(|m| invalid(&field, m))?)
+            };
             expect.insert(rel, e);
         }
         Ok(ChangeEntry {
@@ -177,7 +214,9 @@ impl ChangeEntry {
 
     /// Does this entry name this host, tree and path?
     pub fn covers(&self, host: &str, tree: &str, path: &RelPath) -> bool {
-        self.hosts.is_match(host) && self.trees.is_match(tree) && self.paths.is_match(path.as_path())
+        self.hosts.is_match(host)
+            && self.trees.is_match(tree)
+            && self.paths.is_match(path.as_path())
     }
 
     /// With `expect`, only the listed results are authorized; without it, any result is.
@@ -199,13 +238,17 @@ impl ChangeEntry {
 
     /// Approved by the person who asked for it (separation of duties).
     pub fn is_self_approved(&self) -> bool {
-        self.approval.as_ref().is_some_and(|(by, _)| by.trim() == self.requested_by.trim())
+        self.approval
+            .as_ref()
+            .is_some_and(|(by, _)| by.trim() == self.requested_by.trim())
     }
 }
 
 /// toml's errors span several lines with a source snippet; keep line number and message.
 pub fn toml_error(e: &toml::de::Error, text: &str) -> String {
-    let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let msg = e.message().trim().replace('\n', " ");
     match line {
         Some(l) => format!("line {l}: {msg}"),
@@ -249,10 +292,15 @@ pub fn load_dir(dir: &Path, policy: &Policy) -> Result<ChangeLog, ChangeLogError
     let mut log = ChangeLog::default();
     for path in files {
         let bytes = std::fs::read(&path).map_err(io(&path))?;
-        let text = String::from_utf8(bytes.clone())
-            .map_err(|_| ChangeLogError::Parse { path: path.clone(), message: "not UTF-8 text".into() })?;
+        let text = String::from_utf8(bytes.clone()).map_err(|_| ChangeLogError::Parse {
+            path: path.clone(),
+            message: "not UTF-8 text".into(),
+        })?;
         let entry = ChangeEntry::parse(&text, &path)?;
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if stem != entry.id {
             return Err(ChangeLogError::Invalid {
                 path,
@@ -261,7 +309,10 @@ pub fn load_dir(dir: &Path, policy: &Policy) -> Result<ChangeLog, ChangeLogError
             });
         }
         if let Some(reason) = refusal(&entry, &bytes, &path, policy) {
-            log.refused.push(format!("{}: {reason}; it authorizes nothing", path.display()));
+            log.refused.push(format!(
+                "{}: {reason}; it authorizes nothing",
+                path.display()
+            ));
             continue;
         }
         log.entries.push(entry);
@@ -271,13 +322,16 @@ pub fn load_dir(dir: &Path, policy: &Policy) -> Result<ChangeLog, ChangeLogError
 
 /// Why an otherwise valid entry may not authorize anything, if it may not.
 pub fn refusal(entry: &ChangeEntry, bytes: &[u8], path: &Path, policy: &Policy) -> Option<String> {
-    if !policy.approver_keys.is_empty() || policy.require_signatures {
-        if let Err(e) = sign::verify_bytes(bytes, path, &policy.approver_keys) {
-            return Some(e.to_string());
-        }
+    if (!policy.approver_keys.is_empty() || policy.require_signatures)
+        && let Err(e) = sign::verify_bytes(bytes, path, &policy.approver_keys)
+    {
+        return Some(e.to_string());
     }
     if entry.is_self_approved() && !policy.allow_self_approval {
-        return Some(format!("approved by its own requester {:?} (separation of duties)", entry.requested_by));
+        return Some(format!(
+            "approved by its own requester {:?} (separation of duties)",
+            entry.requested_by
+        ));
     }
     None
 }
@@ -321,11 +375,20 @@ end = 2026-11-20T23:00:00Z
     fn every_bad_field_is_named() {
         let cases = [
             (GOOD.replace("id = ", "colour = \"red\"\nid = "), "colour"),
-            (GOOD.replace("\"2026-11-20T22:00:00Z\"", "\"tonight\""), "start"),
-            (GOOD.replace("end = 2026-11-20T23:00:00Z", "end = 2026-11-20T21:00:00Z"), "end: must be after start"),
+            (
+                GOOD.replace("\"2026-11-20T22:00:00Z\"", "\"tonight\""),
+                "start",
+            ),
+            (
+                GOOD.replace("end = 2026-11-20T23:00:00Z", "end = 2026-11-20T21:00:00Z"),
+                "end: must be after start",
+            ),
             (GOOD.replace("[\"app/checkout/**\"]", "[]"), "paths"),
             (GOOD.replace("[\"web-*\"]", "[\"web-[\"]"), "hosts"),
-            (GOOD.replace("approved_at = \"2026-11-20T21:50:00Z\"\n", ""), "approved_at"),
+            (
+                GOOD.replace("approved_at = \"2026-11-20T21:50:00Z\"\n", ""),
+                "approved_at",
+            ),
             (GOOD.replace("summary", "sumary"), "sumary"),
             (GOOD.replace("\"CHG-1042\"", "\"../x\""), "id"),
             ("id = [".to_string(), "line 1"),
@@ -340,10 +403,20 @@ end = 2026-11-20T23:00:00Z
     #[test]
     fn expect_binds_content() {
         let h = "blake3:".to_string() + &"ab".repeat(32);
-        let text = format!("{GOOD}\n[expect]\n\"app/checkout/pay.js\" = \"{h}\"\n\"app/checkout/old.js\" = \"absent\"\n");
+        let text = format!(
+            "{GOOD}\n[expect]\n\"app/checkout/pay.js\" = \"{h}\"\n\"app/checkout/old.js\" = \"absent\"\n"
+        );
         let e = parse(&text).unwrap();
         let p = |s: &str| RelPath::from_bytes(s.as_bytes().to_vec());
-        let state = |b: u8| State { kind: crate::snapshot::Kind::File, size: Some(1), mode: 0o644, uid: None, gid: None, blake3: Some([b; 32]), target: None };
+        let state = |b: u8| State {
+            kind: crate::snapshot::Kind::File,
+            size: Some(1),
+            mode: 0o644,
+            uid: None,
+            gid: None,
+            blake3: Some([b; 32]),
+            target: None,
+        };
         assert!(e.allows_result(&p("app/checkout/pay.js"), Some(&state(0xab))));
         assert!(!e.allows_result(&p("app/checkout/pay.js"), Some(&state(0xcd))));
         assert!(e.allows_result(&p("app/checkout/old.js"), None));
@@ -357,8 +430,15 @@ end = 2026-11-20T23:00:00Z
         let e = parse(&GOOD.replace("\"bob\"", "\"alice\"")).unwrap();
         assert!(e.is_self_approved());
         let p = Path::new("CHG-1042.toml");
-        assert!(refusal(&e, b"", p, &Policy::default()).unwrap().contains("separation of duties"));
-        let allow = Policy { allow_self_approval: true, ..Policy::default() };
+        assert!(
+            refusal(&e, b"", p, &Policy::default())
+                .unwrap()
+                .contains("separation of duties")
+        );
+        let allow = Policy {
+            allow_self_approval: true,
+            ..Policy::default()
+        };
         assert!(refusal(&e, b"", p, &allow).is_none());
     }
 }

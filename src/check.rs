@@ -75,29 +75,56 @@ pub fn run(opts: &CheckOptions) -> Result<CheckOutcome, CheckError> {
     let (manifest, manifest_signed) = load_manifest(&opts.manifest, &opts.pubkeys, &mut warnings)?;
     let log = load_changes(opts, &mut warnings)?;
     let exclude = glob::path_set(&opts.exclude).map_err(CheckError::Exclude)?;
-    let walk = WalkOptions { exclude: exclude.clone(), skip: own_files(&opts.root, &opts.manifest), cross_filesystems: false };
-    let scan_opts = ScanOptions { walk, threads: opts.threads, progress: opts.progress.clone(), ..ScanOptions::default() };
+    let walk = WalkOptions {
+        exclude: exclude.clone(),
+        skip: own_files(&opts.root, &opts.manifest),
+        cross_filesystems: false,
+    };
+    let scan_opts = ScanOptions {
+        walk,
+        threads: opts.threads,
+        progress: opts.progress.clone(),
+        ..ScanOptions::default()
+    };
     let snap = snapshot::scan(&opts.root, &scan_opts)?;
     if let Some(p) = &opts.progress {
         p.finish_and_clear();
     }
 
     let now = Timestamp::now();
-    let approved = manifest.entries.iter().filter(|e| !exclude.is_match(e.path.as_path()));
+    let approved = manifest
+        .entries
+        .iter()
+        .filter(|e| !exclude.is_match(e.path.as_path()));
     let d = diff::diff(approved.map(|e| (&e.path, &e.state)), &snap.entries);
-    let ctx = Context { host: &opts.host, tree: &manifest.tree, exclude: &exclude, entries: &log.entries, now };
+    let ctx = Context {
+        host: &opts.host,
+        tree: &manifest.tree,
+        exclude: &exclude,
+        entries: &log.entries,
+        now,
+    };
     let t0 = manifest.created_at;
-    let mut summary = Summary { excluded: snap.stats.excluded, ..Summary::default() };
+    let mut summary = Summary {
+        excluded: snap.stats.excluded,
+        ..Summary::default()
+    };
     let mut changes = Vec::with_capacity(d.changes.len());
     for change in d.changes {
         // ctime is the kernel's record of the last change and cannot be set back from user
         // space: the best evidence a one-shot check has of when the change happened.
         let observed_at = change
             .ctime_ns
-            .map(|ns| timefmt::from_unix(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000)))
+            .map(|ns| {
+                timefmt::from_unix(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
+            })
             // Clock skew can put the manifest's created_at after now: never panic on it.
             .map_or(now, |t| t.max(t0).min(now));
-        let obs = Observation { t0, t: now, observed_at };
+        let obs = Observation {
+            t0,
+            t: now,
+            observed_at,
+        };
         let status = classify::classify(&change, &obs, None, &ctx);
         summary.count(&change, &status);
         changes.push(ReportedChange { change, status });
@@ -113,17 +140,31 @@ pub fn run(opts: &CheckOptions) -> Result<CheckOutcome, CheckError> {
         manifest_signed,
         scanned: snap.stats.clone(),
         summary,
-        vetted_ratio: if total == 0 { 1.0 } else { (total - violations) as f64 / total as f64 },
+        vetted_ratio: if total == 0 {
+            1.0
+        } else {
+            (total - violations) as f64 / total as f64
+        },
         changes,
     };
     Ok(CheckOutcome { report, warnings })
 }
 
 /// Reads the manifest once, verifies those bytes when keys are given, then parses them.
-pub fn load_manifest(path: &Path, pubkeys: &[PathBuf], warnings: &mut Vec<String>) -> Result<(Manifest, bool), CheckError> {
-    let bytes = std::fs::read(path).map_err(|e| ManifestError::Read { path: path.to_path_buf(), source: e })?;
+pub fn load_manifest(
+    path: &Path,
+    pubkeys: &[PathBuf],
+    warnings: &mut Vec<String>,
+) -> Result<(Manifest, bool), CheckError> {
+    let bytes = std::fs::read(path).map_err(|e| ManifestError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     let signed = if pubkeys.is_empty() {
-        warnings.push(format!("{}: signature not checked (no --pubkey given): running unsigned", path.display()));
+        warnings.push(format!(
+            "{}: signature not checked (no --pubkey given): running unsigned",
+            path.display()
+        ));
         false
     } else {
         let keys = sign::load_public_keys(pubkeys)?;
@@ -134,12 +175,21 @@ pub fn load_manifest(path: &Path, pubkeys: &[PathBuf], warnings: &mut Vec<String
 }
 
 fn load_changes(opts: &CheckOptions, warnings: &mut Vec<String>) -> Result<ChangeLog, CheckError> {
-    let Some(dir) = &opts.changes else { return Ok(ChangeLog::default()) };
+    let Some(dir) = &opts.changes else {
+        return Ok(ChangeLog::default());
+    };
     let approver_keys = sign::load_public_keys(&opts.approver_pubkeys)?;
     if approver_keys.is_empty() {
-        warnings.push(format!("{}: change entries not signature-checked (no --approver-pubkey given)", dir.display()));
+        warnings.push(format!(
+            "{}: change entries not signature-checked (no --approver-pubkey given)",
+            dir.display()
+        ));
     }
-    let policy = Policy { approver_keys, require_signatures: false, allow_self_approval: opts.allow_self_approval };
+    let policy = Policy {
+        approver_keys,
+        require_signatures: false,
+        allow_self_approval: opts.allow_self_approval,
+    };
     let log = changelog::load_dir(dir, &policy)?;
     warnings.extend(log.refused.iter().cloned());
     Ok(log)
@@ -147,8 +197,12 @@ fn load_changes(opts: &CheckOptions, warnings: &mut Vec<String>) -> Result<Chang
 
 /// The manifest and its signature are not part of the deployed code when they live inside it.
 fn own_files(root: &Path, manifest: &Path) -> Vec<PathBuf> {
-    let (Ok(root_abs), Ok(m_abs)) = (root.canonicalize(), manifest.canonicalize()) else { return Vec::new() };
-    let Ok(rel) = m_abs.strip_prefix(&root_abs) else { return Vec::new() };
+    let (Ok(root_abs), Ok(m_abs)) = (root.canonicalize(), manifest.canonicalize()) else {
+        return Vec::new();
+    };
+    let Ok(rel) = m_abs.strip_prefix(&root_abs) else {
+        return Vec::new();
+    };
     let in_walk = root.join(rel);
     vec![sign::sig_path(&in_walk), in_walk]
 }

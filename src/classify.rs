@@ -29,7 +29,10 @@ pub enum Status {
 impl Status {
     /// Went through the process (release, change or retroactive approval).
     pub fn is_authorized(&self) -> bool {
-        matches!(self, Status::Release(_) | Status::Change(_) | Status::Retroactive(_))
+        matches!(
+            self,
+            Status::Release(_) | Status::Change(_) | Status::Retroactive(_)
+        )
     }
 
     /// Counts against the KPI and the exit code.
@@ -54,7 +57,11 @@ impl fmt::Display for Status {
 impl FromStr for Status {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let with_id = |id: &str| (!id.is_empty()).then(|| id.to_string()).ok_or(format!("status {s:?} has an empty id"));
+        let with_id = |id: &str| {
+            (!id.is_empty())
+                .then(|| id.to_string())
+                .ok_or(format!("status {s:?} has an empty id"))
+        };
         match s.split_once(':') {
             Some(("release", id)) => Ok(Status::Release(with_id(id)?)),
             Some(("change", id)) => Ok(Status::Change(with_id(id)?)),
@@ -97,7 +104,12 @@ pub struct Observation {
 
 /// Classifies one change. `release` is the id of a newer signed manifest whose state the path now
 /// has, if any (the caller knows the manifests; this function stays pure).
-pub fn classify(change: &Change, obs: &Observation, release: Option<&str>, ctx: &Context<'_>) -> Status {
+pub fn classify(
+    change: &Change,
+    obs: &Observation,
+    release: Option<&str>,
+    ctx: &Context<'_>,
+) -> Status {
     if ctx.exclude.is_match(change.path.as_path()) {
         return Status::Excluded;
     }
@@ -109,7 +121,9 @@ pub fn classify(change: &Change, obs: &Observation, release: Option<&str>, ctx: 
     }
     let mut best: Option<Status> = None;
     for e in ctx.entries {
-        let Some((_, approved_at)) = &e.approval else { continue };
+        let Some((_, approved_at)) = &e.approval else {
+            continue;
+        };
         if *approved_at > ctx.now
             || !e.covers(ctx.host, ctx.tree, &change.path)
             || !e.window_overlaps(obs.t0, obs.t)
@@ -152,7 +166,7 @@ pub struct StoredChangeRef<'a> {
 /// The status a stored change gets from a newly arrived (or newly approved) entry, if it covers it.
 pub fn reclassify(c: &StoredChangeRef<'_>, entry: &ChangeEntry, now: Timestamp) -> Option<Status> {
     let (_, approved_at) = entry.approval.as_ref()?;
-    let actual = (!c.removed).then(|| crate::diff::State {
+    let actual = (!c.removed).then_some(crate::diff::State {
         kind: crate::snapshot::Kind::File,
         size: None,
         mode: 0,
@@ -168,7 +182,11 @@ pub fn reclassify(c: &StoredChangeRef<'_>, entry: &ChangeEntry, now: Timestamp) 
     if !applies {
         return None;
     }
-    Some(if *approved_at <= c.observed_at { Status::Change(entry.id.clone()) } else { Status::Retroactive(entry.id.clone()) })
+    Some(if *approved_at <= c.observed_at {
+        Status::Change(entry.id.clone())
+    } else {
+        Status::Retroactive(entry.id.clone())
+    })
 }
 
 #[cfg(test)]
@@ -188,7 +206,15 @@ mod tests {
     }
 
     fn change(path: &str, problem: Option<&str>) -> Change {
-        let s = State { kind: Kind::File, size: Some(1), mode: 0o644, uid: Some(0), gid: Some(0), blake3: Some([1; 32]), target: None };
+        let s = State {
+            kind: Kind::File,
+            size: Some(1),
+            mode: 0o644,
+            uid: Some(0),
+            gid: Some(0),
+            blake3: Some([1; 32]),
+            target: None,
+        };
         Change {
             path: RelPath::from_bytes(path.as_bytes().to_vec()),
             kind: ChangeKind::Added,
@@ -203,12 +229,42 @@ mod tests {
     fn rules_in_order() {
         let exclude = crate::glob::path_set(&["var/cache/**"]).unwrap();
         let entries = vec![
-            entry("CHG-1", "2026-11-20T10:00:00Z", "2026-11-20T09:00:00Z", "2026-11-20T18:00:00Z", "app/**"),
-            entry("CHG-2", "2026-11-20T15:00:00Z", "2026-11-20T09:00:00Z", "2026-11-20T18:00:00Z", "hot/**"),
-            entry("CHG-3", "2026-11-30T00:00:00Z", "2026-11-20T09:00:00Z", "2026-11-20T18:00:00Z", "future/**"),
-            entry("CHG-4", "2026-11-19T00:00:00Z", "2026-11-21T09:00:00Z", "2026-11-21T18:00:00Z", "later/**"),
+            entry(
+                "CHG-1",
+                "2026-11-20T10:00:00Z",
+                "2026-11-20T09:00:00Z",
+                "2026-11-20T18:00:00Z",
+                "app/**",
+            ),
+            entry(
+                "CHG-2",
+                "2026-11-20T15:00:00Z",
+                "2026-11-20T09:00:00Z",
+                "2026-11-20T18:00:00Z",
+                "hot/**",
+            ),
+            entry(
+                "CHG-3",
+                "2026-11-30T00:00:00Z",
+                "2026-11-20T09:00:00Z",
+                "2026-11-20T18:00:00Z",
+                "future/**",
+            ),
+            entry(
+                "CHG-4",
+                "2026-11-19T00:00:00Z",
+                "2026-11-21T09:00:00Z",
+                "2026-11-21T18:00:00Z",
+                "later/**",
+            ),
         ];
-        let ctx = Context { host: "web-01", tree: "shop", exclude: &exclude, entries: &entries, now: ts("2026-11-21T00:00:00Z").unwrap() };
+        let ctx = Context {
+            host: "web-01",
+            tree: "shop",
+            exclude: &exclude,
+            entries: &entries,
+            now: ts("2026-11-21T00:00:00Z").unwrap(),
+        };
         let obs = Observation {
             t0: ts("2026-11-20T11:00:00Z").unwrap(),
             t: ts("2026-11-20T12:00:00Z").unwrap(),
@@ -216,10 +272,22 @@ mod tests {
         };
         let table: Vec<(Change, Option<&str>, Status)> = vec![
             (change("var/cache/x", None), None, Status::Excluded),
-            (change("app/x", Some("cannot read")), None, Status::Unverifiable),
-            (change("app/x", None), Some("r7"), Status::Release("r7".into())),
+            (
+                change("app/x", Some("cannot read")),
+                None,
+                Status::Unverifiable,
+            ),
+            (
+                change("app/x", None),
+                Some("r7"),
+                Status::Release("r7".into()),
+            ),
             (change("app/x", None), None, Status::Change("CHG-1".into())),
-            (change("hot/x", None), None, Status::Retroactive("CHG-2".into())),
+            (
+                change("hot/x", None),
+                None,
+                Status::Retroactive("CHG-2".into()),
+            ),
             (change("future/x", None), None, Status::Unauthorized),
             (change("later/x", None), None, Status::Unauthorized),
             (change("up/shell.php", None), None, Status::Unauthorized),
@@ -227,13 +295,26 @@ mod tests {
         for (c, release, want) in table {
             assert_eq!(classify(&c, &obs, release, &ctx), want, "{}", c.path);
         }
-        let other_host = Context { host: "db-01", ..ctx };
-        assert_eq!(classify(&change("app/x", None), &obs, None, &other_host), Status::Unauthorized);
+        let other_host = Context {
+            host: "db-01",
+            ..ctx
+        };
+        assert_eq!(
+            classify(&change("app/x", None), &obs, None, &other_host),
+            Status::Unauthorized
+        );
     }
 
     #[test]
     fn status_round_trips() {
-        for s in ["release:2026.11.3", "change:CHG-1", "retroactive:CHG-2", "unauthorized", "unverifiable", "excluded"] {
+        for s in [
+            "release:2026.11.3",
+            "change:CHG-1",
+            "retroactive:CHG-2",
+            "unauthorized",
+            "unverifiable",
+            "excluded",
+        ] {
             assert_eq!(s.parse::<Status>().unwrap().to_string(), s);
         }
         assert!("bogus".parse::<Status>().is_err());

@@ -15,7 +15,12 @@ pub enum ClientError {
     Transport { url: String, message: String },
     /// The collector answered with an error status.
     #[error("{url}: HTTP {status}: {message}")]
-    Status { url: String, status: u16, message: String, retry_after: Option<u64> },
+    Status {
+        url: String,
+        status: u16,
+        message: String,
+        retry_after: Option<u64>,
+    },
     /// The answer was not what the API promises.
     #[error("{url}: unexpected response: {message}")]
     Decode { url: String, message: String },
@@ -29,7 +34,9 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Transport { .. } => true,
-            ClientError::Status { status, .. } => *status == 429 || *status >= 500 || *status == 408,
+            ClientError::Status { status, .. } => {
+                *status == 429 || *status >= 500 || *status == 408
+            }
             _ => false,
         }
     }
@@ -54,9 +61,16 @@ pub fn install_crypto_provider() {
 
 /// Reads a token file: the first non-empty line.
 pub fn read_token(path: &Path) -> Result<String, ClientError> {
-    let err = |message: String| ClientError::Token { path: path.display().to_string(), message };
+    let err = |message: String| ClientError::Token {
+        path: path.display().to_string(),
+        message,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    text.lines().map(str::trim).find(|l| !l.is_empty()).map(String::from).ok_or_else(|| err("empty token file".into()))
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(String::from)
+        .ok_or_else(|| err("empty token file".into()))
 }
 
 impl Client {
@@ -67,59 +81,102 @@ impl Client {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| ClientError::Transport { url: base.to_string(), message: e.to_string() })?;
-        Ok(Client { base: base.trim_end_matches('/').to_string(), token, http })
+            .map_err(|e| ClientError::Transport {
+                url: base.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response, ClientError> {
-        let resp = req
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport { url: url.to_string(), message: error_chain(&e) })?;
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let resp =
+            req.bearer_auth(&self.token)
+                .send()
+                .await
+                .map_err(|e| ClientError::Transport {
+                    url: url.to_string(),
+                    message: error_chain(&e),
+                })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
         }
-        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let body = resp.text().await.unwrap_or_default();
         let message = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
             .unwrap_or(body);
-        Err(ClientError::Status { url: url.to_string(), status: status.as_u16(), message, retry_after })
+        Err(ClientError::Status {
+            url: url.to_string(),
+            status: status.as_u16(),
+            message,
+            retry_after,
+        })
     }
 
     /// GET `path` (with its query string) as JSON.
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = self.url(path);
         let resp = self.send(self.http.get(&url), &url).await?;
-        resp.json().await.map_err(|e| ClientError::Decode { url, message: e.to_string() })
+        resp.json().await.map_err(|e| ClientError::Decode {
+            url,
+            message: e.to_string(),
+        })
     }
 
     /// GET `path` as text (CSV).
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
         let url = self.url(path);
         let resp = self.send(self.http.get(&url), &url).await?;
-        resp.text().await.map_err(|e| ClientError::Decode { url, message: e.to_string() })
+        resp.text().await.map_err(|e| ClientError::Decode {
+            url,
+            message: e.to_string(),
+        })
     }
 
     /// POST a JSON body, returning the JSON answer.
-    pub async fn post_json<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub async fn post_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         let url = self.url(path);
         let resp = self.send(self.http.post(&url).json(body), &url).await?;
-        resp.json().await.map_err(|e| ClientError::Decode { url, message: e.to_string() })
+        resp.json().await.map_err(|e| ClientError::Decode {
+            url,
+            message: e.to_string(),
+        })
     }
 
     /// PUT a JSON body, returning the JSON answer.
-    pub async fn put_json<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub async fn put_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         let url = self.url(path);
         let resp = self.send(self.http.put(&url).json(body), &url).await?;
-        resp.json().await.map_err(|e| ClientError::Decode { url, message: e.to_string() })
+        resp.json().await.map_err(|e| ClientError::Decode {
+            url,
+            message: e.to_string(),
+        })
     }
 }
 

@@ -105,7 +105,10 @@ pub fn compare(expected: &State, actual: &State) -> Option<ChangeKind> {
     let owner_differs = |e: Option<u32>, a: Option<u32>| e.is_some() && e != a;
     // Symlink permission bits are meaningless on Linux and vary by filesystem.
     let mode_differs = expected.kind != Kind::Symlink && expected.mode != actual.mode;
-    if mode_differs || owner_differs(expected.uid, actual.uid) || owner_differs(expected.gid, actual.gid) {
+    if mode_differs
+        || owner_differs(expected.uid, actual.uid)
+        || owner_differs(expected.gid, actual.gid)
+    {
         return Some(ChangeKind::Metadata);
     }
     None
@@ -121,7 +124,10 @@ pub struct Diff {
 }
 
 /// Diffs an approved list and an observed list, both sorted by path (a merge, O(n)).
-pub fn diff<'a>(approved: impl IntoIterator<Item = (&'a RelPath, &'a State)>, observed: &[Entry]) -> Diff {
+pub fn diff<'a>(
+    approved: impl IntoIterator<Item = (&'a RelPath, &'a State)>,
+    observed: &[Entry],
+) -> Diff {
     let mut out = Diff::default();
     let mut approved = approved.into_iter().peekable();
     let mut observed = observed.iter().peekable();
@@ -146,7 +152,8 @@ pub fn diff<'a>(approved: impl IntoIterator<Item = (&'a RelPath, &'a State)>, ob
             }
             Ordering::Greater => {
                 let o = observed.next().expect("peeked");
-                out.changes.push(observed_change(ChangeKind::Added, None, o));
+                out.changes
+                    .push(observed_change(ChangeKind::Added, None, o));
             }
             Ordering::Equal => {
                 let (_, state) = approved.next().expect("peeked");
@@ -155,9 +162,11 @@ pub fn diff<'a>(approved: impl IntoIterator<Item = (&'a RelPath, &'a State)>, ob
                 match (compare(state, &actual), &o.problem) {
                     (None, None) => out.unchanged += 1,
                     // Unreadable: we cannot say it is unchanged, so it is never silently passed.
-                    (kind, Some(_)) => {
-                        out.changes.push(observed_change(kind.unwrap_or(ChangeKind::Modified), Some(state), o))
-                    }
+                    (kind, Some(_)) => out.changes.push(observed_change(
+                        kind.unwrap_or(ChangeKind::Modified),
+                        Some(state),
+                        o,
+                    )),
                     (Some(kind), None) => out.changes.push(observed_change(kind, Some(state), o)),
                 }
             }
@@ -183,7 +192,15 @@ mod tests {
     use crate::snapshot::Meta;
 
     fn file(hash: u8, size: u64, mode: u32, uid: u32) -> State {
-        State { kind: Kind::File, size: Some(size), mode, uid: Some(uid), gid: Some(0), blake3: Some([hash; 32]), target: None }
+        State {
+            kind: Kind::File,
+            size: Some(size),
+            mode,
+            uid: Some(uid),
+            gid: Some(0),
+            blake3: Some([hash; 32]),
+            target: None,
+        }
     }
 
     fn entry(path: &str, s: &State, mtime: i64, problem: Option<&str>) -> Entry {
@@ -210,18 +227,68 @@ mod tests {
     #[test]
     fn compare_table() {
         let base = file(1, 10, 0o644, 0);
-        let link = |t: &str| State { kind: Kind::Symlink, size: None, mode: 0o777, uid: Some(0), gid: Some(0), blake3: None, target: Some(t.into()) };
-        let no_owner = State { uid: None, gid: None, ..base.clone() };
+        let link = |t: &str| State {
+            kind: Kind::Symlink,
+            size: None,
+            mode: 0o777,
+            uid: Some(0),
+            gid: Some(0),
+            blake3: None,
+            target: Some(t.into()),
+        };
+        let no_owner = State {
+            uid: None,
+            gid: None,
+            ..base.clone()
+        };
         let cases: Vec<(&str, State, State, Option<ChangeKind>)> = vec![
             ("same", base.clone(), base.clone(), None),
-            ("same size other content", base.clone(), file(2, 10, 0o644, 0), Some(ChangeKind::Modified)),
-            ("appended", base.clone(), file(1, 11, 0o644, 0), Some(ChangeKind::Modified)),
-            ("setuid", base.clone(), file(1, 10, 0o4755, 0), Some(ChangeKind::Metadata)),
-            ("chown", base.clone(), file(1, 10, 0o644, 33), Some(ChangeKind::Metadata)),
+            (
+                "same size other content",
+                base.clone(),
+                file(2, 10, 0o644, 0),
+                Some(ChangeKind::Modified),
+            ),
+            (
+                "appended",
+                base.clone(),
+                file(1, 11, 0o644, 0),
+                Some(ChangeKind::Modified),
+            ),
+            (
+                "setuid",
+                base.clone(),
+                file(1, 10, 0o4755, 0),
+                Some(ChangeKind::Metadata),
+            ),
+            (
+                "chown",
+                base.clone(),
+                file(1, 10, 0o644, 33),
+                Some(ChangeKind::Metadata),
+            ),
             ("owner not recorded", no_owner, file(1, 10, 0o644, 33), None),
-            ("file to symlink", base.clone(), link("x"), Some(ChangeKind::TypeChanged)),
-            ("retargeted", link("a"), link("b"), Some(ChangeKind::Modified)),
-            ("symlink mode ignored", link("a"), State { mode: 0o755, ..link("a") }, None),
+            (
+                "file to symlink",
+                base.clone(),
+                link("x"),
+                Some(ChangeKind::TypeChanged),
+            ),
+            (
+                "retargeted",
+                link("a"),
+                link("b"),
+                Some(ChangeKind::Modified),
+            ),
+            (
+                "symlink mode ignored",
+                link("a"),
+                State {
+                    mode: 0o755,
+                    ..link("a")
+                },
+                None,
+            ),
         ];
         for (name, e, a, want) in cases {
             assert_eq!(compare(&e, &a), want, "{name}");
@@ -232,13 +299,29 @@ mod tests {
     fn merge_finds_added_removed_and_ignores_mtime() {
         let a = file(1, 10, 0o644, 0);
         let p = |s: &str| RelPath::from_bytes(s.as_bytes().to_vec());
-        let approved = [(p("a"), a.clone()), (p("b"), a.clone()), (p("d"), a.clone())];
-        let observed = [entry("a", &a, 999, None), entry("c", &a, 0, None), entry("d", &a, 0, Some("cannot read: denied"))];
+        let approved = [
+            (p("a"), a.clone()),
+            (p("b"), a.clone()),
+            (p("d"), a.clone()),
+        ];
+        let observed = [
+            entry("a", &a, 999, None),
+            entry("c", &a, 0, None),
+            entry("d", &a, 0, Some("cannot read: denied")),
+        ];
         let d = diff(approved.iter().map(|(p, s)| (p, s)), &observed);
-        let got: Vec<(String, ChangeKind)> = d.changes.iter().map(|c| (c.path.to_string(), c.kind)).collect();
+        let got: Vec<(String, ChangeKind)> = d
+            .changes
+            .iter()
+            .map(|c| (c.path.to_string(), c.kind))
+            .collect();
         assert_eq!(
             got,
-            vec![("b".into(), ChangeKind::Removed), ("c".into(), ChangeKind::Added), ("d".into(), ChangeKind::Modified)]
+            vec![
+                ("b".into(), ChangeKind::Removed),
+                ("c".into(), ChangeKind::Added),
+                ("d".into(), ChangeKind::Modified)
+            ]
         );
         assert_eq!(d.unchanged, 1, "mtime-only touch of `a` is not a change");
         assert!(d.changes[2].problem.is_some());

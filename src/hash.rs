@@ -75,7 +75,11 @@ fn same_content_stamp(a: &Meta, b: &Meta) -> bool {
 fn open_no_follow(path: &Path) -> io::Result<File> {
     let base = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
     if NOATIME_OK.load(Ordering::Relaxed) {
-        match OpenOptions::new().read(true).custom_flags(base | libc::O_NOATIME).open(path) {
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(base | libc::O_NOATIME)
+            .open(path)
+        {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 NOATIME_OK.store(false, Ordering::Relaxed);
             }
@@ -127,7 +131,13 @@ mod tests {
     #[test]
     fn hashes_match_blake3_for_small_and_large_files() {
         let dir = tempfile::tempdir().unwrap();
-        for size in [0usize, 1, 4096, BUF_SIZE + 7, (RAYON_THRESHOLD as usize) + 12345] {
+        for size in [
+            0usize,
+            1,
+            4096,
+            BUF_SIZE + 7,
+            (RAYON_THRESHOLD as usize) + 12345,
+        ] {
             let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
             let p = dir.path().join(format!("f{size}"));
             std::fs::File::create(&p).unwrap().write_all(&data).unwrap();

@@ -46,13 +46,20 @@ pub struct Manifest {
 pub enum ManifestError {
     /// The file could not be read.
     #[error("{path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The JSON is malformed or has wrong or unknown fields.
     #[error("{path}: not a valid manifest: {message}")]
     Parse { path: PathBuf, message: String },
     /// A field has a bad value.
     #[error("{path}: {field}: {message}")]
-    Invalid { path: PathBuf, field: String, message: String },
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
     /// A path in the tree could not be read, so no honest manifest can be written.
     #[error("cannot build a manifest: {path}: {message}")]
     Unreadable { path: String, message: String },
@@ -109,14 +116,20 @@ impl Manifest {
         let mut entries = Vec::with_capacity(snap.entries.len());
         for e in &snap.entries {
             if let Some(problem) = &e.problem {
-                return Err(ManifestError::Unreadable { path: e.path.to_string(), message: problem.clone() });
+                return Err(ManifestError::Unreadable {
+                    path: e.path.to_string(),
+                    message: problem.clone(),
+                });
             }
             let mut state = State::of(e);
             if !record_owner {
                 state.uid = None;
                 state.gid = None;
             }
-            entries.push(ManifestEntry { path: e.path.clone(), state });
+            entries.push(ManifestEntry {
+                path: e.path.clone(),
+                state,
+            });
         }
         Ok(Manifest {
             tree: tree.to_string(),
@@ -153,33 +166,53 @@ impl Manifest {
             field,
             message,
         };
-        let raw: JsonManifest = serde_json::from_slice(bytes)
-            .map_err(|e| ManifestError::Parse { path: origin.to_path_buf(), message: e.to_string() })?;
+        let raw: JsonManifest =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse {
+                path: origin.to_path_buf(),
+                message: e.to_string(),
+            })?;
         if raw.format != FORMAT {
-            return Err(invalid("format".into(), format!("{:?} is not {FORMAT:?}", raw.format)));
+            return Err(invalid(
+                "format".into(),
+                format!("{:?} is not {FORMAT:?}", raw.format),
+            ));
         }
         for (field, value) in [("tree", &raw.tree), ("release", &raw.release)] {
             if value.trim().is_empty() {
                 return Err(invalid(field.into(), "must not be empty".into()));
             }
         }
-        let created_at = timefmt::parse_timestamp(&raw.created_at).map_err(|m| invalid("created_at".into(), m))?;
+        let created_at = timefmt::parse_timestamp(&raw.created_at)
+            .map_err(|m| invalid("created_at".into(), m))?;
         let mut seen = HashSet::with_capacity(raw.entries.len());
         let mut entries = Vec::with_capacity(raw.entries.len());
         for (i, je) in raw.entries.into_iter().enumerate() {
-            let entry = from_json_entry(je).map_err(|(field, m)| invalid(format!("entries[{i}].{field}"), m))?;
+            let entry = from_json_entry(je)
+                .map_err(|(field, m)| invalid(format!("entries[{i}].{field}"), m))?;
             if !seen.insert(entry.path.clone()) {
-                return Err(invalid(format!("entries[{i}].path"), format!("{} appears twice", entry.path)));
+                return Err(invalid(
+                    format!("entries[{i}].path"),
+                    format!("{} appears twice", entry.path),
+                ));
             }
             entries.push(entry);
         }
         entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        Ok(Manifest { tree: raw.tree, release: raw.release, created_at, created_by: raw.created_by, entries })
+        Ok(Manifest {
+            tree: raw.tree,
+            release: raw.release,
+            created_at,
+            created_by: raw.created_by,
+            entries,
+        })
     }
 
     /// Reads and parses a manifest file (no signature check: see `sign::verify_bytes`).
     pub fn read(path: &Path) -> Result<(Manifest, Vec<u8>), ManifestError> {
-        let bytes = std::fs::read(path).map_err(|e| ManifestError::Read { path: path.to_path_buf(), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| ManifestError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         Ok((Manifest::parse(&bytes, path)?, bytes))
     }
 }
@@ -213,23 +246,40 @@ fn from_json_entry(j: JsonEntry) -> Result<ManifestEntry, (&'static str, String)
     let mode = u32::from_str_radix(&j.mode, 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or(("mode", format!("{:?} is not an octal mode like \"0644\"", j.mode)))?;
+        .ok_or((
+            "mode",
+            format!("{:?} is not an octal mode like \"0644\"", j.mode),
+        ))?;
     let blake3 = match &j.blake3 {
         Some(h) => Some(parse_hash(h).map_err(|m| ("blake3", m))?),
         None => None,
     };
     let target = match (&j.target, &j.target_bytes) {
-        (_, Some(h)) => Some(hex::decode(h).map_err(|e| ("target_bytes", format!("not hex: {e}")))?),
+        (_, Some(h)) => {
+            Some(hex::decode(h).map_err(|e| ("target_bytes", format!("not hex: {e}")))?)
+        }
         (Some(t), None) => Some(t.as_bytes().to_vec()),
         (None, None) => None,
     };
     match j.kind {
         Kind::File if j.size.is_none() => return Err(("size", "a file needs a size".into())),
-        Kind::File if blake3.is_none() => return Err(("blake3", "a file needs a blake3 hash".into())),
-        Kind::Symlink if target.is_none() => return Err(("target", "a symlink needs a target".into())),
+        Kind::File if blake3.is_none() => {
+            return Err(("blake3", "a file needs a blake3 hash".into()));
+        }
+        Kind::Symlink if target.is_none() => {
+            return Err(("target", "a symlink needs a target".into()));
+        }
         _ => {}
     }
-    let state = State { kind: j.kind, size: j.size, mode, uid: j.uid, gid: j.gid, blake3, target };
+    let state = State {
+        kind: j.kind,
+        size: j.size,
+        mode,
+        uid: j.uid,
+        gid: j.gid,
+        blake3,
+        target,
+    };
     Ok(ManifestEntry { path, state })
 }
 
@@ -237,7 +287,8 @@ fn from_json_entry(j: JsonEntry) -> Result<ManifestEntry, (&'static str, String)
 pub fn parse_hash(s: &str) -> Result<[u8; 32], String> {
     let h = s.strip_prefix("blake3:").unwrap_or(s);
     let mut out = [0u8; 32];
-    hex::decode_to_slice(h, &mut out).map_err(|_| format!("{s:?} is not a 64-digit hex BLAKE3 hash"))?;
+    hex::decode_to_slice(h, &mut out)
+        .map_err(|_| format!("{s:?} is not a 64-digit hex BLAKE3 hash"))?;
     Ok(out)
 }
 
@@ -255,15 +306,29 @@ mod tests {
             blake3: Some([7; 32]),
             target: None,
         };
-        let link = State { kind: Kind::Symlink, size: None, mode: 0o777, uid: None, gid: None, blake3: None, target: Some(b"\xfftarget".to_vec()) };
+        let link = State {
+            kind: Kind::Symlink,
+            size: None,
+            mode: 0o777,
+            uid: None,
+            gid: None,
+            blake3: None,
+            target: Some(b"\xfftarget".to_vec()),
+        };
         Manifest {
             tree: "shop".into(),
             release: "r1".into(),
             created_at: timefmt::parse_timestamp("2026-11-21T10:00:00Z").unwrap(),
             created_by: "ci".into(),
             entries: vec![
-                ManifestEntry { path: RelPath::from_bytes(b"a\nb".to_vec()), state: file },
-                ManifestEntry { path: RelPath::from_bytes(b"z\xff".to_vec()), state: link },
+                ManifestEntry {
+                    path: RelPath::from_bytes(b"a\nb".to_vec()),
+                    state: file,
+                },
+                ManifestEntry {
+                    path: RelPath::from_bytes(b"z\xff".to_vec()),
+                    state: link,
+                },
             ],
         }
     }
@@ -284,26 +349,51 @@ mod tests {
         let cases = [
             (json.replace("\"0644\"", "\"rw-r--r--\""), "entries[0].mode"),
             (json.replace("driftwatch.manifest.v1", "v0"), "format"),
-            (json.replace("2026-11-21T10:00:00Z", "yesterday"), "created_at"),
+            (
+                json.replace("2026-11-21T10:00:00Z", "yesterday"),
+                "created_at",
+            ),
             (json.replace("\"r1\"", "\"\""), "release"),
         ];
         for (bad, field) in cases {
-            let err = Manifest::parse(bad.as_bytes(), Path::new("m.json")).unwrap_err().to_string();
+            let err = Manifest::parse(bad.as_bytes(), Path::new("m.json"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(field), "{err} should name {field}");
         }
-        let err = Manifest::parse(&json.as_bytes()[..40], Path::new("m.json")).unwrap_err().to_string();
-        assert!(err.starts_with("m.json: not a valid manifest"), "{err}");
-        let err = Manifest::parse(json.replace("\"mode\"", "\"mood\"").as_bytes(), Path::new("m.json"))
+        let err = Manifest::parse(&json.as_bytes()[..40], Path::new("m.json"))
             .unwrap_err()
             .to_string();
+        assert!(err.starts_with("m.json: not a valid manifest"), "{err}");
+        let err = Manifest::parse(
+            json.replace("\"mode\"", "\"mood\"").as_bytes(),
+            Path::new("m.json"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("mood"), "{err}");
     }
 
     #[test]
     fn escaping_paths_and_duplicates_are_rejected() {
-        let json = sample().to_canonical_json().replace("\"a\\nb\"", "\"../etc/passwd\"");
-        assert!(Manifest::parse(json.as_bytes(), Path::new("m")).unwrap_err().to_string().contains("entries[0].path"));
-        let json = sample().to_canonical_json().replace("\"path\":\"z\u{fffd}\",\"path_bytes\":\"7aff\"", "\"path\":\"a\\nb\"");
-        assert!(Manifest::parse(json.as_bytes(), Path::new("m")).unwrap_err().to_string().contains("twice"));
+        let json = sample()
+            .to_canonical_json()
+            .replace("\"a\\nb\"", "\"../etc/passwd\"");
+        assert!(
+            Manifest::parse(json.as_bytes(), Path::new("m"))
+                .unwrap_err()
+                .to_string()
+                .contains("entries[0].path")
+        );
+        let json = sample().to_canonical_json().replace(
+            "\"path\":\"z\u{fffd}\",\"path_bytes\":\"7aff\"",
+            "\"path\":\"a\\nb\"",
+        );
+        assert!(
+            Manifest::parse(json.as_bytes(), Path::new("m"))
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
     }
 }

@@ -35,7 +35,9 @@ impl RelPath {
 
     /// Hex of the bytes when they are not valid UTF-8, so JSON can round-trip them.
     pub fn hex_if_not_utf8(&self) -> Option<String> {
-        std::str::from_utf8(&self.0).is_err().then(|| hex::encode(&self.0))
+        std::str::from_utf8(&self.0)
+            .is_err()
+            .then(|| hex::encode(&self.0))
     }
 
     /// Rebuilds a path from its JSON form: `path_bytes` (hex) wins over the lossy `path`.
@@ -92,7 +94,10 @@ pub struct JsonPath {
 
 impl From<&RelPath> for JsonPath {
     fn from(p: &RelPath) -> Self {
-        JsonPath { path: p.lossy().into_owned(), path_bytes: p.hex_if_not_utf8() }
+        JsonPath {
+            path: p.lossy().into_owned(),
+            path_bytes: p.hex_if_not_utf8(),
+        }
     }
 }
 
@@ -118,8 +123,17 @@ mod tests {
     #[test]
     fn escaping_paths_are_rejected() {
         for bad in ["", "/etc/passwd", "a/../b", "./a", "a//b", "a/"] {
-            assert!(RelPath::from_bytes(bad.as_bytes().to_vec()).validate().is_err(), "{bad}");
+            assert!(
+                RelPath::from_bytes(bad.as_bytes().to_vec())
+                    .validate()
+                    .is_err(),
+                "{bad}"
+            );
         }
-        assert!(RelPath::from_bytes(b"a/.hidden/b".to_vec()).validate().is_ok());
+        assert!(
+            RelPath::from_bytes(b"a/.hidden/b".to_vec())
+                .validate()
+                .is_ok()
+        );
     }
 }

@@ -18,10 +18,22 @@ use crate::store::{Role, Store, sqlite::SqliteStore};
 use crate::timefmt;
 
 const DEMO: &[(&str, &str)] = &[
-    ("index.php", "<?php\nrequire __DIR__ . '/app/bootstrap.php';\necho render('home');\n"),
-    ("app/bootstrap.php", "<?php\nfunction render($page) { return \"<h1>$page</h1>\"; }\n"),
-    ("app/checkout.js", "export function total(items) {\n  return items.reduce((s, i) => s + i.price * i.qty, 0);\n}\n"),
-    ("app/config/settings.php", "<?php\nreturn ['currency' => 'EUR', 'tax' => 0.2];\n"),
+    (
+        "index.php",
+        "<?php\nrequire __DIR__ . '/app/bootstrap.php';\necho render('home');\n",
+    ),
+    (
+        "app/bootstrap.php",
+        "<?php\nfunction render($page) { return \"<h1>$page</h1>\"; }\n",
+    ),
+    (
+        "app/checkout.js",
+        "export function total(items) {\n  return items.reduce((s, i) => s + i.price * i.qty, 0);\n}\n",
+    ),
+    (
+        "app/config/settings.php",
+        "<?php\nreturn ['currency' => 'EUR', 'tax' => 0.2];\n",
+    ),
     ("assets/site.css", "body { font-family: sans-serif; }\n"),
     ("wp-content/uploads/.keep", ""),
     (".htaccess", "Options -Indexes\n"),
@@ -47,7 +59,9 @@ impl Quickstart {
             _ => unreachable!("quickstart writes an embedded config"),
         };
         let d = self.dir.display();
-        let bin = std::env::args().next().unwrap_or_else(|| "driftwatch".into());
+        let bin = std::env::args()
+            .next()
+            .unwrap_or_else(|| "driftwatch".into());
         println!(
             "driftwatch quickstart in {d}\n\
              \n  dashboard:  {url}/?token={token}\
@@ -89,7 +103,8 @@ impl Quickstart {
         let manifest = d.join("manifest.json");
         if !manifest.exists() {
             let snap = snapshot::scan(&tree, &ScanOptions::default())?;
-            let m = Manifest::from_snapshot(&snap, "shop", "demo-1", "quickstart@driftwatch", true)?;
+            let m =
+                Manifest::from_snapshot(&snap, "shop", "demo-1", "quickstart@driftwatch", true)?;
             crate::cli::write_atomic(&manifest, m.to_canonical_json().as_bytes())?;
             sign::sign_file(&manifest, &keys.join("release.key"))?;
         }
@@ -107,7 +122,11 @@ impl Quickstart {
             sign::sign_file(&ticket, &keys.join("cab.key"))?;
         }
         let cfg = d.join("agent.toml");
-        let abs = |p: &Path| p.canonicalize().map(|p| p.display().to_string()).unwrap_or_else(|_| p.display().to_string());
+        let abs = |p: &Path| {
+            p.canonicalize()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| p.display().to_string())
+        };
         let listen = pick_port(self.listen);
         // Rewritten on every run: only the listen address may change; the rest is the same.
         let text = format!(
@@ -130,13 +149,15 @@ impl Quickstart {
     /// The reader token for the dashboard, created once and kept in `reader.token`.
     fn reader_token(&self, cfg: &AgentConfig) -> anyhow::Result<String> {
         let path = self.dir.join("reader.token");
-        let store = SqliteStore::open(&cfg.state_dir.join("collector.db"), jiff::tz::TimeZone::UTC)?;
+        let store =
+            SqliteStore::open(&cfg.state_dir.join("collector.db"), jiff::tz::TimeZone::UTC)?;
         if let Ok(t) = crate::client::read_token(&path)
             && store.find_token(&t)?.is_some()
         {
             return Ok(t);
         }
-        let (_, secret) = store.create_token(Role::Reader, None, "quickstart dashboard", Timestamp::now())?;
+        let (_, secret) =
+            store.create_token(Role::Reader, None, "quickstart dashboard", Timestamp::now())?;
         crate::cli::write_atomic(&path, format!("{secret}\n").as_bytes())?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         Ok(secret)
@@ -148,5 +169,7 @@ fn pick_port(want: SocketAddr) -> SocketAddr {
     if want.port() != 0 && TcpListener::bind(want).is_ok() {
         return want;
     }
-    TcpListener::bind(SocketAddr::new(want.ip(), 0)).and_then(|l| l.local_addr()).unwrap_or(want)
+    TcpListener::bind(SocketAddr::new(want.ip(), 0))
+        .and_then(|l| l.local_addr())
+        .unwrap_or(want)
 }

@@ -94,26 +94,48 @@ impl Report {
 
     /// Text for a terminal: unauthorized first, grouped; one summary line at the end.
     pub fn to_text(&self, color: bool) -> String {
-        let paint = |code: &str, s: &str| if color { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() };
+        let paint = |code: &str, s: &str| {
+            if color {
+                format!("\x1b[{code}m{s}\x1b[0m")
+            } else {
+                s.to_string()
+            }
+        };
         let mut out = String::new();
-        let groups: [(&str, &str, fn(&Status) -> bool); 3] = [
+        type Group = (&'static str, &'static str, fn(&Status) -> bool);
+        let groups: [Group; 3] = [
             ("UNAUTHORIZED", "1;31", |s| *s == Status::Unauthorized),
             ("UNVERIFIABLE", "1;33", |s| *s == Status::Unverifiable),
             ("AUTHORIZED", "32", |s| s.is_authorized()),
         ];
         for (title, code, select) in groups {
-            let members: Vec<&ReportedChange> = self.changes.iter().filter(|c| select(&c.status)).collect();
+            let members: Vec<&ReportedChange> =
+                self.changes.iter().filter(|c| select(&c.status)).collect();
             if members.is_empty() {
                 continue;
             }
             let _ = writeln!(out, "{} ({})", paint(code, title), members.len());
             for c in members {
-                let _ = writeln!(out, "  {:<12} {}{}", c.change.kind.as_str(), c.change.path, detail(c));
+                let _ = writeln!(
+                    out,
+                    "  {:<12} {}{}",
+                    c.change.kind.as_str(),
+                    c.change.path,
+                    detail(c)
+                );
             }
         }
-        let signed = if self.manifest_signed { "signed" } else { "UNSIGNED" };
+        let signed = if self.manifest_signed {
+            "signed"
+        } else {
+            "UNSIGNED"
+        };
         let s = &self.summary;
-        let verdict = if self.has_violations() { paint("1;31", "DRIFT") } else { paint("32", "OK") };
+        let verdict = if self.has_violations() {
+            paint("1;31", "DRIFT")
+        } else {
+            paint("32", "OK")
+        };
         let _ = writeln!(
             out,
             "{verdict} {} on {}: release {} ({signed}); {} unauthorized, {} unverifiable, {} authorized, {} excluded; vetted {:.2}%; {} files, {} dirs in {:.2} s",
@@ -146,7 +168,12 @@ fn detail(c: &ReportedChange) -> String {
         (None, Some(a)) => {
             let _ = write!(d, "  {} {}", a.kind.as_str(), format_mode(a.mode));
             if let Some(h) = a.blake3 {
-                let _ = write!(d, " {} B blake3:{}…", a.size.unwrap_or(0), &hex::encode(h)[..16]);
+                let _ = write!(
+                    d,
+                    " {} B blake3:{}…",
+                    a.size.unwrap_or(0),
+                    &hex::encode(h)[..16]
+                );
             }
             if let Some(t) = &a.target {
                 let _ = write!(d, " -> {}", String::from_utf8_lossy(t));
@@ -157,16 +184,38 @@ fn detail(c: &ReportedChange) -> String {
         }
         (Some(e), Some(a)) => {
             if e.mode != a.mode {
-                let _ = write!(d, "  mode {} -> {}", format_mode(e.mode), format_mode(a.mode));
+                let _ = write!(
+                    d,
+                    "  mode {} -> {}",
+                    format_mode(e.mode),
+                    format_mode(a.mode)
+                );
             }
             if e.uid.is_some() && (e.uid != a.uid || e.gid != a.gid) {
-                let _ = write!(d, "  owner {}:{} -> {}:{}", e.uid.unwrap_or(0), e.gid.unwrap_or(0), a.uid.unwrap_or(0), a.gid.unwrap_or(0));
+                let _ = write!(
+                    d,
+                    "  owner {}:{} -> {}:{}",
+                    e.uid.unwrap_or(0),
+                    e.gid.unwrap_or(0),
+                    a.uid.unwrap_or(0),
+                    a.gid.unwrap_or(0)
+                );
             }
             if e.size != a.size {
-                let _ = write!(d, "  size {} -> {}", e.size.unwrap_or(0), a.size.unwrap_or(0));
+                let _ = write!(
+                    d,
+                    "  size {} -> {}",
+                    e.size.unwrap_or(0),
+                    a.size.unwrap_or(0)
+                );
             }
             if e.target != a.target {
-                let t = |x: &Option<Vec<u8>>| x.as_deref().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
+                let t = |x: &Option<Vec<u8>>| {
+                    x.as_deref()
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default()
+                        .into_owned()
+                };
                 let _ = write!(d, "  -> {} (was {})", t(&a.target), t(&e.target));
             }
         }
@@ -232,8 +281,7 @@ fn change_json(c: &ReportedChange) -> Value {
 }
 
 /// Columns of `events --format csv` (DESIGN §7).
-pub const EVENTS_CSV_HEADER: &str =
-    "id,host,environment,tree,path,path_bytes,change,status,original_status,open,observed_at,window_start,received_at,blake3,previous_blake3,size";
+pub const EVENTS_CSV_HEADER: &str = "id,host,environment,tree,path,path_bytes,change,status,original_status,open,observed_at,window_start,received_at,blake3,previous_blake3,size";
 
 /// Events as CSV with the same fields as the JSON.
 pub fn events_csv(events: &[crate::store::StoredEvent]) -> String {
@@ -258,7 +306,10 @@ pub fn events_csv(events: &[crate::store::StoredEvent]) -> String {
             e.previous_blake3.clone().unwrap_or_default(),
             e.size.map(|s| s.to_string()).unwrap_or_default(),
         ];
-        let line: Vec<String> = fields.iter().map(|f| crate::kpi::csv_field(f).into_owned()).collect();
+        let line: Vec<String> = fields
+            .iter()
+            .map(|f| crate::kpi::csv_field(f).into_owned())
+            .collect();
         out.push_str(&line.join(","));
         out.push('\n');
     }

@@ -18,10 +18,17 @@ pub const PASSWORD_ENV: &str = "DRIFTWATCH_KEY_PASSWORD";
 pub enum SignError {
     /// A file could not be read or written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A key file is not a minisign key.
     #[error("{path}: not a minisign {what}: {message}")]
-    BadKey { path: PathBuf, what: &'static str, message: String },
+    BadKey {
+        path: PathBuf,
+        what: &'static str,
+        message: String,
+    },
     /// No `.minisig` next to the file.
     #[error("{path}: not signed (no {sig} found)")]
     Unsigned { path: PathBuf, sig: PathBuf },
@@ -30,7 +37,11 @@ pub enum SignError {
     BadSignatureFile { sig: PathBuf, message: String },
     /// The signature does not verify against any trusted key.
     #[error("{path}: signature does not verify against {keys} ({message})")]
-    Untrusted { path: PathBuf, keys: String, message: String },
+    Untrusted {
+        path: PathBuf,
+        keys: String,
+        message: String,
+    },
     /// Refused to overwrite an existing key.
     #[error("{0}: already exists (use --force to overwrite)")]
     Exists(PathBuf),
@@ -53,19 +64,31 @@ pub fn sig_path(path: &Path) -> PathBuf {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SignError + '_ {
-    move |source| SignError::Io { path: path.to_path_buf(), source }
+    move |source| SignError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Loads a public key: a minisign `.pub` file, or a file holding just the base64 line.
 pub fn load_public_key(path: &Path) -> Result<TrustedKey, SignError> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let bad = |message: String| SignError::BadKey { path: path.to_path_buf(), what: "public key", message };
+    let bad = |message: String| SignError::BadKey {
+        path: path.to_path_buf(),
+        what: "public key",
+        message,
+    };
     let key = if text.trim_start().starts_with("untrusted comment:") {
-        PublicKeyBox::from_string(&text).and_then(|b| b.into_public_key()).map_err(|e| bad(e.to_string()))?
+        PublicKeyBox::from_string(&text)
+            .and_then(|b| b.into_public_key())
+            .map_err(|e| bad(e.to_string()))?
     } else {
         PublicKey::from_base64(text.trim()).map_err(|e| bad(e.to_string()))?
     };
-    Ok(TrustedKey { path: path.to_path_buf(), key })
+    Ok(TrustedKey {
+        path: path.to_path_buf(),
+        key,
+    })
 }
 
 /// Loads public keys, failing on the first bad one.
@@ -77,7 +100,11 @@ pub fn load_public_keys(paths: &[PathBuf]) -> Result<Vec<TrustedKey>, SignError>
 /// on a terminal, a prompt.
 pub fn load_secret_key(path: &Path) -> Result<SecretKey, SignError> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let bad = |message: String| SignError::BadKey { path: path.to_path_buf(), what: "secret key", message };
+    let bad = |message: String| SignError::BadKey {
+        path: path.to_path_buf(),
+        what: "secret key",
+        message,
+    };
     if let Some(sk) = unencrypted_key(&text) {
         return Ok(sk);
     }
@@ -85,9 +112,15 @@ pub fn load_secret_key(path: &Path) -> Result<SecretKey, SignError> {
     let password = match std::env::var(PASSWORD_ENV) {
         Ok(p) => Some(p),
         Err(_) if std::io::stdin().is_terminal() => None,
-        Err(_) => return Err(bad(format!("the key is encrypted: set {PASSWORD_ENV} or run on a terminal"))),
+        Err(_) => {
+            return Err(bad(format!(
+                "the key is encrypted: set {PASSWORD_ENV} or run on a terminal"
+            )));
+        }
     };
-    boxed.into_secret_key(password).map_err(|e| bad(e.to_string()))
+    boxed
+        .into_secret_key(password)
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// Reads an unencrypted secret key directly: `minisign -G -W` leaves its checksum zeroed, which
@@ -95,7 +128,10 @@ pub fn load_secret_key(path: &Path) -> Result<SecretKey, SignError> {
 /// signature is verified against a public key.
 fn unencrypted_key(text: &str) -> Option<SecretKey> {
     use ct_codecs::{Base64, Decoder};
-    let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))?;
     let bytes = Base64::decode_to_vec(line, None).ok()?;
     // Layout: sig_alg (2) | kdf_alg (2) | ...; a zero kdf_alg means "not encrypted".
     if bytes.get(2..4)? != [0, 0] {
@@ -123,7 +159,10 @@ pub fn keygen(prefix: &Path, force: bool) -> Result<(PathBuf, PathBuf), SignErro
         what: "secret key",
         message: e.to_string(),
     })?;
-    let sk_text = sk.to_box(Some("driftwatch secret key (unencrypted)")).expect("box").into_string();
+    let sk_text = sk
+        .to_box(Some("driftwatch secret key (unencrypted)"))
+        .expect("box")
+        .into_string();
     let pk_text = pk.to_box().expect("box").into_string();
     write_file(&key_path, sk_text.as_bytes(), 0o600, force)?;
     write_file(&pub_path, pk_text.as_bytes(), 0o644, force)?;
@@ -134,32 +173,56 @@ pub fn keygen(prefix: &Path, force: bool) -> Result<(PathBuf, PathBuf), SignErro
 pub fn sign_bytes(data: &[u8], file_name: &str, sk: &SecretKey) -> Result<String, String> {
     let ts = jiff::Timestamp::now().as_second();
     let trusted = format!("timestamp:{ts}\tfile:{file_name}\thashed");
-    minisign::sign(None, sk, Cursor::new(data), Some(&trusted), Some("signature from driftwatch secret key"))
-        .map(|b| b.into_string())
-        .map_err(|e| e.to_string())
+    minisign::sign(
+        None,
+        sk,
+        Cursor::new(data),
+        Some(&trusted),
+        Some("signature from driftwatch secret key"),
+    )
+    .map(|b| b.into_string())
+    .map_err(|e| e.to_string())
 }
 
 /// Signs a file with the key at `key_path`, writing `FILE.minisig`.
 pub fn sign_file(path: &Path, key_path: &Path) -> Result<PathBuf, SignError> {
     let sk = load_secret_key(key_path)?;
     let data = std::fs::read(path).map_err(io_err(path))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let sig = sign_bytes(&data, &name, &sk)
-        .map_err(|message| SignError::BadKey { path: key_path.to_path_buf(), what: "secret key", message })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let sig = sign_bytes(&data, &name, &sk).map_err(|message| SignError::BadKey {
+        path: key_path.to_path_buf(),
+        what: "secret key",
+        message,
+    })?;
     let out = sig_path(path);
     write_file(&out, sig.as_bytes(), 0o644, true)?;
     Ok(out)
 }
 
 /// Verifies `data` (the content of `path`) against its `.minisig` and any of `keys`.
-pub fn verify_bytes<'k>(data: &[u8], path: &Path, keys: &'k [TrustedKey]) -> Result<&'k TrustedKey, SignError> {
+pub fn verify_bytes<'k>(
+    data: &[u8],
+    path: &Path,
+    keys: &'k [TrustedKey],
+) -> Result<&'k TrustedKey, SignError> {
     let sig = sig_path(path);
     let text = match std::fs::read_to_string(&sig) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(SignError::Unsigned { path: path.to_path_buf(), sig });
+            return Err(SignError::Unsigned {
+                path: path.to_path_buf(),
+                sig,
+            });
         }
-        Err(e) => return Err(SignError::Io { path: sig, source: e }),
+        Err(e) => {
+            return Err(SignError::Io {
+                path: sig,
+                source: e,
+            });
+        }
     };
     verify_text(data, path, &text, keys).map_err(|e| match e {
         SignError::BadSignatureFile { message, .. } => SignError::BadSignatureFile { sig, message },
@@ -168,10 +231,17 @@ pub fn verify_bytes<'k>(data: &[u8], path: &Path, keys: &'k [TrustedKey]) -> Res
 }
 
 /// Verifies `data` against a signature given as text (as received over the API).
-pub fn verify_text<'k>(data: &[u8], path: &Path, sig_text: &str, keys: &'k [TrustedKey]) -> Result<&'k TrustedKey, SignError> {
+pub fn verify_text<'k>(
+    data: &[u8],
+    path: &Path,
+    sig_text: &str,
+    keys: &'k [TrustedKey],
+) -> Result<&'k TrustedKey, SignError> {
     let sig = sig_path(path);
-    let sbox = SignatureBox::from_string(sig_text)
-        .map_err(|e| SignError::BadSignatureFile { sig: sig.clone(), message: e.to_string() })?;
+    let sbox = SignatureBox::from_string(sig_text).map_err(|e| SignError::BadSignatureFile {
+        sig: sig.clone(),
+        message: e.to_string(),
+    })?;
     let mut last = String::from("no trusted keys given");
     for k in keys {
         match minisign::verify(&k.key, &sbox, Cursor::new(data), true, false, true) {
@@ -180,19 +250,37 @@ pub fn verify_text<'k>(data: &[u8], path: &Path, sig_text: &str, keys: &'k [Trus
         }
     }
     let names: Vec<String> = keys.iter().map(|k| k.path.display().to_string()).collect();
-    Err(SignError::Untrusted { path: path.to_path_buf(), keys: names.join(", "), message: last })
+    Err(SignError::Untrusted {
+        path: path.to_path_buf(),
+        keys: names.join(", "),
+        message: last,
+    })
 }
 
 /// Writes a file atomically (temp + fsync + rename) with the given mode.
 fn write_file(path: &Path, data: &[u8], mode: u32, overwrite: bool) -> Result<(), SignError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io_err(&tmp))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
     let result = f.write_all(data).and_then(|_| f.sync_all());
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(SignError::Io { path: tmp, source: e });
+        return Err(SignError::Io {
+            path: tmp,
+            source: e,
+        });
     }
     if !overwrite && path.exists() {
         let _ = std::fs::remove_file(&tmp);
@@ -211,7 +299,10 @@ mod tests {
         let prefix = dir.path().join("k");
         let (key, public) = keygen(&prefix, false).unwrap();
         let mode = std::fs::metadata(&key).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
         assert!(matches!(keygen(&prefix, false), Err(SignError::Exists(_))));
         let f = dir.path().join("m.json");
         std::fs::write(&f, b"hello").unwrap();
@@ -224,6 +315,9 @@ mod tests {
         let others = vec![load_public_key(&other).unwrap()];
         assert!(verify_bytes(b"hello", &f, &others).is_err());
         let unsigned = dir.path().join("u.json");
-        assert!(matches!(verify_bytes(b"", &unsigned, &keys), Err(SignError::Unsigned { .. })));
+        assert!(matches!(
+            verify_bytes(b"", &unsigned, &keys),
+            Err(SignError::Unsigned { .. })
+        ));
     }
 }

@@ -1,10 +1,10 @@
 //! What is in a tree now: walk + parallel hash, sorted by path.
 
+use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -181,7 +181,9 @@ const BATCH: usize = 128;
 /// Walks `root` and hashes every regular file in parallel.
 pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Snapshot, ScanError> {
     let started = Instant::now();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.threads).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()?;
     let results: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
     let mut dirs = Vec::new();
     let mut problems: Vec<(RelPath, String)> = Vec::new();
@@ -198,18 +200,34 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Snapshot, ScanError> {
             let progress = opts.progress.clone();
             let cache = opts.cache.clone();
             s.spawn(move |_| {
-                let done: Vec<Entry> =
-                    batch.into_iter().filter_map(|(abs, rel)| examine_cached(&abs, rel, cache.as_deref())).collect();
+                let done: Vec<Entry> = batch
+                    .into_iter()
+                    .filter_map(|(abs, rel)| examine_cached(&abs, rel, cache.as_deref()))
+                    .collect();
                 if let Some(p) = progress {
                     p.inc(done.len() as u64);
                 }
-                results.lock().unwrap_or_else(|e| e.into_inner()).extend(done);
+                results
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(done);
             });
         };
         walk_result = walk::walk(root, &opts.walk, |found| match found {
-            Found::Dir { rel, meta, descended } => {
-                let problem = (!descended).then(|| "mount point: not descended (other filesystem)".to_string());
-                dirs.push(Entry { path: join(rel), meta, blake3: None, target: None, problem });
+            Found::Dir {
+                rel,
+                meta,
+                descended,
+            } => {
+                let problem = (!descended)
+                    .then(|| "mount point: not descended (other filesystem)".to_string());
+                dirs.push(Entry {
+                    path: join(rel),
+                    meta,
+                    blake3: None,
+                    target: None,
+                    problem,
+                });
             }
             Found::Other { abs, rel, .. } => {
                 batch.push((abs, join(rel)));
@@ -230,7 +248,10 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Snapshot, ScanError> {
     entries.append(&mut dirs);
     entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     attach_problems(&mut entries, problems);
-    let mut stats = ScanStats { excluded, ..ScanStats::default() };
+    let mut stats = ScanStats {
+        excluded,
+        ..ScanStats::default()
+    };
     for e in &entries {
         match e.meta.kind {
             Kind::File => {
@@ -253,7 +274,11 @@ pub fn examine(abs: &Path, path: RelPath) -> Option<Entry> {
 }
 
 /// As [`examine`], reusing the cached hash of a file whose stat stamp did not move.
-pub fn examine_cached(abs: &Path, path: RelPath, cache: Option<&BTreeMap<RelPath, Entry>>) -> Option<Entry> {
+pub fn examine_cached(
+    abs: &Path,
+    path: RelPath,
+    cache: Option<&BTreeMap<RelPath, Entry>>,
+) -> Option<Entry> {
     let lstat = match hash::lstat(abs) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -264,12 +289,35 @@ pub fn examine_cached(abs: &Path, path: RelPath, cache: Option<&BTreeMap<RelPath
         && old.problem.is_none()
         && old.blake3.is_some()
         && old.meta.kind == Kind::File
-        && (old.meta.size, old.meta.mtime_ns, old.meta.ctime_ns, old.meta.ino, old.meta.dev)
-            == (lstat.size, lstat.mtime_ns, lstat.ctime_ns, lstat.ino, lstat.dev)
+        && (
+            old.meta.size,
+            old.meta.mtime_ns,
+            old.meta.ctime_ns,
+            old.meta.ino,
+            old.meta.dev,
+        ) == (
+            lstat.size,
+            lstat.mtime_ns,
+            lstat.ctime_ns,
+            lstat.ino,
+            lstat.dev,
+        )
     {
-        return Some(Entry { path, meta: lstat, blake3: old.blake3, target: None, problem: None });
+        return Some(Entry {
+            path,
+            meta: lstat,
+            blake3: old.blake3,
+            target: None,
+            problem: None,
+        });
     }
-    let mut entry = Entry { path, meta: lstat, blake3: None, target: None, problem: None };
+    let mut entry = Entry {
+        path,
+        meta: lstat,
+        blake3: None,
+        target: None,
+        problem: None,
+    };
     match lstat.kind {
         Kind::File => match hash::hash_file(abs) {
             Ok(Hashed::File(meta, h)) => {
@@ -308,7 +356,13 @@ fn problem_entry(path: RelPath, message: String) -> Entry {
         dev: 0,
         nlink: 0,
     };
-    Entry { path, meta, blake3: None, target: None, problem: Some(message) }
+    Entry {
+        path,
+        meta,
+        blake3: None,
+        target: None,
+        problem: Some(message),
+    }
 }
 
 /// Marks entries the walker could not list; a problem for a path not in the list becomes an entry.

@@ -11,8 +11,13 @@ pub fn parse_timestamp(s: &str) -> Result<Timestamp, String> {
 
 /// Formats a timestamp as RFC 3339 UTC, truncated to the second (never rounded into the future).
 pub fn format_timestamp(t: Timestamp) -> String {
-    let opts = jiff::TimestampRound::new().smallest(jiff::Unit::Second).mode(jiff::RoundMode::Trunc);
-    t.round(opts).unwrap_or(t).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    let opts = jiff::TimestampRound::new()
+        .smallest(jiff::Unit::Second)
+        .mode(jiff::RoundMode::Trunc);
+    t.round(opts)
+        .unwrap_or(t)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// Parses `90s`, `15m`, `1h`, `24h`, `7d` (also `500ms`).

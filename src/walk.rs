@@ -29,9 +29,17 @@ pub struct WalkOptions {
 #[derive(Debug)]
 pub enum Found {
     /// A directory, already stat'ed; `descended` is false for a mount point we did not enter.
-    Dir { rel: RelPath, meta: Meta, descended: bool },
+    Dir {
+        rel: RelPath,
+        meta: Meta,
+        descended: bool,
+    },
     /// Anything else; the worker stats (and for files hashes) it.
-    Other { abs: PathBuf, rel: RelPath, file_type: FileType },
+    Other {
+        abs: PathBuf,
+        rel: RelPath,
+        file_type: FileType,
+    },
     /// A path the walker could not stat or list, with the reason.
     Problem { rel: RelPath, message: String },
     /// A path matched an exclusion: not examined.
@@ -43,7 +51,10 @@ pub enum Found {
 pub enum WalkError {
     /// The root is missing or unreadable.
     #[error("{path}: {source}")]
-    Root { path: PathBuf, source: std::io::Error },
+    Root {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The root is not a directory.
     #[error("{0}: not a directory")]
     NotADirectory(PathBuf),
@@ -52,24 +63,41 @@ pub enum WalkError {
 /// Walks `root` (following the root itself if it is a symlink, nothing below it) and hands every
 /// entry to `sink`, pre-order.
 pub fn walk(root: &Path, opts: &WalkOptions, mut sink: impl FnMut(Found)) -> Result<(), WalkError> {
-    let root_meta =
-        std::fs::metadata(root).map_err(|e| WalkError::Root { path: root.to_path_buf(), source: e })?;
+    let root_meta = std::fs::metadata(root).map_err(|e| WalkError::Root {
+        path: root.to_path_buf(),
+        source: e,
+    })?;
     if !root_meta.is_dir() {
         return Err(WalkError::NotADirectory(root.to_path_buf()));
     }
     let root_dev = root_meta.dev();
-    let mut it = WalkDir::new(root).follow_links(false).follow_root_links(true).min_depth(1).into_iter();
+    let mut it = WalkDir::new(root)
+        .follow_links(false)
+        .follow_root_links(true)
+        .min_depth(1)
+        .into_iter();
     while let Some(next) = it.next() {
         let entry = match next {
             Ok(e) => e,
             Err(e) => {
                 if e.depth() == 0 {
-                    let source = e.into_io_error().unwrap_or_else(|| std::io::Error::other("walk failed"));
-                    return Err(WalkError::Root { path: root.to_path_buf(), source });
+                    let source = e
+                        .into_io_error()
+                        .unwrap_or_else(|| std::io::Error::other("walk failed"));
+                    return Err(WalkError::Root {
+                        path: root.to_path_buf(),
+                        source,
+                    });
                 }
                 let rel = e.path().map(|p| rel_of(root, p)).unwrap_or_default();
-                let message = e.io_error().map(|io| io.to_string()).unwrap_or_else(|| e.to_string());
-                sink(Found::Problem { rel, message: format!("cannot list: {message}") });
+                let message = e
+                    .io_error()
+                    .map(|io| io.to_string())
+                    .unwrap_or_else(|| e.to_string());
+                sink(Found::Problem {
+                    rel,
+                    message: format!("cannot list: {message}"),
+                });
                 continue;
             }
         };
@@ -80,10 +108,14 @@ pub fn walk(root: &Path, opts: &WalkOptions, mut sink: impl FnMut(Found)) -> Res
             // `cache/a/b/evil.so`. Each path is judged by its own name; excluded ones are only
             // listed, never stat'ed or hashed (except directories, for the filesystem check).
             sink(Found::Excluded);
-            if entry.file_type().is_dir() && !opts.cross_filesystems {
-                if entry.metadata().map(|m| m.dev() != root_dev).unwrap_or(true) {
-                    it.skip_current_dir();
-                }
+            if entry.file_type().is_dir()
+                && !opts.cross_filesystems
+                && entry
+                    .metadata()
+                    .map(|m| m.dev() != root_dev)
+                    .unwrap_or(true)
+            {
+                it.skip_current_dir();
             }
             continue;
         }
@@ -97,15 +129,26 @@ pub fn walk(root: &Path, opts: &WalkOptions, mut sink: impl FnMut(Found)) -> Res
                     if !descended {
                         it.skip_current_dir();
                     }
-                    sink(Found::Dir { rel, meta: Meta::from_std(&m), descended });
+                    sink(Found::Dir {
+                        rel,
+                        meta: Meta::from_std(&m),
+                        descended,
+                    });
                 }
                 Err(e) => {
                     it.skip_current_dir();
-                    sink(Found::Problem { rel, message: format!("cannot stat: {e}") });
+                    sink(Found::Problem {
+                        rel,
+                        message: format!("cannot stat: {e}"),
+                    });
                 }
             }
         } else {
-            sink(Found::Other { abs: entry.path().to_path_buf(), rel, file_type: entry.file_type() });
+            sink(Found::Other {
+                abs: entry.path().to_path_buf(),
+                rel,
+                file_type: entry.file_type(),
+            });
         }
     }
     Ok(())

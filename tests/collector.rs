@@ -125,7 +125,11 @@ fn auth_matrix_tokens_roles_hosts_and_revocation() {
         &id.to_string(),
     ])
     .expect_code(0);
-    let r = c.post_json("/api/v1/events", Some(&agent1), &batch("web-01", simple_events(2, 1, "auth")));
+    let r = c.post_json(
+        "/api/v1/events",
+        Some(&agent1),
+        &batch("web-01", simple_events(2, 1, "auth")),
+    );
     r.expect(401);
     assert!(r.error().contains("revoked"), "{}", r.error());
     // The other tokens still work.
@@ -141,6 +145,10 @@ fn auth_matrix_tokens_roles_hosts_and_revocation() {
     assert_eq!(rows(&events).len(), 1, "{events:#}");
     assert_eq!(events[0]["host"], "web-01");
     assert_eq!(events[0]["path"], "auth-1.php");
+    // Revoking a host's last agent token retires it (no longer expected); web-02 is not.
+    let hosts = c.get_json("/api/v1/hosts", &reader);
+    assert_eq!(host_info(&hosts, "web-01")["retired"], true, "{hosts:#}");
+    assert_eq!(host_info(&hosts, "web-02")["retired"], false, "{hosts:#}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,31 +199,66 @@ fn malformed_bodies_get_400_with_a_reason_and_oversize_gets_413() {
         ("status", json!("approved-ish"), "events[1].status"),
         ("status", json!("release:"), "events[1].status"),
         ("observed_at", json!("yesterday"), "events[1].observed_at"),
-        ("window_start", json!("2026-13-45"), "events[1].window_start"),
+        (
+            "window_start",
+            json!("2026-13-45"),
+            "events[1].window_start",
+        ),
         ("blake3", json!("xyz"), "events[1].blake3"),
         ("seq", json!(0), "events[1].seq"),
         ("tree", json!(""), "events[1].tree"),
+        ("path", json!("../../etc/passwd"), "events[1].path"),
+        ("path", json!("/etc/passwd"), "events[1].path"),
+        ("path_bytes", json!("zz"), "events[1].path"),
     ];
     for (field, value, named) in cases {
         let mut ev = event(2, "b.php", "added", "unauthorized", &now);
         ev[field] = value.clone();
         let body = serde_json::to_vec(&batch("web-01", vec![good.clone(), ev])).unwrap();
         let e = bad(&body);
-        assert!(e.contains(named), "{field} = {value}: reason {e:?} must name {named}");
+        assert!(
+            e.contains(named),
+            "{field} = {value}: reason {e:?} must name {named}"
+        );
     }
     // The brief's exact case: a lone event with an unknown kind names events[0].change.
     let mut ev = good.clone();
     ev["change"] = json!("exploded");
     let e = bad(&serde_json::to_vec(&batch("web-01", vec![ev])).unwrap());
-    assert!(e.contains("events[0].change") && e.contains("exploded"), "{e}");
+    assert!(
+        e.contains("events[0].change") && e.contains("exploded"),
+        "{e}"
+    );
     let mut ev = good.clone();
     ev["status"] = json!("approved-ish");
     let e = bad(&serde_json::to_vec(&batch("web-01", vec![ev])).unwrap());
     assert!(e.contains("events[0].status"), "{e}");
     // A heartbeat is checked too.
-    let r = c.post("/api/v1/heartbeat", Some(&agent), br#"{"host": "web-01", "trees": "shop"}"#);
+    let r = c.post(
+        "/api/v1/heartbeat",
+        Some(&agent),
+        br#"{"host": "web-01", "trees": "shop"}"#,
+    );
     r.expect(400);
     assert!(r.error().contains("invalid type"), "{}", r.error());
+
+    // Malformed query strings: 400 naming the parameter.
+    let reader_q = |path: &str, named: &str| {
+        let r = c.get(path, Some(&reader));
+        r.expect(400);
+        assert!(
+            r.error().contains(named),
+            "{path}: reason {:?} must name {named}",
+            r.error()
+        );
+    };
+    reader_q("/api/v1/events?from=yesterday", "from");
+    reader_q("/api/v1/kpi?to=2026-02-30", "to");
+    reader_q("/api/v1/kpi?by=fortnight", "by");
+    reader_q("/api/v1/kpi?group=planet", "group");
+    reader_q("/api/v1/kpi?from=2026-03-02&to=2026-03-01", "from");
+    reader_q("/api/v1/kpi?format=xml", "format");
+    reader_q("/api/v1/events?colour=red", "colour");
 
     // Over max_body (1 KiB): 413, on every route; the same batch under the limit is fine.
     let big = batch(
@@ -227,6 +270,16 @@ fn malformed_bodies_get_400_with_a_reason_and_oversize_gets_413() {
     c.post("/api/v1/events", Some(&agent), &big).expect(413);
     c.post("/api/v1/heartbeat", Some(&agent), &big).expect(413);
     c.post("/api/v1/changes", Some(&agent), &big).expect(413);
+    // Also when the client sends no Content-Length (chunked transfer encoding).
+    let mut chunked = format!(
+        "POST /api/v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {agent}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        big.len()
+    )
+    .into_bytes();
+    chunked.extend_from_slice(&big);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    c.raw(&chunked).expect(413);
 
     // Nothing of the refused batches was stored (the valid first event of a bad batch neither).
     let events = c.get_json("/api/v1/events", &reader);
@@ -320,6 +373,62 @@ fn ingestion_is_idempotent_rejects_replays_and_notes_gaps() {
 
     let events = c.get_json("/api/v1/events?host=web-02", &reader);
     assert_eq!(rows(&events).len(), 5, "{events:#}");
+
+    // A `resolved` record closes web-01's seq 1 (the path is back to its approved state): the
+    // event stays unauthorized (counted once, on its day) but is no longer open; the record
+    // itself is not listed. Re-sending it changes nothing.
+    assert_eq!(host_info(&hosts, "web-01")["open_unauthorized"], 4);
+    let mut close = event(
+        5,
+        "idem-1.php",
+        "removed",
+        "resolved",
+        &common::rfc3339(-10),
+    );
+    close["resolves"] = json!(1);
+    let closing = batch("web-01", vec![close]);
+    assert_eq!(c.ingest(&web1, &closing)["stored"], 1);
+    assert_eq!(c.ingest(&web1, &closing)["duplicates"], 1);
+    let hosts = c.get_json("/api/v1/hosts", &reader);
+    assert_eq!(
+        host_info(&hosts, "web-01")["open_unauthorized"],
+        3,
+        "{hosts:#}"
+    );
+    let events = c.get_json("/api/v1/events?host=web-01", &reader);
+    assert_eq!(rows(&events).len(), 4, "{events:#}");
+    let first = &events[0];
+    assert_eq!(
+        (
+            first["seq"].as_u64(),
+            first["status"].as_str(),
+            first["open"].as_bool()
+        ),
+        (Some(1), Some("unauthorized"), Some(false)),
+        "{first}"
+    );
+    let audit = c.get_json("/api/v1/audit/verify", &reader);
+    assert_eq!(audit["intact"], true, "{audit:#}");
+
+    // Concurrent re-sends of one batch from many connections: stored exactly once.
+    let b = batch("web-01", simple_events(100, 5, "race"));
+    let results: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| c.ingest(&web1, &b)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let stored: u64 = results.iter().map(|r| r["stored"].as_u64().unwrap()).sum();
+    let dups: u64 = results
+        .iter()
+        .map(|r| r["duplicates"].as_u64().unwrap())
+        .sum();
+    assert_eq!((stored, dups), (5, 35), "{results:?}");
+    let events = c.get_json("/api/v1/events?host=web-01", &reader);
+    assert_eq!(rows(&events).len(), 9, "{events:#}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -439,11 +548,23 @@ fn seed_fixture(db: &Path, d: &[Date; 5]) {
         "web-01",
         "production",
         d3,
-        vec![ev(4, "wp-content/uploads/x.php", "added", "unauthorized", d3)],
+        vec![ev(
+            4,
+            "wp-content/uploads/x.php",
+            "added",
+            "unauthorized",
+            d3,
+        )],
         vec![scan(d3, 1000, 999)],
     );
     heartbeat("web-01", "production", d4);
-    ingest("web-01", "production", d4, vec![], vec![scan(d4, 1000, 1000)]);
+    ingest(
+        "web-01",
+        "production",
+        d4,
+        vec![],
+        vec![scan(d4, 1000, 1000)],
+    );
     heartbeat("web-01", "production", d5);
     ingest(
         "web-01",
@@ -522,8 +643,16 @@ fn check_row(row: &Value, counts: [u64; 8], cc: f64, hdc: f64, vetted: Option<f6
     for (name, want) in names.iter().zip(counts) {
         assert_eq!(row[*name], want, "{name} in {row}");
     }
-    approx(&row["change_compliance"], cc, &format!("change_compliance in {row}"));
-    approx(&row["host_day_compliance"], hdc, &format!("host_day_compliance in {row}"));
+    approx(
+        &row["change_compliance"],
+        cc,
+        &format!("change_compliance in {row}"),
+    );
+    approx(
+        &row["host_day_compliance"],
+        hdc,
+        &format!("host_day_compliance in {row}"),
+    );
     match vetted {
         Some(v) => approx(&row["vetted_ratio"], v, &format!("vetted_ratio in {row}")),
         None => assert!(row["vetted_ratio"].is_null(), "vetted_ratio in {row}"),
@@ -558,11 +687,46 @@ fn kpi_fixture_by_day_and_week_in_json_and_csv_with_retroactive_approval() {
         "D1: fleet, production, 2 hosts; D2–D5: + staging, stg-01:\n{by_day:#}"
     );
     let p3 = d3.to_string();
-    check_row(kpi_row(&by_day, &p3, "*", "*"), [3, 1, 0, 2, 0, 3, 0, 1], 1.0 / 3.0, 0.0, Some(0.999), false);
-    check_row(kpi_row(&by_day, &p3, "production", "*"), [1, 0, 0, 1, 0, 2, 0, 1], 0.0, 0.0, Some(0.999), false);
-    check_row(kpi_row(&by_day, &p3, "production", "web-01"), [1, 0, 0, 1, 0, 1, 0, 0], 0.0, 0.0, Some(0.999), false);
-    check_row(kpi_row(&by_day, &p3, "production", "web-02"), [0, 0, 0, 0, 0, 1, 0, 1], 1.0, 0.0, None, true);
-    check_row(kpi_row(&by_day, &p3, "staging", "stg-01"), [2, 1, 0, 1, 0, 1, 0, 0], 0.5, 0.0, None, false);
+    check_row(
+        kpi_row(&by_day, &p3, "*", "*"),
+        [3, 1, 0, 2, 0, 3, 0, 1],
+        1.0 / 3.0,
+        0.0,
+        Some(0.999),
+        false,
+    );
+    check_row(
+        kpi_row(&by_day, &p3, "production", "*"),
+        [1, 0, 0, 1, 0, 2, 0, 1],
+        0.0,
+        0.0,
+        Some(0.999),
+        false,
+    );
+    check_row(
+        kpi_row(&by_day, &p3, "production", "web-01"),
+        [1, 0, 0, 1, 0, 1, 0, 0],
+        0.0,
+        0.0,
+        Some(0.999),
+        false,
+    );
+    check_row(
+        kpi_row(&by_day, &p3, "production", "web-02"),
+        [0, 0, 0, 0, 0, 1, 0, 1],
+        1.0,
+        0.0,
+        None,
+        true,
+    );
+    check_row(
+        kpi_row(&by_day, &p3, "staging", "stg-01"),
+        [2, 1, 0, 1, 0, 1, 0, 0],
+        0.5,
+        0.0,
+        None,
+        false,
+    );
     let by_week = c.get_json(&format!("/api/v1/kpi?{range}&by=week"), &reader);
     assert_eq!(rows(&by_week).len(), 1, "{by_week:#}");
     check_row(
@@ -573,7 +737,15 @@ fn kpi_fixture_by_day_and_week_in_json_and_csv_with_retroactive_approval() {
         Some(6997.0 / 7000.0),
         false,
     );
-    let open = c.get_json(&format!("/api/v1/events?from={d3}&to={d3}&host=web-01"), &reader);
+    // Nobody has been heard from for 10+ days: every host is silent.
+    let hosts = c.get_json("/api/v1/hosts", &reader);
+    for h in ["web-01", "web-02", "stg-01"] {
+        assert_eq!(host_info(&hosts, h)["silent"], true, "{hosts:#}");
+    }
+    let open = c.get_json(
+        &format!("/api/v1/events?from={d3}&to={d3}&host=web-01"),
+        &reader,
+    );
     assert_eq!(rows(&open).len(), 1, "{open:#}");
     assert_eq!(open[0]["status"], "unauthorized");
     assert_eq!(open[0]["open"], true);
@@ -588,25 +760,65 @@ fn kpi_fixture_by_day_and_week_in_json_and_csv_with_retroactive_approval() {
         at(d3, 11, 0)
     );
     // Unsigned: refused (require_signatures defaults to true), nothing re-classified.
-    let r = c.post_json("/api/v1/changes", Some(&admin), &json!({"toml": entry, "minisig": null}));
+    let r = c.post_json(
+        "/api/v1/changes",
+        Some(&admin),
+        &json!({"toml": entry, "minisig": null}),
+    );
     r.expect(400);
     assert!(r.error().contains("minisig"), "{}", r.error());
-    let file = site.dir.join("CHG-77.toml");
-    std::fs::write(&file, &entry).expect("write entry");
-    common::sign(&file, &cab.secret);
-    let sig = std::fs::read_to_string(site.dir.join("CHG-77.toml.minisig")).expect("minisig");
-    let r = c.post_json("/api/v1/changes", Some(&admin), &json!({"toml": entry, "minisig": sig}));
+    let signed = |id: &str, text: &str| -> Value {
+        let file = site.dir.join(format!("{id}.toml"));
+        std::fs::write(&file, text).expect("write entry");
+        common::sign(&file, &cab.secret);
+        let sig =
+            std::fs::read_to_string(site.dir.join(format!("{id}.toml.minisig"))).expect("minisig");
+        json!({"toml": text, "minisig": sig})
+    };
+    // An entry approved in the future authorizes nothing yet (DESIGN §6).
+    let future = entry
+        .replace("CHG-77", "CHG-78")
+        .replace(&at(d4, 9, 0), &common::rfc3339(86_400));
+    let r = c.post_json("/api/v1/changes", Some(&admin), &signed("CHG-78", &future));
+    r.expect(201);
+    assert_eq!(r.json()["reclassified"], 0, "{}", r.text());
+    // Self-approval is refused (separation of duties).
+    let selfish = entry
+        .replace("CHG-77", "CHG-79")
+        .replace("approved_by = \"bob\"", "approved_by = \"alice\"");
+    let r = c.post_json("/api/v1/changes", Some(&admin), &signed("CHG-79", &selfish));
+    r.expect(403);
+    assert!(r.error().contains("separation of duties"), "{}", r.error());
+    let sig = signed("CHG-77", &entry)["minisig"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c.post_json(
+        "/api/v1/changes",
+        Some(&admin),
+        &json!({"toml": entry, "minisig": sig}),
+    );
     r.expect(201);
     assert_eq!(r.json()["reclassified"], 1, "{}", r.text());
     // Posting it again re-classifies nothing more (the event is no longer open).
-    let r = c.post_json("/api/v1/changes", Some(&admin), &json!({"toml": entry, "minisig": sig}));
+    let r = c.post_json(
+        "/api/v1/changes",
+        Some(&admin),
+        &json!({"toml": entry, "minisig": sig}),
+    );
     r.expect(201);
     assert_eq!(r.json()["reclassified"], 0, "{}", r.text());
 
-    let ev = c.get_json(&format!("/api/v1/events?from={d3}&to={d3}&host=web-01"), &reader);
+    let ev = c.get_json(
+        &format!("/api/v1/events?from={d3}&to={d3}&host=web-01"),
+        &reader,
+    );
     assert_eq!(rows(&ev).len(), 1, "{ev:#}");
     assert_eq!(ev[0]["status"], "retroactive:CHG-77", "{ev:#}");
-    assert_eq!(ev[0]["original_status"], "unauthorized", "history keeps both facts: {ev:#}");
+    assert_eq!(
+        ev[0]["original_status"], "unauthorized",
+        "history keeps both facts: {ev:#}"
+    );
     assert_eq!(ev[0]["open"], false, "{ev:#}");
     let retro = c.get_json("/api/v1/events?status=retroactive", &reader);
     assert_eq!(rows(&retro).len(), 1, "{retro:#}");
@@ -614,13 +826,22 @@ fn kpi_fixture_by_day_and_week_in_json_and_csv_with_retroactive_approval() {
     let still = c.get_json("/api/v1/events?status=unauthorized", &reader);
     let mut paths: Vec<String> = rows(&still)
         .iter()
-        .map(|e| format!("{}:{}", e["host"].as_str().unwrap(), e["path"].as_str().unwrap()))
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["host"].as_str().unwrap(),
+                e["path"].as_str().unwrap()
+            )
+        })
         .collect();
     paths.sort();
     assert_eq!(paths, ["stg-01:app/boot.php", "web-01:app/evil.js"]);
 
     // ---- after: every number, by day, per host, as CSV ----
-    let csv = c.get_text(&format!("/api/v1/kpi?{range}&by=day&group=host&format=csv"), &reader);
+    let csv = c.get_text(
+        &format!("/api/v1/kpi?{range}&by=day&group=host&format=csv"),
+        &reader,
+    );
     let want: Vec<String> = vec![
         "period,environment,host,changes,authorized,retroactive,unauthorized,unverifiable,change_compliance,host_days,host_days_compliant,silent_host_days,host_day_compliance,vetted_ratio,target,met".to_string(),
         format!("{d1},*,*,2,2,0,0,0,1.0000,2,2,0,1.0000,1.0000,0.7500,true"),
@@ -659,7 +880,10 @@ fn kpi_fixture_by_day_and_week_in_json_and_csv_with_retroactive_approval() {
     assert_eq!(got, want, "by=day group=host CSV:\n{csv}");
 
     // By week (D1–D5 are one ISO week).
-    let csv = c.get_text(&format!("/api/v1/kpi?{range}&by=week&group=host&format=csv"), &reader);
+    let csv = c.get_text(
+        &format!("/api/v1/kpi?{range}&by=week&group=host&format=csv"),
+        &reader,
+    );
     let got: Vec<&str> = csv.lines().skip(1).collect();
     assert_eq!(
         got,
@@ -674,7 +898,10 @@ fn kpi_fixture_by_day_and_week_in_json_and_csv_with_retroactive_approval() {
         "by=week group=host CSV:\n{csv}"
     );
     // One host only: every row sums web-01 alone.
-    let csv = c.get_text(&format!("/api/v1/kpi?{range}&by=week&host=web-01&format=csv"), &reader);
+    let csv = c.get_text(
+        &format!("/api/v1/kpi?{range}&by=week&host=web-01&format=csv"),
+        &reader,
+    );
     let got: Vec<&str> = csv.lines().skip(1).collect();
     let tail = "5,4,1,1,0,0.8000,5,4,0,0.8000,0.9994,0.7500,true";
     assert_eq!(
@@ -689,17 +916,96 @@ fn kpi_fixture_by_day_and_week_in_json_and_csv_with_retroactive_approval() {
 
     // The same numbers in JSON.
     let by_day = c.get_json(&format!("/api/v1/kpi?{range}&by=day&group=host"), &reader);
-    check_row(kpi_row(&by_day, &p3, "*", "*"), [3, 2, 1, 1, 0, 3, 1, 1], 2.0 / 3.0, 1.0 / 3.0, Some(0.999), false);
-    check_row(kpi_row(&by_day, &p3, "production", "web-01"), [1, 1, 1, 0, 0, 1, 1, 0], 1.0, 1.0, Some(0.999), true);
-    check_row(kpi_row(&by_day, &d5.to_string(), "*", "*"), [1, 0, 0, 1, 0, 3, 2, 0], 0.0, 2.0 / 3.0, Some(1498.0 / 1500.0), false);
+    check_row(
+        kpi_row(&by_day, &p3, "*", "*"),
+        [3, 2, 1, 1, 0, 3, 1, 1],
+        2.0 / 3.0,
+        1.0 / 3.0,
+        Some(0.999),
+        false,
+    );
+    check_row(
+        kpi_row(&by_day, &p3, "production", "web-01"),
+        [1, 1, 1, 0, 0, 1, 1, 0],
+        1.0,
+        1.0,
+        Some(0.999),
+        true,
+    );
+    check_row(
+        kpi_row(&by_day, &d5.to_string(), "*", "*"),
+        [1, 0, 0, 1, 0, 3, 2, 0],
+        0.0,
+        2.0 / 3.0,
+        Some(1498.0 / 1500.0),
+        false,
+    );
     let by_week = c.get_json(&format!("/api/v1/kpi?{range}&by=week&group=host"), &reader);
-    check_row(kpi_row(&by_week, &week, "*", "*"), [9, 6, 1, 2, 1, 14, 10, 1], 6.0 / 9.0, 10.0 / 14.0, Some(6997.0 / 7000.0), false);
-    check_row(kpi_row(&by_week, &week, "production", "web-02"), [2, 1, 0, 0, 1, 5, 3, 1], 0.5, 0.6, Some(1.0), false);
-    check_row(kpi_row(&by_week, &week, "staging", "*"), [2, 1, 0, 1, 0, 4, 3, 0], 0.5, 0.75, None, false);
+    check_row(
+        kpi_row(&by_week, &week, "*", "*"),
+        [9, 6, 1, 2, 1, 14, 10, 1],
+        6.0 / 9.0,
+        10.0 / 14.0,
+        Some(6997.0 / 7000.0),
+        false,
+    );
+    check_row(
+        kpi_row(&by_week, &week, "production", "web-02"),
+        [2, 1, 0, 0, 1, 5, 3, 1],
+        0.5,
+        0.6,
+        Some(1.0),
+        false,
+    );
+    check_row(
+        kpi_row(&by_week, &week, "staging", "*"),
+        [2, 1, 0, 1, 0, 4, 3, 0],
+        0.5,
+        0.75,
+        None,
+        false,
+    );
 
     // The re-classification and the new KPI row version are in the chain, which is intact.
     let audit = c.get_json("/api/v1/audit/verify", &reader);
     assert_eq!(audit["intact"], true, "{audit:#}");
+    let mut c = c;
+    c.stop_ok();
+    audit_verify_db(&site.db).expect_code(0);
+
+    // Sealed KPI rows and re-classifications are chained too: editing either is named.
+    let kpi_edit = site.dir.join("kpi-edit.db");
+    copy_db(&site.db, &kpi_edit);
+    let conn = rusqlite::Connection::open(&kpi_edit).expect("open copy");
+    let n = conn
+        .execute(
+            "UPDATE kpi_days SET unauthorized = 0, authorized = 1 WHERE day = ?1 AND host = 'web-01'",
+            [d5.to_string()],
+        )
+        .expect("edit KPI row");
+    assert_eq!(n, 1);
+    drop(conn);
+    let out = audit_verify_db(&kpi_edit);
+    out.expect_code(1);
+    assert!(
+        out.stdout.contains(&format!("KPI row {d5} web-01")),
+        "{}",
+        out.stdout
+    );
+    let reclass_edit = site.dir.join("reclass-edit.db");
+    copy_db(&site.db, &reclass_edit);
+    let conn = rusqlite::Connection::open(&reclass_edit).expect("open copy");
+    let n = conn
+        .execute(
+            "UPDATE reclassifications SET new_status = 'change:CHG-77'",
+            [],
+        )
+        .expect("edit re-classification");
+    assert_eq!(n, 1);
+    drop(conn);
+    let out = audit_verify_db(&reclass_edit);
+    out.expect_code(1);
+    assert!(out.stdout.contains("re-classification"), "{}", out.stdout);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -717,10 +1023,16 @@ fn insert_out_of_order(db: &Path) {
     let conn = rusqlite::Connection::open(db).expect("open copy");
     for t in ["events", "reclassifications", "kpi_days"] {
         // chain_seq is UNIQUE: go through negative numbers.
-        conn.execute(&format!("UPDATE {t} SET chain_seq = -(chain_seq + 1) WHERE chain_seq >= 2"), [])
-            .expect("shift");
-        conn.execute(&format!("UPDATE {t} SET chain_seq = -chain_seq WHERE chain_seq < 0"), [])
-            .expect("shift back");
+        conn.execute(
+            &format!("UPDATE {t} SET chain_seq = -(chain_seq + 1) WHERE chain_seq >= 2"),
+            [],
+        )
+        .expect("shift");
+        conn.execute(
+            &format!("UPDATE {t} SET chain_seq = -chain_seq WHERE chain_seq < 0"),
+            [],
+        )
+        .expect("shift back");
     }
     let (prev, env, tree, received, day): (String, String, String, i64, String) = conn
         .query_row(
@@ -777,7 +1089,11 @@ fn audit_verify_names_edited_deleted_and_inserted_records() {
 
     let v = common::run(["audit", "verify", "--config", s(&site.config)]);
     v.expect_code(0);
-    assert!(v.stdout.contains("intact") && v.stdout.contains("4 records"), "{}", v.stdout);
+    assert!(
+        v.stdout.contains("intact") && v.stdout.contains("4 records"),
+        "{}",
+        v.stdout
+    );
     audit_verify_db(&site.db).expect_code(0);
     let j = common::run(["audit", "verify", "--db", s(&site.db), "--format", "json"]);
     j.expect_code(0);
@@ -802,29 +1118,46 @@ fn audit_verify_names_edited_deleted_and_inserted_records() {
         let out = audit_verify_db(db);
         out.expect_code(1);
         for m in must {
-            assert!(out.stdout.contains(m), "`{}` must name {m:?}:\n{}", out.cmd, out.stdout);
+            assert!(
+                out.stdout.contains(m),
+                "`{}` must name {m:?}:\n{}",
+                out.cmd,
+                out.stdout
+            );
         }
         out
     };
 
     // An edited event: named by host#seq.
     let edited = copy("edited.db");
-    sql(&edited, "UPDATE events SET path = 'innocent.php' WHERE host = 'web-01' AND seq = 2");
+    sql(
+        &edited,
+        "UPDATE events SET path = 'innocent.php' WHERE host = 'web-01' AND seq = 2",
+    );
     broken(&edited, &["web-01#2", "chain position 2", "edited"]);
 
     // A deleted event: the missing chain position is named.
     let deleted = copy("deleted.db");
-    sql(&deleted, "DELETE FROM events WHERE host = 'web-01' AND seq = 2");
+    sql(
+        &deleted,
+        "DELETE FROM events WHERE host = 'web-01' AND seq = 2",
+    );
     broken(&deleted, &["chain position 2", "missing"]);
 
     // A correctly hashed record inserted out of order: its successor no longer links.
     let inserted = copy("inserted.db");
     insert_out_of_order(&inserted);
-    broken(&inserted, &["web-01#2", "chain position 3", "does not link"]);
+    broken(
+        &inserted,
+        &["web-01#2", "chain position 3", "does not link"],
+    );
 
     // The last record deleted (and nothing else touched): the head no longer matches.
     let truncated = copy("truncated.db");
-    sql(&truncated, "DELETE FROM events WHERE host = 'web-01' AND seq = 4");
+    sql(
+        &truncated,
+        "DELETE FROM events WHERE host = 'web-01' AND seq = 4",
+    );
     broken(&truncated, &["deleted from the end"]);
 
     // The mutable current status edited behind the chain's back.
@@ -834,6 +1167,21 @@ fn audit_verify_names_edited_deleted_and_inserted_records() {
         "UPDATE events SET current_status = 'change:CHG-0', open = 0 WHERE host = 'web-01' AND seq = 3",
     );
     broken(&relabelled, &["web-01#3"]);
+
+    // A broken history is not sealed.
+    let keys = common::keygen(&site.dir.join("audit"));
+    let out = common::run([
+        "audit",
+        "seal",
+        "-o",
+        s(&site.dir.join("cp.json")),
+        "--key",
+        s(&keys.secret),
+        "--db",
+        s(&edited),
+    ]);
+    assert!(out.error_line().contains("web-01#2"), "{}", out.stderr);
+    assert!(!site.dir.join("cp.json").exists());
 
     // The original is still intact.
     audit_verify_db(&site.db).expect_code(0);
@@ -854,7 +1202,14 @@ fn audit_verify_names_edited_deleted_and_inserted_records() {
     assert!(first_bad.contains("web-01#2"), "{v:#}");
     // And `audit verify` through the collector exits 1 as well.
     let tf = site.token_file("reader2.token", &reader2);
-    let out = common::run(["audit", "verify", "--collector", &c2.url, "--token-file", s(&tf)]);
+    let out = common::run([
+        "audit",
+        "verify",
+        "--collector",
+        &c2.url,
+        "--token-file",
+        s(&tf),
+    ]);
     out.expect_code(1);
     assert!(out.stdout.contains("web-01#2"), "{}", out.stdout);
 }
@@ -868,12 +1223,22 @@ fn checkpoint_detects_a_consistently_rewritten_history_and_a_tampered_checkpoint
     let site = Site::new();
     let agent = site.token("agent", Some("web-01"));
     let mut c = site.start();
-    assert_eq!(c.ingest(&agent, &batch("web-01", simple_events(1, 3, "real")))["stored"], 3);
+    assert_eq!(
+        c.ingest(&agent, &batch("web-01", simple_events(1, 3, "real")))["stored"],
+        3
+    );
 
     let keys = common::keygen(&site.dir.join("audit"));
     let cp = site.dir.join("cp.json");
     common::run([
-        "audit", "seal", "-o", s(&cp), "--key", s(&keys.secret), "--db", s(&site.db),
+        "audit",
+        "seal",
+        "-o",
+        s(&cp),
+        "--key",
+        s(&keys.secret),
+        "--db",
+        s(&site.db),
     ])
     .expect_code(0);
     assert!(site.dir.join("cp.json.minisig").exists());
@@ -896,7 +1261,10 @@ fn checkpoint_detects_a_consistently_rewritten_history_and_a_tampered_checkpoint
     assert!(out.stdout.contains("checkpoint"), "{}", out.stdout);
 
     // History that grows after the seal still extends it.
-    assert_eq!(c.ingest(&agent, &batch("web-01", simple_events(4, 1, "real")))["stored"], 1);
+    assert_eq!(
+        c.ingest(&agent, &batch("web-01", simple_events(4, 1, "real")))["stored"],
+        1
+    );
     verify_cp(&cp).expect_code(0);
 
     // Rewrite history from scratch, consistently: empty chain, then different events.
@@ -912,7 +1280,10 @@ fn checkpoint_detects_a_consistently_rewritten_history_and_a_tampered_checkpoint
         .expect("rewrite");
     }
     let c = site.start();
-    assert_eq!(c.ingest(&agent, &batch("web-01", simple_events(1, 5, "fake")))["stored"], 5);
+    assert_eq!(
+        c.ingest(&agent, &batch("web-01", simple_events(1, 5, "fake")))["stored"],
+        5
+    );
 
     // The chain alone cannot tell...
     let out = audit_verify_db(&site.db);
@@ -921,7 +1292,28 @@ fn checkpoint_detects_a_consistently_rewritten_history_and_a_tampered_checkpoint
     // ...the checkpoint can.
     let out = verify_cp(&cp);
     out.expect_code(1);
-    assert!(out.stdout.contains("BROKEN") && out.stdout.contains('3'), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("BROKEN") && out.stdout.contains('3'),
+        "{}",
+        out.stdout
+    );
+    // The same through the collector's API.
+    let reader = site.token("reader", None);
+    let tf = site.token_file("reader.token", &reader);
+    let out = common::run([
+        "audit",
+        "verify",
+        "--checkpoint",
+        s(&cp),
+        "--pubkey",
+        s(&keys.public),
+        "--collector",
+        &c.url,
+        "--token-file",
+        s(&tf),
+    ]);
+    out.expect_code(1);
+    assert!(out.stdout.contains("BROKEN"), "{}", out.stdout);
 
     // A checkpoint whose head was edited no longer verifies: exit 2, one error line.
     let tampered = site.dir.join("cp-tampered.json");
@@ -929,15 +1321,30 @@ fn checkpoint_detects_a_consistently_rewritten_history_and_a_tampered_checkpoint
     let head = doc["head"].as_str().unwrap().to_string();
     let flipped = if head.starts_with('0') { "1" } else { "0" };
     doc["head"] = json!(format!("{flipped}{}", &head[1..]));
-    std::fs::write(&tampered, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
-    std::fs::copy(site.dir.join("cp.json.minisig"), site.dir.join("cp-tampered.json.minisig")).unwrap();
+    std::fs::write(
+        &tampered,
+        serde_json::to_string_pretty(&doc).unwrap() + "\n",
+    )
+    .unwrap();
+    std::fs::copy(
+        site.dir.join("cp.json.minisig"),
+        site.dir.join("cp-tampered.json.minisig"),
+    )
+    .unwrap();
     let out = verify_cp(&tampered);
     let line = out.error_line();
     assert!(line.contains("cp-tampered.json"), "{line}");
     // The genuine checkpoint against the wrong key: exit 2 as well.
     let other = common::keygen(&site.dir.join("other"));
     let out = common::run([
-        "audit", "verify", "--checkpoint", s(&cp), "--pubkey", s(&other.public), "--db", s(&site.db),
+        "audit",
+        "verify",
+        "--checkpoint",
+        s(&cp),
+        "--pubkey",
+        s(&other.public),
+        "--db",
+        s(&site.db),
     ]);
     out.error_line();
     drop(c);
@@ -959,9 +1366,17 @@ fn sigterm_exits_0_promptly_and_a_restart_keeps_everything() {
     let b = json!({"host": "web-01", "environment": "production", "events": evs,
                    "scans": [{"tree": "shop", "finished_at": now, "paths": 10, "vetted": 8}]});
     let res = c.ingest(&agent, &b);
-    assert_eq!((res["stored"].as_u64(), res["scans"].as_u64()), (Some(3), Some(1)), "{res}");
-    c.post_json("/api/v1/heartbeat", Some(&agent), &json!({"host": "web-01", "agent_version": "9"}))
-        .expect(200);
+    assert_eq!(
+        (res["stored"].as_u64(), res["scans"].as_u64()),
+        (Some(3), Some(1)),
+        "{res}"
+    );
+    c.post_json(
+        "/api/v1/heartbeat",
+        Some(&agent),
+        &json!({"host": "web-01", "agent_version": "9"}),
+    )
+    .expect(200);
 
     let events = c.get_json("/api/v1/events", &reader);
     assert_eq!(rows(&events).len(), 3);
@@ -971,9 +1386,24 @@ fn sigterm_exits_0_promptly_and_a_restart_keeps_everything() {
     let csv = c.get_text(&format!("{kpi_path}&format=csv"), &reader);
     check_fleet_today(&kpi);
 
+    // Neither a connection that never sent anything nor an idle keep-alive one delays SIGTERM.
+    let _silent = std::net::TcpStream::connect(&c.addr).expect("connect");
+    let mut idle = std::net::TcpStream::connect(&c.addr).expect("connect");
+    {
+        use std::io::{Read, Write};
+        idle.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        idle.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 4096];
+        assert!(idle.read(&mut buf).expect("read") > 0);
+    }
     let (st, took) = c.stop();
     assert_eq!(st.code(), Some(0), "SIGTERM exit: {st:?}\n{}", c.stderr());
-    assert!(took < std::time::Duration::from_secs(5), "SIGTERM took {took:?}");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "SIGTERM took {took:?}"
+    );
     // The port is released, the file is closed: a new collector on the same file.
     let c = site.start();
     assert_eq!(c.get_json("/api/v1/events", &reader), events);
@@ -981,10 +1411,18 @@ fn sigterm_exits_0_promptly_and_a_restart_keeps_everything() {
     assert_eq!(c.get_text(&format!("{kpi_path}&format=csv"), &reader), csv);
     let hosts = c.get_json("/api/v1/hosts", &reader);
     let h = host_info(&hosts, "web-01");
-    assert_eq!((h["last_seq"].as_u64(), h["agent_version"].as_str()), (Some(3), Some("9")), "{h}");
+    assert_eq!(
+        (h["last_seq"].as_u64(), h["agent_version"].as_str()),
+        (Some(3), Some("9")),
+        "{h}"
+    );
     // Idempotency survives the restart.
     let again = c.ingest(&agent, &b);
-    assert_eq!((again["stored"].as_u64(), again["duplicates"].as_u64()), (Some(0), Some(3)), "{again}");
+    assert_eq!(
+        (again["stored"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(3)),
+        "{again}"
+    );
     assert_eq!(c.get_json("/api/v1/events", &reader), events);
     audit_verify_db(&site.db).expect_code(0);
 }
@@ -1012,25 +1450,61 @@ fn metrics_need_no_token_and_count_stored_events() {
     let c = site.start();
     let m = c.get("/metrics", None);
     m.expect(200);
-    assert!(m.header("content-type").unwrap_or("").starts_with("text/plain"), "{:?}", m.headers);
-    assert_eq!(metric(&m.text(), "driftwatch_ingest_events_stored_total"), 0.0);
+    assert!(
+        m.header("content-type")
+            .unwrap_or("")
+            .starts_with("text/plain"),
+        "{:?}",
+        m.headers
+    );
+    assert_eq!(
+        metric(&m.text(), "driftwatch_ingest_events_stored_total"),
+        0.0
+    );
 
     let b = batch("web-01", simple_events(1, 3, "m"));
     c.ingest(&agent, &b);
     c.ingest(&agent, &b); // a re-send: not stored again
     c.ingest(&agent, &batch("web-01", simple_events(1, 1, "replay"))); // a replay: refused
     // A refused (unauthenticated) batch does not count.
-    c.post_json("/api/v1/events", None, &batch("web-01", simple_events(9, 1, "m")))
-        .expect(401);
+    c.post_json(
+        "/api/v1/events",
+        None,
+        &batch("web-01", simple_events(9, 1, "m")),
+    )
+    .expect(401);
 
     let text = c.get("/metrics", Some("not-a-token")).text();
-    assert_eq!(metric(&text, "driftwatch_ingest_events_stored_total"), 3.0, "{text}");
-    assert_eq!(metric(&text, "driftwatch_ingest_events_duplicate_total"), 3.0, "{text}");
-    assert_eq!(metric(&text, "driftwatch_ingest_events_rejected_total"), 1.0, "{text}");
-    assert_eq!(metric(&text, "driftwatch_ingest_events_received_total"), 7.0, "{text}");
-    assert_eq!(metric(&text, "driftwatch_ingest_batches_total"), 3.0, "{text}");
+    assert_eq!(
+        metric(&text, "driftwatch_ingest_events_stored_total"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "driftwatch_ingest_events_duplicate_total"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "driftwatch_ingest_events_rejected_total"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "driftwatch_ingest_events_received_total"),
+        7.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "driftwatch_ingest_batches_total"),
+        3.0,
+        "{text}"
+    );
     assert_eq!(metric(&text, "driftwatch_open_unauthorized"), 3.0, "{text}");
-    assert!(text.contains("# TYPE driftwatch_ingest_events_stored_total counter"), "{text}");
+    assert!(
+        text.contains("# TYPE driftwatch_ingest_events_stored_total counter"),
+        "{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1102,7 +1576,11 @@ fn cli_events_and_kpi_against_the_collector() {
     assert_eq!(lines.len(), 3, "header + 2 events:\n{}", out.stdout);
     let header = csv_fields(lines[0]);
     for f in EVENT_FIELDS {
-        assert!(header.iter().any(|h| h == f), "CSV column {f} missing: {}", lines[0]);
+        assert!(
+            header.iter().any(|h| h == f),
+            "CSV column {f} missing: {}",
+            lines[0]
+        );
     }
     let col = |row: &[String], name: &str| -> String {
         let i = header.iter().position(|h| h == name).expect("column");
@@ -1113,7 +1591,11 @@ fn cli_events_and_kpi_against_the_collector() {
     assert_eq!(col(&first, "host"), "web-01");
     assert_eq!(col(&first, "environment"), "production");
     assert_eq!(col(&first, "tree"), "shop");
-    assert_eq!(col(&first, "path"), "app/pay, v2.js", "a comma in a path is quoted");
+    assert_eq!(
+        col(&first, "path"),
+        "app/pay, v2.js",
+        "a comma in a path is quoted"
+    );
     assert_eq!(col(&first, "change"), "modified");
     assert_eq!(col(&first, "status"), "unauthorized");
     assert_eq!(col(&first, "blake3"), common::blake3_hex(b"new"));
@@ -1129,9 +1611,18 @@ fn cli_events_and_kpi_against_the_collector() {
     let events = out.json();
     assert_eq!(rows(&events).len(), 2);
     for f in EVENT_FIELDS {
-        assert!(events[0].get(f).is_some(), "JSON field {f} missing: {}", events[0]);
+        assert!(
+            events[0].get(f).is_some(),
+            "JSON field {f} missing: {}",
+            events[0]
+        );
     }
-    let out = common::run(["events"].iter().chain(&base).chain(&["--status", "unauthorized", "--format", "json"]));
+    let out = common::run(["events"].iter().chain(&base).chain(&[
+        "--status",
+        "unauthorized",
+        "--format",
+        "json",
+    ]));
     out.expect_code(0);
     assert_eq!(rows(&out.json()).len(), 1);
 
@@ -1151,14 +1642,25 @@ fn cli_events_and_kpi_against_the_collector() {
     }
     let out = common::run(["kpi"].iter().chain(&base).chain(&["--format", "csv"]));
     out.expect_code(0);
-    assert_eq!(out.stdout.lines().next(), Some(kpi_columns().join(",").as_str()));
+    assert_eq!(
+        out.stdout.lines().next(),
+        Some(kpi_columns().join(",").as_str())
+    );
     // The text table judges: an unauthorized change misses the target → exit 1.
     let out = common::run(["kpi"].iter().chain(&base));
     out.expect_code(1);
 
     // A token that may not read: one clear error line, exit 2.
     let agent_tf = site.token_file("agent.token", &site.token("agent", Some("web-09")));
-    let out = common::run(["kpi", "--collector", &c.url, "--token-file", s(&agent_tf), "--format", "json"]);
+    let out = common::run([
+        "kpi",
+        "--collector",
+        &c.url,
+        "--token-file",
+        s(&agent_tf),
+        "--format",
+        "json",
+    ]);
     let line = out.error_line();
     assert!(line.contains("403"), "{line}");
 }
@@ -1190,4 +1692,234 @@ fn cli_events_csv_has_every_json_field_as_a_column() {
         missing.is_empty(),
         "JSON fields missing from the CSV columns: {missing:?}\nCSV header: {header:?}"
     );
+}
+
+/// The release pipeline's CLI path: register an unapproved ticket, approve it after the fact.
+#[test]
+fn cli_changes_add_then_approve_after_the_fact_reclassifies_open_events() {
+    let site = Site::new();
+    let agent = site.token("agent", Some("web-01"));
+    let reader = site.token("reader", None);
+    let admin_tf = site.token_file("admin.token", &site.token("admin", None));
+    let c = site.start();
+    let observed = common::rfc3339(-120);
+    let ev = event(1, "app/hotfix.js", "modified", "unauthorized", &observed);
+    assert_eq!(c.ingest(&agent, &batch("web-01", vec![ev]))["stored"], 1);
+    let remote = ["--collector", c.url.as_str(), "--token-file", s(&admin_tf)];
+
+    // Not approved yet: stored, authorizes nothing.
+    let (from, to) = (common::rfc3339(-3 * 3600), common::rfc3339(3600));
+    let add = [
+        "changes",
+        "add",
+        "--id",
+        "CHG-500",
+        "--hosts",
+        "web-*",
+        "--trees",
+        "shop",
+        "--paths",
+        "app/**",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--reason",
+        "hotfix",
+        "--requested-by",
+        "alice",
+    ];
+    let out = common::run(add.iter().chain(&remote));
+    out.expect_code(0);
+    let ev = c.get_json("/api/v1/events", &reader);
+    assert_eq!(ev[0]["status"], "unauthorized", "{ev:#}");
+
+    // Approved now, after the change was observed: retroactive.
+    let out = common::run(
+        ["changes", "approve", "CHG-500", "--by", "bob"]
+            .iter()
+            .chain(&remote),
+    );
+    out.expect_code(0);
+    let ev = c.get_json("/api/v1/events", &reader);
+    assert_eq!(rows(&ev).len(), 1, "{ev:#}");
+    assert_eq!(ev[0]["status"], "retroactive:CHG-500", "{ev:#}");
+    assert_eq!(ev[0]["original_status"], "unauthorized", "{ev:#}");
+    assert_eq!(ev[0]["open"], false, "{ev:#}");
+
+    let out = common::run(
+        ["changes", "list", "--format", "json"]
+            .iter()
+            .chain(&remote),
+    );
+    out.expect_code(0);
+    let list = out.json();
+    assert_eq!(list[0]["id"], "CHG-500", "{list:#}");
+    assert_eq!(list[0]["approved_by"], "bob", "{list:#}");
+}
+
+/// `kpi.timezone`: days are civil days in that zone, for events and for the KPI.
+#[test]
+fn kpi_days_follow_the_configured_timezone() {
+    let zone = "Pacific/Kiritimati"; // UTC+14: its date differs from UTC's for 14 hours a day
+    let site = Site::with(&format!("[kpi]\ntimezone = \"{zone}\"\n{UNSIGNED}"));
+    let agent = site.token("agent", Some("web-01"));
+    let reader = site.token("reader", None);
+    let c = site.start();
+    let tz = TimeZone::get(zone).expect("tz database");
+    let before = Timestamp::now().to_zoned(tz.clone()).date();
+    c.ingest(&agent, &batch("web-01", simple_events(1, 1, "tz")));
+    let after = Timestamp::now().to_zoned(tz).date();
+    let kpi = c.get_json("/api/v1/kpi", &reader);
+    let with_change: Vec<&str> = rows(&kpi)
+        .iter()
+        .filter(|r| r["changes"] == 1)
+        .map(|r| r["period"].as_str().unwrap())
+        .collect();
+    assert_eq!(with_change.len(), 1, "{kpi:#}");
+    assert!(
+        with_change[0] == before.to_string() || with_change[0] == after.to_string(),
+        "the change is counted on {} but it is {before} in {zone}",
+        with_change[0]
+    );
+    let day = with_change[0];
+    let ev = c.get_json(&format!("/api/v1/events?from={day}&to={day}"), &reader);
+    assert_eq!(rows(&ev).len(), 1, "{ev:#}");
+}
+
+/// The agent closes an open change it sees approved after the fact with a record that carries
+/// `resolves: <seq>` and the authorizing status (`src/agent/tracker.rs`, `close_open`). DESIGN §6:
+/// the stored event is then re-classified and the KPI recomputed: one change, authorized and
+/// retroactive, not one unauthorized change plus a second, authorized one.
+#[test]
+fn an_agents_after_the_fact_closing_record_reclassifies_instead_of_counting_twice() {
+    let site = Site::new();
+    let web1 = site.token("agent", Some("web-01"));
+    let web2 = site.token("agent", Some("web-02"));
+    let reader = site.token("reader", None);
+    let admin = site.token("admin", None);
+    let c = site.start();
+    let observed = common::rfc3339(-120);
+    let closing = |seq: u64, id: &str| {
+        let mut e = event(
+            seq,
+            "app/hotfix.js",
+            "modified",
+            &format!("retroactive:{id}"),
+            &common::rfc3339(-5),
+        );
+        e["resolves"] = json!(1);
+        e
+    };
+
+    // web-01: only the agent knows of the approval.
+    let open = event(1, "app/hotfix.js", "modified", "unauthorized", &observed);
+    c.ingest(&web1, &batch("web-01", vec![open.clone()]));
+    c.ingest(&web1, &batch("web-01", vec![closing(2, "CHG-1")]));
+
+    // web-02: the entry reaches the collector first, then the agent's closing record arrives.
+    c.ingest(&web2, &batch("web-02", vec![open]));
+    let entry = format!(
+        "id = \"CHG-2\"\nsummary = \"s\"\nrequested_by = \"alice\"\napproved_by = \"bob\"\n\
+         approved_at = \"{}\"\nhosts = [\"web-02\"]\ntrees = [\"shop\"]\npaths = [\"app/**\"]\n\
+         start = \"{}\"\nend = \"{}\"\n",
+        common::rfc3339(-60),
+        common::rfc3339(-3600),
+        common::rfc3339(3600)
+    );
+    let r = c.post_json("/api/v1/changes", Some(&admin), &json!({"toml": entry}));
+    r.expect(201);
+    assert_eq!(r.json()["reclassified"], 1, "{}", r.text());
+    c.ingest(&web2, &batch("web-02", vec![closing(2, "CHG-2")]));
+
+    let mut problems = Vec::new();
+    for (host, id) in [("web-01", "CHG-1"), ("web-02", "CHG-2")] {
+        let ev = c.get_json(&format!("/api/v1/events?host={host}"), &reader);
+        let got: Vec<String> = rows(&ev)
+            .iter()
+            .map(|e| {
+                format!(
+                    "#{} {} (was {})",
+                    e["seq"],
+                    e["status"].as_str().unwrap(),
+                    e["original_status"].as_str().unwrap()
+                )
+            })
+            .collect();
+        let want = vec![format!("#1 retroactive:{id} (was unauthorized)")];
+        if got != want {
+            problems.push(format!("{host}: events {got:?}, want {want:?}"));
+        }
+        let day = ev[0]["received_at"].as_str().unwrap()[..10].to_string();
+        let kpi = c.get_json(
+            &format!("/api/v1/kpi?from={day}&to={day}&host={host}"),
+            &reader,
+        );
+        let row = kpi_row(&kpi, &day, "production", host);
+        let got = ["changes", "authorized", "retroactive", "unauthorized"]
+            .map(|k| row[k].as_u64().unwrap());
+        if got != [1, 1, 1, 0] {
+            problems.push(format!("{host}: KPI changes/authorized/retroactive/unauthorized = {got:?}, want [1, 1, 1, 0]"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// DESIGN §4/§5: a bad collector config or token command is one clear error line, exit 2.
+#[test]
+fn bad_collector_configs_and_token_commands_fail_with_one_line() {
+    let cases: Vec<(String, &str)> = vec![
+        (format!("colour = \"red\"\n{UNSIGNED}"), "colour"),
+        (format!("max_body = \"lots\"\n{UNSIGNED}"), "max_body"),
+        (
+            format!("silent_after = \"soon\"\n{UNSIGNED}"),
+            "silent_after",
+        ),
+        (format!("[kpi]\ntarget = 1.5\n{UNSIGNED}"), "kpi.target"),
+        (
+            format!("[kpi]\ntimezone = \"Mars/Olympus\"\n{UNSIGNED}"),
+            "kpi.timezone",
+        ),
+        (
+            format!("[limits]\nrequests_per_minute = 0\n{UNSIGNED}"),
+            "requests_per_minute",
+        ),
+        // require_signatures defaults to true: it needs approver keys.
+        (String::new(), "approver_keys"),
+    ];
+    for (extra, named) in cases {
+        let site = Site::with(&extra);
+        let out = common::run(["collector", "--config", s(&site.config)]);
+        let line = out.error_line();
+        assert!(line.contains(named), "config {extra:?}: {line}");
+    }
+
+    // The listen address is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let site = Site::new();
+    let text = std::fs::read_to_string(&site.config)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&site.config, text).unwrap();
+    let out = common::run(["collector", "--config", s(&site.config)]);
+    let line = out.error_line();
+    assert!(line.contains(&port.to_string()), "{line}");
+
+    // Token commands.
+    let cfg = s(&site.config);
+    let line = common::run(["token", "create", "--config", cfg, "--role", "agent"])
+        .error_line()
+        .to_string();
+    assert!(line.contains("--host"), "{line}");
+    let line = common::run([
+        "token", "create", "--config", cfg, "--role", "reader", "--host", "web-01",
+    ])
+    .error_line()
+    .to_string();
+    assert!(line.contains("--host"), "{line}");
+    let line = common::run(["token", "revoke", "--config", cfg, "99"])
+        .error_line()
+        .to_string();
+    assert!(line.contains("99"), "{line}");
 }

@@ -69,7 +69,13 @@ struct RawScan {
 
 impl Default for RawScan {
     fn default() -> Self {
-        RawScan { interval: d_interval(), full_rehash: d_rehash(), realtime: true, threads: 0, debounce: d_debounce() }
+        RawScan {
+            interval: d_interval(),
+            full_rehash: d_rehash(),
+            realtime: true,
+            threads: 0,
+            debounce: d_debounce(),
+        }
     }
 }
 
@@ -94,7 +100,12 @@ struct RawTrust {
 
 impl Default for RawTrust {
     fn default() -> Self {
-        RawTrust { release_keys: vec![], approver_keys: vec![], require_signatures: true, allow_self_approval: false }
+        RawTrust {
+            release_keys: vec![],
+            approver_keys: vec![],
+            require_signatures: true,
+            allow_self_approval: false,
+        }
     }
 }
 
@@ -115,7 +126,14 @@ struct RawCollector {
 
 impl Default for RawCollector {
     fn default() -> Self {
-        RawCollector { url: None, token_file: None, heartbeat: d_heartbeat(), embedded: false, listen: d_listen(), batch: d_batch() }
+        RawCollector {
+            url: None,
+            token_file: None,
+            heartbeat: d_heartbeat(),
+            embedded: false,
+            listen: d_listen(),
+            batch: d_batch(),
+        }
     }
 }
 
@@ -130,7 +148,10 @@ struct RawKpi {
 
 impl Default for RawKpi {
     fn default() -> Self {
-        RawKpi { target: d_target(), timezone: d_tz() }
+        RawKpi {
+            target: d_target(),
+            timezone: d_tz(),
+        }
     }
 }
 
@@ -147,7 +168,11 @@ struct RawEvidence {
 
 impl Default for RawEvidence {
     fn default() -> Self {
-        RawEvidence { enabled: true, max_file_size: d_ev_file(), max_total: d_ev_total() }
+        RawEvidence {
+            enabled: true,
+            max_file_size: d_ev_file(),
+            max_total: d_ev_total(),
+        }
     }
 }
 
@@ -160,7 +185,9 @@ struct RawSpool {
 
 impl Default for RawSpool {
     fn default() -> Self {
-        RawSpool { max_size: d_spool() }
+        RawSpool {
+            max_size: d_spool(),
+        }
     }
 }
 
@@ -299,14 +326,16 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// Reads and validates, listing every problem found.
     pub fn load(path: &Path) -> Result<AgentConfig, Vec<String>> {
-        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
         Self::parse(&text, path)
     }
 
     /// Validates config text.
     pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, Vec<String>> {
         let p = origin.display().to_string();
-        let raw: Raw = toml::from_str(text).map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
+        let raw: Raw = toml::from_str(text)
+            .map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
         let mut problems: Vec<String> = Vec::new();
         let mut bad = |key: &str, msg: String| problems.push(format!("{p}: {key}: {msg}"));
         let dur = |key: &str, v: &str, bad: &mut dyn FnMut(&str, String)| {
@@ -328,7 +357,11 @@ impl AgentConfig {
                 0
             })
         };
-        let evidence_max_file = size("evidence.max_file_size", &raw.evidence.max_file_size, &mut bad);
+        let evidence_max_file = size(
+            "evidence.max_file_size",
+            &raw.evidence.max_file_size,
+            &mut bad,
+        );
         let evidence_max_total = size("evidence.max_total", &raw.evidence.max_total, &mut bad);
         let spool_max = size("spool.max_size", &raw.spool.max_size, &mut bad);
         if raw.tree.is_empty() {
@@ -338,15 +371,26 @@ impl AgentConfig {
         let mut names = std::collections::HashSet::new();
         for (i, t) in raw.tree.iter().enumerate() {
             let key = |f: &str| format!("tree[{i}].{f}");
-            if t.name.is_empty() || !t.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-                bad(&key("name"), format!("{:?} must be letters, digits, `.`, `_`, `-`", t.name));
+            if t.name.is_empty()
+                || !t
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                bad(
+                    &key("name"),
+                    format!("{:?} must be letters, digits, `.`, `_`, `-`", t.name),
+                );
             }
             if !names.insert(t.name.clone()) {
                 bad(&key("name"), format!("{:?} is used twice", t.name));
             }
             match std::fs::metadata(&t.root) {
                 Ok(m) if m.is_dir() => {}
-                Ok(_) => bad(&key("root"), format!("{}: not a directory", t.root.display())),
+                Ok(_) => bad(
+                    &key("root"),
+                    format!("{}: not a directory", t.root.display()),
+                ),
                 Err(e) => bad(&key("root"), format!("{}: {e}", t.root.display())),
             }
             if let Some(m) = &t.manifest
@@ -370,17 +414,28 @@ impl AgentConfig {
         let mut keys = |key: &str, paths: &[PathBuf]| -> Vec<TrustedKey> {
             paths
                 .iter()
-                .filter_map(|k| sign::load_public_key(k).map_err(|e| bad(key, e.to_string())).ok())
+                .filter_map(|k| {
+                    sign::load_public_key(k)
+                        .map_err(|e| bad(key, e.to_string()))
+                        .ok()
+                })
                 .collect()
         };
         let release_keys = keys("trust.release_keys", &raw.trust.release_keys);
         let approver_keys = keys("trust.approver_keys", &raw.trust.approver_keys);
         if raw.trust.require_signatures {
             if raw.trust.release_keys.is_empty() {
-                bad("trust.release_keys", "require_signatures = true needs at least one release key".into());
+                bad(
+                    "trust.release_keys",
+                    "require_signatures = true needs at least one release key".into(),
+                );
             }
             if raw.changes.dir.is_some() && raw.trust.approver_keys.is_empty() {
-                bad("trust.approver_keys", "require_signatures = true with [changes] dir needs at least one approver key".into());
+                bad(
+                    "trust.approver_keys",
+                    "require_signatures = true with [changes] dir needs at least one approver key"
+                        .into(),
+                );
             }
         }
         if let Some(d) = &raw.changes.dir
@@ -390,7 +445,10 @@ impl AgentConfig {
         }
         let uplink = match (&raw.collector.url, raw.collector.embedded) {
             (Some(_), true) => {
-                bad("collector", "set either url or embedded = true, not both".into());
+                bad(
+                    "collector",
+                    "set either url or embedded = true, not both".into(),
+                );
                 Uplink::None
             }
             (Some(url), false) => {
@@ -402,7 +460,10 @@ impl AgentConfig {
                         if let Err(e) = crate::client::read_token(t) {
                             bad("collector.token_file", e.to_string());
                         }
-                        Uplink::Remote { url: url.clone(), token_file: t.clone() }
+                        Uplink::Remote {
+                            url: url.clone(),
+                            token_file: t.clone(),
+                        }
                     }
                     None => {
                         bad("collector.token_file", "required with collector.url".into());
@@ -413,17 +474,26 @@ impl AgentConfig {
             (None, true) => match raw.collector.listen.parse() {
                 Ok(listen) => Uplink::Embedded { listen },
                 Err(e) => {
-                    bad("collector.listen", format!("{:?}: {e}", raw.collector.listen));
+                    bad(
+                        "collector.listen",
+                        format!("{:?}: {e}", raw.collector.listen),
+                    );
                     Uplink::None
                 }
             },
             (None, false) => Uplink::None,
         };
         if !(0.0..=1.0).contains(&raw.kpi.target) {
-            bad("kpi.target", format!("{} is not between 0 and 1", raw.kpi.target));
+            bad(
+                "kpi.target",
+                format!("{} is not between 0 and 1", raw.kpi.target),
+            );
         }
         if jiff::tz::TimeZone::get(&raw.kpi.timezone).is_err() {
-            bad("kpi.timezone", format!("{:?} is not a known time zone", raw.kpi.timezone));
+            bad(
+                "kpi.timezone",
+                format!("{:?} is not a known time zone", raw.kpi.timezone),
+            );
         }
         if raw.collector.batch == 0 {
             bad("collector.batch", "must be at least 1".into());

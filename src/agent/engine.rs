@@ -68,10 +68,24 @@ impl Engine {
     pub fn new(cfg: AgentConfig) -> Result<Engine, SpoolError> {
         let spool = Spool::open(&cfg.state_dir.join("spool"), cfg.spool_max)?;
         if spool.recovered_tail > 0 {
-            tracing::warn!(bytes = spool.recovered_tail, "spool: cut a torn tail left by a crash");
+            tracing::warn!(
+                bytes = spool.recovered_tail,
+                "spool: cut a torn tail left by a crash"
+            );
         }
-        let evidence = Evidence::new(&cfg.state_dir, cfg.evidence_max_file, cfg.evidence_max_total);
-        let mut e = Engine { trees: Vec::new(), spool: Arc::new(Mutex::new(spool)), entries: Vec::new(), evidence, summaries: BTreeMap::new(), cfg };
+        let evidence = Evidence::new(
+            &cfg.state_dir,
+            cfg.evidence_max_file,
+            cfg.evidence_max_total,
+        );
+        let mut e = Engine {
+            trees: Vec::new(),
+            spool: Arc::new(Mutex::new(spool)),
+            entries: Vec::new(),
+            evidence,
+            summaries: BTreeMap::new(),
+            cfg,
+        };
         e.sync_trees();
         Ok(e)
     }
@@ -84,7 +98,11 @@ impl Engine {
 
     fn sync_trees(&mut self) {
         let wanted: Vec<TreeConfig> = self.cfg.trees.clone();
-        self.trees.retain(|t| wanted.iter().any(|w| w.name == t.cfg.name && w.root == t.cfg.root));
+        self.trees.retain(|t| {
+            wanted
+                .iter()
+                .any(|w| w.name == t.cfg.name && w.root == t.cfg.root)
+        });
         for w in wanted {
             if let Some(t) = self.trees.iter_mut().find(|t| t.cfg.name == w.name) {
                 t.cfg = w;
@@ -97,12 +115,20 @@ impl Engine {
             });
             let manifest = load_in_force(&dir, &state);
             tracing::info!(tree = %w.name, root = %w.root.display(), release = ?state.release, "watching tree");
-            self.trees.push(TreeRuntime { cfg: w, state, manifest, dir, warned: BTreeSet::new() });
+            self.trees.push(TreeRuntime {
+                cfg: w,
+                state,
+                manifest,
+                dir,
+                warned: BTreeSet::new(),
+            });
         }
     }
 
     fn load_changes(&mut self) {
-        let Some(dir) = &self.cfg.changes_dir else { return };
+        let Some(dir) = &self.cfg.changes_dir else {
+            return;
+        };
         match changelog::load_dir(dir, &self.cfg.change_policy()) {
             Ok(log) => {
                 for r in &log.refused {
@@ -110,7 +136,9 @@ impl Engine {
                 }
                 self.entries = log.entries;
             }
-            Err(e) => tracing::error!(error = %e, "change log unreadable; keeping the entries loaded before"),
+            Err(e) => {
+                tracing::error!(error = %e, "change log unreadable; keeping the entries loaded before")
+            }
         }
     }
 
@@ -125,9 +153,17 @@ impl Engine {
         let started = Instant::now();
         let deploy = self.refresh_manifest(i);
         let t = &self.trees[i];
-        let cache = if rehash { None } else { t.state.snapshot.clone().map(Arc::new) };
+        let cache = if rehash {
+            None
+        } else {
+            t.state.snapshot.clone().map(Arc::new)
+        };
         let opts = ScanOptions {
-            walk: WalkOptions { exclude: t.cfg.exclude.clone(), skip: own_files(&t.cfg), cross_filesystems: t.cfg.cross_filesystems },
+            walk: WalkOptions {
+                exclude: t.cfg.exclude.clone(),
+                skip: own_files(&t.cfg),
+                cross_filesystems: t.cfg.cross_filesystems,
+            },
             threads: self.cfg.threads,
             cache,
             ..ScanOptions::default()
@@ -154,9 +190,16 @@ impl Engine {
         if rehash {
             t.state.last_full_rehash = Some(now);
         }
-        let tracker = Tracker { tree: &t.cfg, host: &self.cfg.host, entries: &self.entries, manifest: t.manifest.as_ref() };
+        let tracker = Tracker {
+            tree: &t.cfg,
+            host: &self.cfg.host,
+            entries: &self.entries,
+            manifest: t.manifest.as_ref(),
+        };
         let summary = tracker.summary(&t.state, now, started.elapsed().as_secs_f64());
-        t.state.save(&t.dir).map_err(|e| format!("{}: {e}", t.dir.display()))?;
+        t.state
+            .save(&t.dir)
+            .map_err(|e| format!("{}: {e}", t.dir.display()))?;
         self.summaries.insert(t.cfg.name.clone(), summary.clone());
         result.summary = Some(summary);
         result.scanned = scanned;
@@ -164,7 +207,11 @@ impl Engine {
     }
 
     /// Re-examines paths touched in real time (a directory is re-walked whole).
-    pub fn touched(&mut self, i: usize, abs_paths: &BTreeSet<PathBuf>) -> Result<PassResult, String> {
+    pub fn touched(
+        &mut self,
+        i: usize,
+        abs_paths: &BTreeSet<PathBuf>,
+    ) -> Result<PassResult, String> {
         let t = &self.trees[i];
         if t.state.snapshot.is_none() {
             return self.full_scan(i, false);
@@ -175,23 +222,35 @@ impl Engine {
             if skip.contains(abs) {
                 continue;
             }
-            let Ok(rel) = abs.strip_prefix(&t.cfg.root) else { continue };
+            let Ok(rel) = abs.strip_prefix(&t.cfg.root) else {
+                continue;
+            };
             if rel.as_os_str().is_empty() {
                 continue;
             }
-            let rel = RelPath::from_bytes(std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()).to_vec());
+            let rel = RelPath::from_bytes(
+                std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()).to_vec(),
+            );
             let entry = snapshot::examine(abs, rel.clone());
             let prev = t.state.snapshot.as_ref().expect("checked");
             // Whatever was below a path that changed type or vanished is gone unless seen again.
             let prefix = [rel.as_bytes(), b"/"].concat();
-            for p in prev.range(rel.clone()..).skip(1).take_while(|(p, _)| p.as_bytes().starts_with(&prefix)) {
+            for p in prev
+                .range(rel.clone()..)
+                .skip(1)
+                .take_while(|(p, _)| p.as_bytes().starts_with(&prefix))
+            {
                 paths.entry(p.0.clone()).or_insert(None);
             }
             if let Some(e) = &entry
                 && e.meta.kind == Kind::Dir
             {
                 let opts = ScanOptions {
-                    walk: WalkOptions { exclude: t.cfg.exclude.clone(), skip: skip.clone(), cross_filesystems: t.cfg.cross_filesystems },
+                    walk: WalkOptions {
+                        exclude: t.cfg.exclude.clone(),
+                        skip: skip.clone(),
+                        cross_filesystems: t.cfg.cross_filesystems,
+                    },
                     threads: self.cfg.threads,
                     prefix: Some(rel.clone()),
                     ..ScanOptions::default()
@@ -207,29 +266,66 @@ impl Engine {
         let now = Timestamp::now();
         let result = self.pass(i, paths.into_iter().collect(), now, None)?;
         let t = &mut self.trees[i];
-        t.state.save(&t.dir).map_err(|e| format!("{}: {e}", t.dir.display()))?;
+        t.state
+            .save(&t.dir)
+            .map_err(|e| format!("{}: {e}", t.dir.display()))?;
         Ok(result)
     }
 
     /// Classifies observations, spools their events, commits what was spooled, keeps evidence.
-    fn pass(&mut self, i: usize, observed: Vec<(RelPath, Option<Entry>)>, now: Timestamp, deploy: Option<&str>) -> Result<PassResult, String> {
+    fn pass(
+        &mut self,
+        i: usize,
+        observed: Vec<(RelPath, Option<Entry>)>,
+        now: Timestamp,
+        deploy: Option<&str>,
+    ) -> Result<PassResult, String> {
         let t = &self.trees[i];
-        let t0 = t.state.last_scan.or(t.manifest.as_ref().map(|m| m.created_at)).unwrap_or(now);
-        let tracker = Tracker { tree: &t.cfg, host: &self.cfg.host, entries: &self.entries, manifest: t.manifest.as_ref() };
+        let t0 = t
+            .state
+            .last_scan
+            .or(t.manifest.as_ref().map(|m| m.created_at))
+            .unwrap_or(now);
+        let tracker = Tracker {
+            tree: &t.cfg,
+            host: &self.cfg.host,
+            entries: &self.entries,
+            manifest: t.manifest.as_ref(),
+        };
         let baseline_without_manifest = t.state.snapshot.is_none() && t.manifest.is_none();
         let mut pending = if baseline_without_manifest {
             tracing::warn!(tree = %t.cfg.name, "no manifest: the first scan becomes the baseline; nothing in it is vetted");
             observed
                 .into_iter()
-                .map(|(path, entry)| Pending { path, entry, events: vec![], status: None, change: None, overlay: None, closes: false, opens: None })
+                .map(|(path, entry)| Pending {
+                    path,
+                    entry,
+                    events: vec![],
+                    status: None,
+                    change: None,
+                    overlay: None,
+                    closes: false,
+                    opens: None,
+                })
                 .collect()
         } else {
             tracker.observe(&t.state, observed, t0, now, deploy)
         };
         pending.extend(tracker.reconsider_open(&t.state, now));
-        let all: Vec<ChangeEvent> = pending.iter().flat_map(|p| p.events.iter().cloned()).collect();
+        let all: Vec<ChangeEvent> = pending
+            .iter()
+            .flat_map(|p| p.events.iter().cloned())
+            .collect();
         let wanted = all.len();
-        let kept = if all.is_empty() { Vec::new() } else { self.spool.lock().unwrap_or_else(|e| e.into_inner()).append(all).map_err(|e| e.to_string())? };
+        let kept = if all.is_empty() {
+            Vec::new()
+        } else {
+            self.spool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(all)
+                .map_err(|e| e.to_string())?
+        };
         let dropped = (wanted - kept.len()) as u64;
         if dropped > 0 {
             tracing::error!(tree = %t.cfg.name, dropped, "spool full: events dropped; their paths will be reported again by the next scan");
@@ -253,7 +349,9 @@ impl Engine {
             {
                 let abs = tree_root.join(p.path.as_path());
                 match self.evidence.capture(&tree_root, &abs, &self.cfg.host, ev) {
-                    Ok(blob) => tracing::info!(path = %p.path, blob = %blob.display(), "evidence kept"),
+                    Ok(blob) => {
+                        tracing::info!(path = %p.path, blob = %blob.display(), "evidence kept")
+                    }
                     Err(why) => tracing::warn!(path = %p.path, %why, "no evidence kept"),
                 }
             }
@@ -263,7 +361,12 @@ impl Engine {
             next += n;
             tracker::commit(&mut t.state, p, &seqs);
         }
-        Ok(PassResult { events: kept, dropped, summary: None, scanned: (0, 0, 0) })
+        Ok(PassResult {
+            events: kept,
+            dropped,
+            summary: None,
+            scanned: (0, 0, 0),
+        })
     }
 
     /// Loads the configured manifest; adopts it when it is the first or newer. Returns the
@@ -280,7 +383,12 @@ impl Engine {
             }
             let m = Manifest::parse(&bytes, &path).map_err(|e| e.to_string())?;
             if m.tree != t.cfg.name {
-                return Err(format!("{}: tree: {:?} is not {:?}", path.display(), m.tree, t.cfg.name));
+                return Err(format!(
+                    "{}: tree: {:?} is not {:?}",
+                    path.display(),
+                    m.tree,
+                    t.cfg.name
+                ));
             }
             Ok((m, bytes))
         })();
@@ -293,7 +401,10 @@ impl Engine {
                 return None;
             }
         };
-        let in_force = t.manifest.as_ref().map(|f| (f.created_at, f.release.clone()));
+        let in_force = t
+            .manifest
+            .as_ref()
+            .map(|f| (f.created_at, f.release.clone()));
         match in_force {
             Some((at, rel)) if m.created_at <= at => {
                 if m.created_at < at && t.warned.insert(format!("rollback {}", m.release)) {
@@ -304,7 +415,9 @@ impl Engine {
             }
             previous => {
                 let deploy = previous.is_some().then(|| m.release.clone());
-                if let Err(e) = std::fs::create_dir_all(&t.dir).and_then(|_| super::spool::write_atomic(&t.dir.join("manifest.json"), &bytes)) {
+                if let Err(e) = std::fs::create_dir_all(&t.dir)
+                    .and_then(|_| super::spool::write_atomic(&t.dir.join("manifest.json"), &bytes))
+                {
                     tracing::error!(tree = %t.cfg.name, error = %e, "cannot keep the manifest in the state dir");
                 }
                 tracing::info!(tree = %t.cfg.name, release = %m.release, deploy = deploy.is_some(), "manifest in force");
@@ -338,9 +451,15 @@ fn load_in_force(dir: &Path, state: &TreeState) -> Option<Manifest> {
 
 /// The manifest file and its signature are not part of the deployed code.
 fn own_files(t: &TreeConfig) -> Vec<PathBuf> {
-    let Some(m) = &t.manifest else { return Vec::new() };
-    let (Ok(root), Ok(mabs)) = (t.root.canonicalize(), m.canonicalize()) else { return Vec::new() };
-    let Ok(rel) = mabs.strip_prefix(&root) else { return Vec::new() };
+    let Some(m) = &t.manifest else {
+        return Vec::new();
+    };
+    let (Ok(root), Ok(mabs)) = (t.root.canonicalize(), m.canonicalize()) else {
+        return Vec::new();
+    };
+    let Ok(rel) = mabs.strip_prefix(&root) else {
+        return Vec::new();
+    };
     let p = t.root.join(rel);
     vec![sign::sig_path(&p), p]
 }

@@ -22,18 +22,34 @@ pub struct Evidence {
 impl Evidence {
     /// Evidence under `state_dir/evidence`.
     pub fn new(state_dir: &Path, max_file: u64, max_total: u64) -> Evidence {
-        Evidence { dir: state_dir.join("evidence"), max_file, max_total }
+        Evidence {
+            dir: state_dir.join("evidence"),
+            max_file,
+            max_total,
+        }
     }
 
     fn used(&self) -> u64 {
         std::fs::read_dir(self.dir.join("blobs"))
-            .map(|rd| rd.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
             .unwrap_or(0)
     }
 
     /// Copies the file behind an unauthorized event; returns the blob path, or why not.
-    pub fn capture(&self, root: &Path, abs: &Path, host: &str, ev: &ChangeEvent) -> Result<PathBuf, String> {
-        let Some(want) = &ev.blake3 else { return Err("no content".into()) };
+    pub fn capture(
+        &self,
+        root: &Path,
+        abs: &Path,
+        host: &str,
+        ev: &ChangeEvent,
+    ) -> Result<PathBuf, String> {
+        let Some(want) = &ev.blake3 else {
+            return Err("no content".into());
+        };
         let size = ev.size.unwrap_or(0);
         if size > self.max_file {
             return Err(format!("{size} bytes is over evidence.max_file_size"));
@@ -44,7 +60,8 @@ impl Evidence {
             if self.used() + size > self.max_total {
                 return Err("evidence store is full (evidence.max_total)".into());
             }
-            let data = read_no_follow(abs, self.max_file).map_err(|e| format!("{}: {e}", abs.display()))?;
+            let data = read_no_follow(abs, self.max_file)
+                .map_err(|e| format!("{}: {e}", abs.display()))?;
             if blake3::hash(&data).to_hex().as_str() != want {
                 return Err("content changed since it was judged".into());
             }
@@ -52,11 +69,18 @@ impl Evidence {
             super::spool::write_atomic(&blob, &data).map_err(|e| e.to_string())?;
             if let Some(prev) = &ev.previous_blake3 {
                 let old = blobs.join(prev);
-                if let (Ok(a), true) = (std::fs::read(&old), is_text(&data)) {
-                    if is_text(&a) {
-                        let diff = unified_diff(&String::from_utf8_lossy(&a), &String::from_utf8_lossy(&data), &ev.path);
-                        let _ = super::spool::write_atomic(&blobs.join(format!("{want}.diff")), diff.as_bytes());
-                    }
+                if let (Ok(a), true) = (std::fs::read(&old), is_text(&data))
+                    && is_text(&a)
+                {
+                    let diff = unified_diff(
+                        &String::from_utf8_lossy(&a),
+                        &String::from_utf8_lossy(&data),
+                        &ev.path,
+                    );
+                    let _ = super::spool::write_atomic(
+                        &blobs.join(format!("{want}.diff")),
+                        diff.as_bytes(),
+                    );
                 }
             }
         }
@@ -67,8 +91,11 @@ impl Evidence {
         });
         let notes = self.dir.join("notes");
         std::fs::create_dir_all(&notes).map_err(|e| e.to_string())?;
-        super::spool::write_atomic(&notes.join(format!("{}-{}.json", ev.tree, ev.seq)), note.to_string().as_bytes())
-            .map_err(|e| e.to_string())?;
+        super::spool::write_atomic(
+            &notes.join(format!("{}-{}.json", ev.tree, ev.seq)),
+            note.to_string().as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(blob)
     }
 }
@@ -96,12 +123,23 @@ pub fn unified_diff(old: &str, new: &str, name: &str) -> String {
     let a: Vec<&str> = old.lines().collect();
     let b: Vec<&str> = new.lines().collect();
     let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let suffix = a[prefix..].iter().rev().zip(b[prefix..].iter().rev()).take_while(|(x, y)| x == y).count();
+    let suffix = a[prefix..]
+        .iter()
+        .rev()
+        .zip(b[prefix..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
     let ctx = 3usize;
     let start = prefix.saturating_sub(ctx);
     let a_end = (a.len() - suffix + ctx).min(a.len());
     let b_end = (b.len() - suffix + ctx).min(b.len());
-    let mut out = format!("--- a/{name}\n+++ b/{name}\n@@ -{},{} +{},{} @@\n", start + 1, a_end - start, start + 1, b_end - start);
+    let mut out = format!(
+        "--- a/{name}\n+++ b/{name}\n@@ -{},{} +{},{} @@\n",
+        start + 1,
+        a_end - start,
+        start + 1,
+        b_end - start
+    );
     for l in &a[start..prefix] {
         out.push_str(&format!(" {l}\n"));
     }

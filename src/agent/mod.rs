@@ -66,14 +66,23 @@ pub enum Sink {
 impl Sink {
     async fn send(&self, batch: EventBatch) -> Result<IngestResult, ClientError> {
         match self {
-            Sink::None => Err(ClientError::Transport { url: "(no collector)".into(), message: "no collector configured".into() }),
+            Sink::None => Err(ClientError::Transport {
+                url: "(no collector)".into(),
+                message: "no collector configured".into(),
+            }),
             Sink::Remote(c) => c.post_json("/api/v1/events", &batch).await,
             Sink::Embedded(store) => {
                 let store = store.clone();
                 tokio::task::spawn_blocking(move || store.ingest(&batch, Timestamp::now()))
                     .await
-                    .map_err(|e| ClientError::Transport { url: "embedded".into(), message: e.to_string() })?
-                    .map_err(|e| ClientError::Transport { url: "embedded".into(), message: e.to_string() })
+                    .map_err(|e| ClientError::Transport {
+                        url: "embedded".into(),
+                        message: e.to_string(),
+                    })?
+                    .map_err(|e| ClientError::Transport {
+                        url: "embedded".into(),
+                        message: e.to_string(),
+                    })
             }
         }
     }
@@ -81,20 +90,32 @@ impl Sink {
     async fn heartbeat(&self, hb: Heartbeat) -> Result<(), ClientError> {
         match self {
             Sink::None => Ok(()),
-            Sink::Remote(c) => c.post_json::<_, serde_json::Value>("/api/v1/heartbeat", &hb).await.map(|_| ()),
+            Sink::Remote(c) => c
+                .post_json::<_, serde_json::Value>("/api/v1/heartbeat", &hb)
+                .await
+                .map(|_| ()),
             Sink::Embedded(store) => {
                 let store = store.clone();
                 tokio::task::spawn_blocking(move || store.record_heartbeat(&hb, Timestamp::now()))
                     .await
-                    .map_err(|e| ClientError::Transport { url: "embedded".into(), message: e.to_string() })?
-                    .map_err(|e| ClientError::Transport { url: "embedded".into(), message: e.to_string() })
+                    .map_err(|e| ClientError::Transport {
+                        url: "embedded".into(),
+                        message: e.to_string(),
+                    })?
+                    .map_err(|e| ClientError::Transport {
+                        url: "embedded".into(),
+                        message: e.to_string(),
+                    })
             }
         }
     }
 }
 
 /// The collector settings of the embedded mode, derived from the agent's.
-pub fn embedded_collector_config(cfg: &AgentConfig, listen: std::net::SocketAddr) -> CollectorConfig {
+pub fn embedded_collector_config(
+    cfg: &AgentConfig,
+    listen: std::net::SocketAddr,
+) -> CollectorConfig {
     CollectorConfig {
         origin: cfg.origin.clone(),
         listen,
@@ -121,33 +142,58 @@ pub fn embedded_collector_config(cfg: &AgentConfig, listen: std::net::SocketAddr
 pub fn open_sink(cfg: &AgentConfig) -> anyhow::Result<Sink> {
     Ok(match &cfg.uplink {
         Uplink::None => Sink::None,
-        Uplink::Remote { url, token_file } => Sink::Remote(Client::new(url, crate::client::read_token(token_file)?)?),
+        Uplink::Remote { url, token_file } => {
+            Sink::Remote(Client::new(url, crate::client::read_token(token_file)?)?)
+        }
         Uplink::Embedded { .. } => {
             let tz = jiff::tz::TimeZone::get(&cfg.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
-            Sink::Embedded(Arc::new(SqliteStore::open(&cfg.state_dir.join("collector.db"), tz)?))
+            Sink::Embedded(Arc::new(SqliteStore::open(
+                &cfg.state_dir.join("collector.db"),
+                tz,
+            )?))
         }
     })
 }
 
 /// Sends spooled events until the spool is empty or the sink fails; returns events acknowledged.
-pub async fn flush(spool: &Arc<Mutex<Spool>>, sink: &Sink, cfg: &AgentConfig, scans: Vec<ScanSummary>) -> Result<u64, ClientError> {
+pub async fn flush(
+    spool: &Arc<Mutex<Spool>>,
+    sink: &Sink,
+    cfg: &AgentConfig,
+    scans: Vec<ScanSummary>,
+) -> Result<u64, ClientError> {
     let mut sent = 0;
     let mut scans = scans;
     loop {
-        let events = spool.lock().unwrap_or_else(|e| e.into_inner()).peek(cfg.batch);
+        let events = spool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .peek(cfg.batch);
         if events.is_empty() && scans.is_empty() {
             return Ok(sent);
         }
         let last = events.last().map(|e| e.seq);
         let n = events.len() as u64;
-        let batch = EventBatch { host: cfg.host.clone(), environment: cfg.environment.clone(), events, scans: std::mem::take(&mut scans) };
+        let batch = EventBatch {
+            host: cfg.host.clone(),
+            environment: cfg.environment.clone(),
+            events,
+            scans: std::mem::take(&mut scans),
+        };
         let result = sink.send(batch).await?;
         if !result.rejected.is_empty() {
             tracing::error!(seqs = ?result.rejected, "collector refused events as replays (same number, other content)");
         }
         if let Some(last) = last {
             let acked = result.acked_seq.min(last);
-            spool.lock().unwrap_or_else(|e| e.into_inner()).ack(acked).map_err(|e| ClientError::Transport { url: "spool".into(), message: e.to_string() })?;
+            spool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .ack(acked)
+                .map_err(|e| ClientError::Transport {
+                    url: "spool".into(),
+                    message: e.to_string(),
+                })?;
         }
         sent += n;
     }
@@ -155,12 +201,18 @@ pub async fn flush(spool: &Arc<Mutex<Spool>>, sink: &Sink, cfg: &AgentConfig, sc
 
 fn status_line(engine_trees: usize, spool: &Arc<Mutex<Spool>>) -> String {
     let s = spool.lock().unwrap_or_else(|e| e.into_inner());
-    format!("watching {engine_trees} trees; spool {} events; {} dropped", s.depth(), s.dropped)
+    format!(
+        "watching {engine_trees} trees; spool {} events; {} dropped",
+        s.depth(),
+        s.dropped
+    )
 }
 
 /// `driftwatch agent`: the daemon. Returns when SIGTERM/SIGINT arrived and the batch in flight was sent.
 pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run_async(cfg))
 }
 
@@ -169,18 +221,23 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut engine = Engine::new(cfg.clone())?;
     let spool = engine.spool.clone();
     let wake = Arc::new(Notify::new());
-    let summaries: Arc<Mutex<BTreeMap<String, ScanSummary>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let summaries: Arc<Mutex<BTreeMap<String, ScanSummary>>> =
+        Arc::new(Mutex::new(BTreeMap::new()));
     let last_scan: Arc<Mutex<Option<Timestamp>>> = Arc::new(Mutex::new(None));
 
     // The embedded collector serves the dashboard and API on the same store.
     let mut server = None;
     if let (Uplink::Embedded { listen }, Sink::Embedded(store)) = (&cfg.uplink, &sink) {
-        let c = Collector::bind_with_store(embedded_collector_config(&cfg, *listen), store.clone()).await?;
+        let c = Collector::bind_with_store(embedded_collector_config(&cfg, *listen), store.clone())
+            .await?;
         tracing::info!(url = %c.url(), "embedded collector listening");
         eprintln!("driftwatch embedded collector listening on {}", c.url());
         let stop = Arc::new(Notify::new());
         let s2 = stop.clone();
-        server = Some((tokio::spawn(c.serve(async move { s2.notified().await })), stop));
+        server = Some((
+            tokio::spawn(c.serve(async move { s2.notified().await })),
+            stop,
+        ));
     }
 
     // Engine thread: owns the state; everything else talks to it through `tx`.
@@ -237,12 +294,21 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
     // Uplink: spool → collector, exponential backoff with jitter, never losing what is not acked.
     let stopping = Arc::new(tokio::sync::watch::channel(false).0);
     let uplink = {
-        let (spool, sink, cfg, wake, summaries) = (spool.clone(), sink.clone(), cfg.clone(), wake.clone(), summaries.clone());
+        let (spool, sink, cfg, wake, summaries) = (
+            spool.clone(),
+            sink.clone(),
+            cfg.clone(),
+            wake.clone(),
+            summaries.clone(),
+        );
         let mut stop_rx = stopping.subscribe();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(500);
             loop {
-                let scans: Vec<ScanSummary> = std::mem::take(&mut *summaries.lock().unwrap_or_else(|e| e.into_inner())).into_values().collect();
+                let scans: Vec<ScanSummary> =
+                    std::mem::take(&mut *summaries.lock().unwrap_or_else(|e| e.into_inner()))
+                        .into_values()
+                        .collect();
                 match flush(&spool, &sink, &cfg, scans.clone()).await {
                     Ok(_) => backoff = Duration::from_millis(500),
                     Err(e) => {
@@ -256,7 +322,9 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
                         if !matches!(sink, Sink::None) {
                             tracing::warn!(error = %e, retry_in = ?backoff, "uplink: collector unreachable; events stay in the spool");
                         }
-                        let jitter = Duration::from_millis(u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs() % 250));
+                        let jitter = Duration::from_millis(u64::from(
+                            Timestamp::now().subsec_nanosecond().unsigned_abs() % 250,
+                        ));
                         tokio::select! {
                             _ = tokio::time::sleep(backoff + jitter) => {},
                             _ = stop_rx.changed() => return,
@@ -279,7 +347,8 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
 
     // Heartbeat.
     let heartbeat = {
-        let (spool, sink, cfg, last_scan) = (spool.clone(), sink.clone(), cfg.clone(), last_scan.clone());
+        let (spool, sink, cfg, last_scan) =
+            (spool.clone(), sink.clone(), cfg.clone(), last_scan.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(cfg.heartbeat);
             loop {
@@ -293,7 +362,10 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
                     environment: cfg.environment.clone(),
                     agent_version: env!("CARGO_PKG_VERSION").into(),
                     trees: cfg.trees.iter().map(|t| t.name.clone()).collect(),
-                    last_scan: last_scan.lock().unwrap_or_else(|e| e.into_inner()).map(crate::timefmt::format_timestamp),
+                    last_scan: last_scan
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .map(crate::timefmt::format_timestamp),
                     spool_dropped: dropped,
                     spool_depth: depth,
                 };
@@ -306,7 +378,10 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
 
     let _ = ready_rx.await;
     let mut watchers = watch::start(&cfg, tx.clone());
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status_line(cfg.trees.len(), &spool))]);
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status_line(cfg.trees.len(), &spool)),
+    ]);
     tracing::info!(host = %cfg.host, trees = cfg.trees.len(), "driftwatch agent ready");
     eprintln!("driftwatch agent ready: {} trees", cfg.trees.len());
 
@@ -315,9 +390,14 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut scan_tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.interval, cfg.interval);
+    let mut scan_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + cfg.interval, cfg.interval);
     let watchdog = sd_notify::watchdog_enabled();
-    let mut dog = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2).max(Duration::from_millis(100)));
+    let mut dog = tokio::time::interval(
+        watchdog
+            .map_or(Duration::from_secs(3600), |d| d / 2)
+            .max(Duration::from_millis(100)),
+    );
     let mut cfg = cfg;
     loop {
         tokio::select! {
@@ -357,7 +437,11 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
     // One last send of what the engine just spooled, bounded in time; the rest stays spooled.
     let _ = stopping.send(true);
     let _ = uplink.await;
-    let left = tokio::time::timeout(Duration::from_secs(10), flush(&spool, &sink, &cfg, Vec::new())).await;
+    let left = tokio::time::timeout(
+        Duration::from_secs(10),
+        flush(&spool, &sink, &cfg, Vec::new()),
+    )
+    .await;
     if let Ok(Err(e)) = left {
         tracing::warn!(error = %e, "events left in the spool for the next start");
     }
@@ -381,18 +465,27 @@ fn scan_one(
     let due = {
         let t = &engine.trees[i];
         let full = engine.cfg.full_rehash;
-        t.state.last_full_rehash.is_none_or(|at| {
-            Timestamp::now().duration_since(at).unsigned_abs() >= full
-        })
+        t.state
+            .last_full_rehash
+            .is_none_or(|at| Timestamp::now().duration_since(at).unsigned_abs() >= full)
     };
     match engine.full_scan(i, rehash.unwrap_or(due)) {
         Ok(r) => {
             if let Some(s) = &r.summary {
-                summaries.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), s.clone());
+                summaries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.to_string(), s.clone());
             }
             *last_scan.lock().unwrap_or_else(|e| e.into_inner()) = Some(Timestamp::now());
-            tracing::info!(tree = name, files = r.scanned.0, dirs = r.scanned.1, events = r.events.len(),
-                seconds = r.summary.as_ref().map(|s| s.seconds).unwrap_or(0.0), "scan finished");
+            tracing::info!(
+                tree = name,
+                files = r.scanned.0,
+                dirs = r.scanned.1,
+                events = r.events.len(),
+                seconds = r.summary.as_ref().map(|s| s.seconds).unwrap_or(0.0),
+                "scan finished"
+            );
             Some(r)
         }
         Err(e) => {
@@ -407,10 +500,18 @@ pub fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     use std::os::unix::io::AsRawFd;
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let path = dir.join("lock");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     // SAFETY: flock on a file descriptor we own.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        anyhow::bail!("{}: another driftwatch agent or scan is using this state dir", path.display());
+        anyhow::bail!(
+            "{}: another driftwatch agent or scan is using this state dir",
+            path.display()
+        );
     }
     Ok(f)
 }

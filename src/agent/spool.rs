@@ -41,7 +41,10 @@ pub struct Spool {
 }
 
 fn err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
-    move |source| SpoolError { path: path.to_path_buf(), source }
+    move |source| SpoolError {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn checksum(payload: &[u8]) -> [u8; 8] {
@@ -60,9 +63,19 @@ impl Spool {
         let acked = match std::fs::read_to_string(&acked_path) {
             Ok(s) => s.trim().parse().unwrap_or(0),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(SpoolError { path: acked_path, source: e }),
+            Err(e) => {
+                return Err(SpoolError {
+                    path: acked_path,
+                    source: e,
+                });
+            }
         };
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&log).map_err(err(&log))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&log)
+            .map_err(err(&log))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(err(&log))?;
         let mut pending = VecDeque::new();
@@ -72,7 +85,8 @@ impl Spool {
             if &bytes[pos..pos + 4] != MAGIC {
                 break;
             }
-            let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes")) as usize;
+            let len =
+                u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes")) as usize;
             let end = pos + HEADER + len;
             if end > bytes.len() {
                 break;
@@ -81,7 +95,9 @@ impl Spool {
             if checksum(payload) != bytes[pos + 8..pos + 16] {
                 break;
             }
-            let Ok(ev) = serde_json::from_slice::<ChangeEvent>(payload) else { break };
+            let Ok(ev) = serde_json::from_slice::<ChangeEvent>(payload) else {
+                break;
+            };
             max_seq = max_seq.max(ev.seq);
             if ev.seq > acked {
                 pending.push_back(ev);
@@ -163,7 +179,8 @@ impl Spool {
             self.pending.pop_front();
         }
         self.acked = seq;
-        write_atomic(&self.acked_path, seq.to_string().as_bytes()).map_err(err(&self.acked_path))?;
+        write_atomic(&self.acked_path, seq.to_string().as_bytes())
+            .map_err(err(&self.acked_path))?;
         if self.pending.is_empty() {
             self.file.set_len(0).map_err(err(&self.log))?;
             self.file.sync_all().map_err(err(&self.log))?;
@@ -175,7 +192,10 @@ impl Spool {
 
 /// Writes a file atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(data)?;
     tmp.as_file().sync_all()?;
@@ -212,29 +232,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
         let kept = s.append(vec![ev("a"), ev("b"), ev("c")]).unwrap();
-        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            kept.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         s.ack(1).unwrap();
         drop(s);
         // A crash mid-write leaves half a record.
-        let mut f = OpenOptions::new().append(true).open(dir.path().join("spool.log")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("spool.log"))
+            .unwrap();
         f.write_all(b"DWS1\x40\x00\x00\x00garbage").unwrap();
         let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
         assert!(s.recovered_tail > 0);
-        assert_eq!(s.peek(10).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            s.peek(10).iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         s.ack(3).unwrap();
         assert_eq!(s.depth(), 0);
         let kept = s.append(vec![ev("d")]).unwrap();
         assert_eq!(kept[0].seq, 4, "numbers continue after the log was emptied");
         drop(s);
         let s = Spool::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(s.peek(10).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(
+            s.peek(10).iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![4]
+        );
     }
 
     #[test]
     fn full_spool_drops_and_counts_without_gaps() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(dir.path(), 600).unwrap();
-        let kept = s.append((0..20).map(|i| ev(&format!("p{i}"))).collect()).unwrap();
+        let kept = s
+            .append((0..20).map(|i| ev(&format!("p{i}"))).collect())
+            .unwrap();
         assert!(!kept.is_empty() && kept.len() < 20);
         assert_eq!(s.dropped, 20 - kept.len() as u64);
         let seqs: Vec<u64> = kept.iter().map(|e| e.seq).collect();

@@ -118,15 +118,27 @@ impl TreeState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TreeState::default()),
             Err(e) => return Err(format!("{}: {e}", json_path.display())),
         };
-        let p: Persisted = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json_path.display()))?;
+        let p: Persisted =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json_path.display()))?;
         if p.version != 1 {
-            return Err(format!("{}: state version {} is not 1", json_path.display(), p.version));
+            return Err(format!(
+                "{}: state version {} is not 1",
+                json_path.display(),
+                p.version
+            ));
         }
-        let path = |h: &str| hex::decode(h).map(RelPath::from_bytes).map_err(|e| format!("{}: {e}", json_path.display()));
+        let path = |h: &str| {
+            hex::decode(h)
+                .map(RelPath::from_bytes)
+                .map_err(|e| format!("{}: {e}", json_path.display()))
+        };
         let mut overlay = BTreeMap::new();
         for (k, v) in p.overlay {
             let state = match v {
-                Some(d) => Some(d.to_state().ok_or_else(|| format!("{}: bad overlay entry", json_path.display()))?),
+                Some(d) => Some(
+                    d.to_state()
+                        .ok_or_else(|| format!("{}: bad overlay entry", json_path.display()))?,
+                ),
                 None => None,
             };
             overlay.insert(path(&k)?, state);
@@ -137,7 +149,10 @@ impl TreeState {
         }
         let snap_path = dir.join("snapshot.bin");
         let snapshot = match std::fs::read(&snap_path) {
-            Ok(bytes) => Some(decode_snapshot(&bytes).ok_or_else(|| format!("{}: corrupt snapshot", snap_path.display()))?),
+            Ok(bytes) => Some(
+                decode_snapshot(&bytes)
+                    .ok_or_else(|| format!("{}: corrupt snapshot", snap_path.display()))?,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(format!("{}: {e}", snap_path.display())),
         };
@@ -164,10 +179,23 @@ impl TreeState {
             manifest_created_at: self.manifest_created_at,
             last_scan: self.last_scan,
             last_full_rehash: self.last_full_rehash,
-            overlay: self.overlay.iter().map(|(k, v)| (hex::encode(k.as_bytes()), v.as_ref().map(StateDto::from))).collect(),
-            open: self.open.iter().map(|(k, v)| (hex::encode(k.as_bytes()), v.clone())).collect(),
+            overlay: self
+                .overlay
+                .iter()
+                .map(|(k, v)| (hex::encode(k.as_bytes()), v.as_ref().map(StateDto::from)))
+                .collect(),
+            open: self
+                .open
+                .iter()
+                .map(|(k, v)| (hex::encode(k.as_bytes()), v.clone()))
+                .collect(),
         };
-        super::spool::write_atomic(&dir.join("state.json"), serde_json::to_string(&p).expect("state serializes").as_bytes())
+        super::spool::write_atomic(
+            &dir.join("state.json"),
+            serde_json::to_string(&p)
+                .expect("state serializes")
+                .as_bytes(),
+        )
     }
 }
 
@@ -219,7 +247,9 @@ pub fn encode_snapshot(s: &BTreeMap<RelPath, Entry>) -> Vec<u8> {
         for v in [m.mtime_ns, m.ctime_ns] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        let flags = u8::from(e.blake3.is_some()) | (u8::from(e.target.is_some()) << 1) | (u8::from(e.problem.is_some()) << 2);
+        let flags = u8::from(e.blake3.is_some())
+            | (u8::from(e.target.is_some()) << 1)
+            | (u8::from(e.problem.is_some()) << 2);
         out.push(flags);
         if let Some(h) = &e.blake3 {
             out.extend_from_slice(h);
@@ -281,11 +311,43 @@ pub fn decode_snapshot(bytes: &[u8]) -> Option<BTreeMap<RelPath, Entry>> {
         let (mode, uid, gid) = (r.u32()?, r.u32()?, r.u32()?);
         let (mtime_ns, ctime_ns) = (r.i64()?, r.i64()?);
         let flags = r.take(1)?[0];
-        let blake3 = if flags & 1 != 0 { Some(r.take(32)?.try_into().ok()?) } else { None };
-        let target = if flags & 2 != 0 { Some(r.bytes()?) } else { None };
-        let problem = if flags & 4 != 0 { Some(String::from_utf8(r.bytes()?).ok()?) } else { None };
-        let meta = Meta { kind, size, mode, uid, gid, mtime_ns, ctime_ns, ino, dev, nlink };
-        out.insert(path.clone(), Entry { path, meta, blake3, target, problem });
+        let blake3 = if flags & 1 != 0 {
+            Some(r.take(32)?.try_into().ok()?)
+        } else {
+            None
+        };
+        let target = if flags & 2 != 0 {
+            Some(r.bytes()?)
+        } else {
+            None
+        };
+        let problem = if flags & 4 != 0 {
+            Some(String::from_utf8(r.bytes()?).ok()?)
+        } else {
+            None
+        };
+        let meta = Meta {
+            kind,
+            size,
+            mode,
+            uid,
+            gid,
+            mtime_ns,
+            ctime_ns,
+            ino,
+            dev,
+            nlink,
+        };
+        out.insert(
+            path.clone(),
+            Entry {
+                path,
+                meta,
+                blake3,
+                target,
+                problem,
+            },
+        );
     }
     (r.pos == body.len()).then_some(out)
 }
@@ -297,7 +359,18 @@ mod tests {
     fn entry(p: &[u8], hash: Option<[u8; 32]>) -> Entry {
         Entry {
             path: RelPath::from_bytes(p.to_vec()),
-            meta: Meta { kind: Kind::File, size: 3, mode: 0o644, uid: 1, gid: 2, mtime_ns: -5, ctime_ns: 7, ino: 9, dev: 10, nlink: 1 },
+            meta: Meta {
+                kind: Kind::File,
+                size: 3,
+                mode: 0o644,
+                uid: 1,
+                gid: 2,
+                mtime_ns: -5,
+                ctime_ns: 7,
+                ino: 9,
+                dev: 10,
+                nlink: 1,
+            },
             blake3: hash,
             target: Some(b"\xfft".to_vec()),
             problem: Some("denied".into()),
@@ -321,9 +394,19 @@ mod tests {
     #[test]
     fn state_round_trips_and_corrupt_state_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = TreeState { release: Some("r1".into()), ..TreeState::default() };
+        let mut s = TreeState {
+            release: Some("r1".into()),
+            ..TreeState::default()
+        };
         let p = RelPath::from_bytes(b"x".to_vec());
-        s.open.insert(p.clone(), vec![OpenChange { seq: 4, t0: Timestamp::UNIX_EPOCH, observed_at: Timestamp::UNIX_EPOCH }]);
+        s.open.insert(
+            p.clone(),
+            vec![OpenChange {
+                seq: 4,
+                t0: Timestamp::UNIX_EPOCH,
+                observed_at: Timestamp::UNIX_EPOCH,
+            }],
+        );
         s.overlay.insert(p.clone(), None);
         s.snapshot = Some(BTreeMap::new());
         s.save(dir.path()).unwrap();

@@ -56,7 +56,12 @@ pub struct Tracker<'a> {
 
 impl Tracker<'_> {
     /// The approved state of a path: the overlay first, then the manifest.
-    fn approved(&self, state: &TreeState, index: &HashMap<&RelPath, &State>, path: &RelPath) -> Option<State> {
+    fn approved(
+        &self,
+        state: &TreeState,
+        index: &HashMap<&RelPath, &State>,
+        path: &RelPath,
+    ) -> Option<State> {
         match state.overlay.get(path) {
             Some(o) => o.clone(),
             None => index.get(path).map(|s| (*s).clone()),
@@ -64,7 +69,9 @@ impl Tracker<'_> {
     }
 
     fn index(&self) -> HashMap<&RelPath, &State> {
-        self.manifest.map(|m| m.entries.iter().map(|e| (&e.path, &e.state)).collect()).unwrap_or_default()
+        self.manifest
+            .map(|m| m.entries.iter().map(|e| (&e.path, &e.state)).collect())
+            .unwrap_or_default()
     }
 
     /// Judges observations of `observed` paths made in the window (t0, now]; `deploy` is the
@@ -78,8 +85,18 @@ impl Tracker<'_> {
         deploy: Option<&str>,
     ) -> Vec<Pending> {
         let index = self.index();
-        let ctx = Context { host: self.host, tree: &self.tree.name, exclude: &self.tree.exclude, entries: self.entries, now };
-        let obs = Observation { t0, t: now, observed_at: now };
+        let ctx = Context {
+            host: self.host,
+            tree: &self.tree.name,
+            exclude: &self.tree.exclude,
+            entries: self.entries,
+            now,
+        };
+        let obs = Observation {
+            t0,
+            t: now,
+            observed_at: now,
+        };
         let mut out = Vec::new();
         for (path, entry) in observed {
             // Before the first observation, the previous state is the approved one.
@@ -93,9 +110,20 @@ impl Tracker<'_> {
                 (None, None) => None,
                 (None, Some(_)) => Some(ChangeKind::Added),
                 (Some(_), None) => Some(ChangeKind::Removed),
-                (Some(b), Some(a)) => diff::compare(b, a).or(problem.as_ref().map(|_| ChangeKind::Modified)),
+                (Some(b), Some(a)) => {
+                    diff::compare(b, a).or(problem.as_ref().map(|_| ChangeKind::Modified))
+                }
             };
-            let mut p = Pending { path: path.clone(), entry: entry.clone(), events: vec![], status: None, change: None, overlay: None, closes: false, opens: None };
+            let mut p = Pending {
+                path: path.clone(),
+                entry: entry.clone(),
+                events: vec![],
+                status: None,
+                change: None,
+                overlay: None,
+                closes: false,
+                opens: None,
+            };
             let Some(kind) = kind else {
                 out.push(p);
                 continue;
@@ -104,7 +132,14 @@ impl Tracker<'_> {
                 out.push(p);
                 continue;
             }
-            let change = Change { path: path.clone(), kind, expected: before.clone(), actual: after.clone(), problem, ctime_ns: None };
+            let change = Change {
+                path: path.clone(),
+                kind,
+                expected: before.clone(),
+                actual: after.clone(),
+                problem,
+                ctime_ns: None,
+            };
             let approved = self.approved(state, &index, &path);
             let at_approved = change.problem.is_none()
                 && match (&approved, &after) {
@@ -139,7 +174,14 @@ impl Tracker<'_> {
 
     /// Records that close the open changes of a path: plain `resolved`, or the authorizing status
     /// when a change entry now covers them (an approval after the fact).
-    fn close_open(&self, state: &TreeState, change: &Change, p: &mut Pending, now: Timestamp, by: Option<&Status>) {
+    fn close_open(
+        &self,
+        state: &TreeState,
+        change: &Change,
+        p: &mut Pending,
+        now: Timestamp,
+        by: Option<&Status>,
+    ) {
         if let Some(open) = state.open.get(&change.path) {
             for o in open {
                 let status = by.map_or_else(|| "resolved".to_string(), |s| s.to_string());
@@ -155,7 +197,9 @@ impl Tracker<'_> {
     /// as `retroactive:<id>` (or `change:<id>`) and makes the current state approved.
     pub fn reconsider_open(&self, state: &TreeState, now: Timestamp) -> Vec<Pending> {
         let mut out = Vec::new();
-        let Some(snap) = &state.snapshot else { return out };
+        let Some(snap) = &state.snapshot else {
+            return out;
+        };
         for (path, open) in &state.open {
             let Some(first) = open.first() else { continue };
             let entry = snap.get(path).cloned();
@@ -169,23 +213,50 @@ impl Tracker<'_> {
                 t0: first.t0,
                 observed_at: first.observed_at,
             };
-            let Some(status) = self.entries.iter().filter_map(|e| classify::reclassify(&c, e, now)).min() else { continue };
+            let Some(status) = self
+                .entries
+                .iter()
+                .filter_map(|e| classify::reclassify(&c, e, now))
+                .min()
+            else {
+                continue;
+            };
             let change = Change {
                 path: path.clone(),
-                kind: if entry.is_none() { ChangeKind::Removed } else { ChangeKind::Modified },
+                kind: if entry.is_none() {
+                    ChangeKind::Removed
+                } else {
+                    ChangeKind::Modified
+                },
                 expected: None,
                 actual: actual.clone(),
                 problem: None,
                 ctime_ns: None,
             };
-            let mut p = Pending { path: path.clone(), entry, events: vec![], status: None, change: None, overlay: Some(actual), closes: false, opens: None };
+            let mut p = Pending {
+                path: path.clone(),
+                entry,
+                events: vec![],
+                status: None,
+                change: None,
+                overlay: Some(actual),
+                closes: false,
+                opens: None,
+            };
             self.close_open(state, &change, &mut p, now, Some(&status));
             out.push(p);
         }
         out
     }
 
-    fn event(&self, c: &Change, status: &Status, t0: Timestamp, now: Timestamp, resolves: Option<u64>) -> ChangeEvent {
+    fn event(
+        &self,
+        c: &Change,
+        status: &Status,
+        t0: Timestamp,
+        now: Timestamp,
+        resolves: Option<u64>,
+    ) -> ChangeEvent {
         ChangeEvent {
             seq: 0,
             tree: self.tree.name.clone(),
@@ -265,6 +336,10 @@ pub fn commit(state: &mut TreeState, p: Pending, seqs: &[u64]) {
         state.open.remove(&p.path);
     }
     if let (Some((t0, observed_at)), Some(seq)) = (p.opens, seqs.first()) {
-        state.open.entry(p.path).or_default().push(OpenChange { seq: *seq, t0, observed_at });
+        state.open.entry(p.path).or_default().push(OpenChange {
+            seq: *seq,
+            t0,
+            observed_at,
+        });
     }
 }

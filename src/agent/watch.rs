@@ -31,7 +31,10 @@ pub fn start(cfg: &AgentConfig, engine: Sender<Command>) -> Watchers {
     let mut watchers = Vec::new();
     let mut threads = Vec::new();
     if !cfg.realtime {
-        return Watchers { _watchers: watchers, _threads: threads };
+        return Watchers {
+            _watchers: watchers,
+            _threads: threads,
+        };
     }
     for tree in &cfg.trees {
         let (tx, rx) = std::sync::mpsc::channel::<Msg>();
@@ -42,7 +45,11 @@ pub fn start(cfg: &AgentConfig, engine: Sender<Command>) -> Watchers {
                 let _ = tx2.send(Msg::Rescan("the kernel's event queue overflowed".into()));
             }
             Ok(ev) => {
-                if matches!(ev.kind, EventKind::Access(notify::event::AccessKind::Open(_)) | EventKind::Access(notify::event::AccessKind::Read)) {
+                if matches!(
+                    ev.kind,
+                    EventKind::Access(notify::event::AccessKind::Open(_))
+                        | EventKind::Access(notify::event::AccessKind::Read)
+                ) {
                     return;
                 }
                 let _ = tx2.send(Msg::Paths(ev.paths));
@@ -61,7 +68,10 @@ pub fn start(cfg: &AgentConfig, engine: Sender<Command>) -> Watchers {
         if let Err(e) = w.watch(&tree.root, RecursiveMode::Recursive) {
             tracing::error!(tree = %name, error = %e,
                 "real time unavailable (inotify watch limit? raise fs.inotify.max_user_watches); relying on scheduled scans");
-            let _ = engine.send(Command::Scan { tree: Some(name.clone()), rehash: Some(false) });
+            let _ = engine.send(Command::Scan {
+                tree: Some(name.clone()),
+                rehash: Some(false),
+            });
             continue;
         }
         watchers.push(w);
@@ -69,9 +79,14 @@ pub fn start(cfg: &AgentConfig, engine: Sender<Command>) -> Watchers {
         let root = tree.root.clone();
         let exclude = tree.exclude.clone();
         let engine = engine.clone();
-        threads.push(std::thread::spawn(move || debounce_loop(name, root, exclude, debounce, rx, engine)));
+        threads.push(std::thread::spawn(move || {
+            debounce_loop(name, root, exclude, debounce, rx, engine)
+        }));
     }
-    Watchers { _watchers: watchers, _threads: threads }
+    Watchers {
+        _watchers: watchers,
+        _threads: threads,
+    }
 }
 
 fn debounce_loop(
@@ -90,7 +105,10 @@ fn debounce_loop(
         let mut take = |m: Msg, paths: &mut BTreeSet<PathBuf>| match m {
             Msg::Paths(ps) => {
                 for p in ps {
-                    let excluded = p.strip_prefix(&root).map(|r| exclude.is_match(r)).unwrap_or(true);
+                    let excluded = p
+                        .strip_prefix(&root)
+                        .map(|r| exclude.is_match(r))
+                        .unwrap_or(true);
                     if !excluded {
                         paths.insert(p);
                     }
@@ -116,13 +134,26 @@ fn debounce_loop(
                 tracing::warn!(tree = %tree, reason = %why, "real-time events lost: full scan of the tree");
                 overflowing = true;
             }
-            if engine.send(Command::Scan { tree: Some(tree.clone()), rehash: Some(false) }).is_err() {
+            if engine
+                .send(Command::Scan {
+                    tree: Some(tree.clone()),
+                    rehash: Some(false),
+                })
+                .is_err()
+            {
                 return;
             }
             continue;
         }
         overflowing = false;
-        if !paths.is_empty() && engine.send(Command::Touched { tree: tree.clone(), paths }).is_err() {
+        if !paths.is_empty()
+            && engine
+                .send(Command::Touched {
+                    tree: tree.clone(),
+                    paths,
+                })
+                .is_err()
+        {
             return;
         }
     }

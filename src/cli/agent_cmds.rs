@@ -41,9 +41,16 @@ pub fn run_scan(config: Option<PathBuf>, format: super::Format) -> anyhow::Resul
     let mut violations = 0usize;
     let mut summaries = Vec::new();
     for i in 0..engine.trees.len() {
-        let result = engine.full_scan(i, false).map_err(|e| anyhow!("{}: {e}", engine.trees[i].cfg.root.display()))?;
+        let result = engine
+            .full_scan(i, false)
+            .map_err(|e| anyhow!("{}: {e}", engine.trees[i].cfg.root.display()))?;
         let t = &engine.trees[i];
-        let open: Vec<String> = t.state.open.keys().map(|p| p.lossy().into_owned()).collect();
+        let open: Vec<String> = t
+            .state
+            .open
+            .keys()
+            .map(|p| p.lossy().into_owned())
+            .collect();
         violations += open.len();
         let summary = result.summary.clone().expect("full scans have a summary");
         summaries.push(summary.clone());
@@ -58,7 +65,9 @@ pub fn run_scan(config: Option<PathBuf>, format: super::Format) -> anyhow::Resul
     let delivered = match &sink {
         Sink::None => "no collector configured: events stay in the spool".to_string(),
         _ => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             match rt.block_on(agent::flush(&engine.spool, &sink, &cfg, summaries)) {
                 Ok(n) => format!("{n} events delivered"),
                 Err(e) => format!("collector unreachable ({e}); events stay in the spool"),
@@ -71,7 +80,12 @@ pub fn run_scan(config: Option<PathBuf>, format: super::Format) -> anyhow::Resul
         super::Format::Text => {
             for t in &trees {
                 for ev in t["events"].as_array().into_iter().flatten() {
-                    out.push_str(&format!("  {:<24} {:<12} {}\n", ev["status"].as_str().unwrap_or(""), ev["change"].as_str().unwrap_or(""), ev["path"].as_str().unwrap_or("").escape_debug()));
+                    out.push_str(&format!(
+                        "  {:<24} {:<12} {}\n",
+                        ev["status"].as_str().unwrap_or(""),
+                        ev["change"].as_str().unwrap_or(""),
+                        ev["path"].as_str().unwrap_or("").escape_debug()
+                    ));
                 }
                 let open = t["open_unauthorized"].as_array().map_or(0, |a| a.len());
                 out.push_str(&format!(
@@ -90,7 +104,11 @@ pub fn run_scan(config: Option<PathBuf>, format: super::Format) -> anyhow::Resul
         }
     }
     std::io::stdout().lock().write_all(out.as_bytes())?;
-    Ok(if violations > 0 { exit::DRIFT } else { exit::CLEAN })
+    Ok(if violations > 0 {
+        exit::DRIFT
+    } else {
+        exit::CLEAN
+    })
 }
 
 /// `driftwatch config check`: every problem of an agent or collector config, the keys, manifests
@@ -98,19 +116,40 @@ pub fn run_scan(config: Option<PathBuf>, format: super::Format) -> anyhow::Resul
 pub fn run_config_check(config: Option<PathBuf>) -> anyhow::Result<u8> {
     let path = config.unwrap_or_else(|| {
         let agent = PathBuf::from(agent_config::DEFAULT_PATH);
-        if agent.exists() { agent } else { PathBuf::from(collector_config::DEFAULT_PATH) }
+        if agent.exists() {
+            agent
+        } else {
+            PathBuf::from(collector_config::DEFAULT_PATH)
+        }
     });
     let text = std::fs::read_to_string(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    let is_agent = text.parse::<toml::Table>().map(|t| t.contains_key("tree") || t.contains_key("state_dir")).unwrap_or(true);
-    let problems = if is_agent { check_agent(&text, &path) } else { CollectorConfig::parse(&text, &path).err().unwrap_or_default() };
+    let is_agent = text
+        .parse::<toml::Table>()
+        .map(|t| t.contains_key("tree") || t.contains_key("state_dir"))
+        .unwrap_or(true);
+    let problems = if is_agent {
+        check_agent(&text, &path)
+    } else {
+        CollectorConfig::parse(&text, &path)
+            .err()
+            .unwrap_or_default()
+    };
     if problems.is_empty() {
-        println!("{}: OK ({} config)", path.display(), if is_agent { "agent" } else { "collector" });
+        println!(
+            "{}: OK ({} config)",
+            path.display(),
+            if is_agent { "agent" } else { "collector" }
+        );
         return Ok(exit::CLEAN);
     }
     for p in &problems {
         eprintln!("driftwatch: error: {p}");
     }
-    eprintln!("driftwatch: {} problem(s) in {}", problems.len(), path.display());
+    eprintln!(
+        "driftwatch: {} problem(s) in {}",
+        problems.len(),
+        path.display()
+    );
     Ok(exit::ERROR)
 }
 
@@ -129,13 +168,18 @@ fn check_agent(text: &str, path: &Path) -> Vec<String> {
                 continue;
             }
         };
-        if cfg.require_signatures || !cfg.release_keys.is_empty() {
-            if let Err(e) = sign::verify_bytes(&bytes, m, &cfg.release_keys) {
-                problems.push(e.to_string());
-            }
+        if (cfg.require_signatures || !cfg.release_keys.is_empty())
+            && let Err(e) = sign::verify_bytes(&bytes, m, &cfg.release_keys)
+        {
+            problems.push(e.to_string());
         }
         match Manifest::parse(&bytes, m) {
-            Ok(parsed) if parsed.tree != t.name => problems.push(format!("{}: tree: {:?} is not {:?}", m.display(), parsed.tree, t.name)),
+            Ok(parsed) if parsed.tree != t.name => problems.push(format!(
+                "{}: tree: {:?} is not {:?}",
+                m.display(),
+                parsed.tree,
+                t.name
+            )),
             Ok(_) => {}
             Err(e) => problems.push(e.to_string()),
         }

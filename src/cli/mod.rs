@@ -235,7 +235,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Keygen { out, force } => {
             let (key, public) = sign::keygen(&out, force)?;
-            eprintln!("wrote {} (secret, keep it off the servers) and {}", key.display(), public.display());
+            eprintln!(
+                "wrote {} (secret, keep it off the servers) and {}",
+                key.display(),
+                public.display()
+            );
             Ok(exit::CLEAN)
         }
         Command::Manifest(ManifestCommand::Build(args)) => manifest_build(args),
@@ -247,19 +251,34 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Manifest(ManifestCommand::Verify(args)) => {
             let mut warnings = Vec::new();
             let (m, _) = check::load_manifest(&args.file, &args.pubkey, &mut warnings)?;
-            println!("{}: signature OK; tree {} release {} ({} entries)", args.file.display(), m.tree, m.release, m.entries.len());
+            println!(
+                "{}: signature OK; tree {} release {} ({} entries)",
+                args.file.display(),
+                m.tree,
+                m.release,
+                m.entries.len()
+            );
             Ok(exit::CLEAN)
         }
         Command::Verify(args) => {
-            let data = std::fs::read(&args.file).with_context(|| args.file.display().to_string())?;
+            let data =
+                std::fs::read(&args.file).with_context(|| args.file.display().to_string())?;
             let keys = sign::load_public_keys(&args.pubkey)?;
             let by = sign::verify_bytes(&data, &args.file, &keys)?;
-            println!("{}: signature OK (key {})", args.file.display(), by.path.display());
+            println!(
+                "{}: signature OK (key {})",
+                args.file.display(),
+                by.path.display()
+            );
             Ok(exit::CLEAN)
         }
         Command::Check(args) => run_check(args),
-        Command::Collector { config, log_format } => ops::run_collector(config, log_format == LogFormat::Json),
-        Command::Agent { config, log_format } => agent_cmds::run_agent(config, log_format == LogFormat::Json),
+        Command::Collector { config, log_format } => {
+            ops::run_collector(config, log_format == LogFormat::Json)
+        }
+        Command::Agent { config, log_format } => {
+            agent_cmds::run_agent(config, log_format == LogFormat::Json)
+        }
         Command::Scan { config, format } => agent_cmds::run_scan(config, format),
         Command::Config(ConfigCommand::Check { config }) => agent_cmds::run_config_check(config),
         Command::Quickstart { dir, listen } => {
@@ -280,8 +299,9 @@ fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let pb = indicatif::ProgressBar::new_spinner();
-    let style = indicatif::ProgressStyle::with_template("{spinner} {msg}: {human_pos} paths ({per_sec})")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    let style =
+        indicatif::ProgressStyle::with_template("{spinner} {msg}: {human_pos} paths ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
     pb.set_style(style);
     pb.set_message(what.to_string());
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -300,9 +320,18 @@ fn manifest_build(args: BuildArgs) -> anyhow::Result<u8> {
         bail!("--release must not be empty");
     }
     let exclude = glob::path_set(&args.exclude).map_err(|m| anyhow::anyhow!("--exclude: {m}"))?;
-    let skip = args.output.iter().flat_map(|o| [o.clone(), sign::sig_path(o)]).filter_map(|p| in_root(&args.root, &p)).collect();
+    let skip = args
+        .output
+        .iter()
+        .flat_map(|o| [o.clone(), sign::sig_path(o)])
+        .filter_map(|p| in_root(&args.root, &p))
+        .collect();
     let opts = ScanOptions {
-        walk: WalkOptions { exclude, skip, cross_filesystems: false },
+        walk: WalkOptions {
+            exclude,
+            skip,
+            cross_filesystems: false,
+        },
         threads: args.threads,
         progress: progress_bar("hashing"),
         ..ScanOptions::default()
@@ -312,9 +341,14 @@ fn manifest_build(args: BuildArgs) -> anyhow::Result<u8> {
         p.finish_and_clear();
     }
     let created_by = args.created_by.unwrap_or_else(|| {
-        format!("{}@{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()), hostname())
+        format!(
+            "{}@{}",
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            hostname()
+        )
     });
-    let manifest = Manifest::from_snapshot(&snap, &tree, &args.release, &created_by, !args.no_owner)?;
+    let manifest =
+        Manifest::from_snapshot(&snap, &tree, &args.release, &created_by, !args.no_owner)?;
     let json = manifest.to_canonical_json();
     match &args.output {
         Some(path) => {
@@ -332,7 +366,10 @@ fn manifest_build(args: BuildArgs) -> anyhow::Result<u8> {
                 if args.sign.is_some() { ", signed" } else { "" }
             );
         }
-        None => std::io::stdout().lock().write_all(json.as_bytes()).context("stdout")?,
+        None => std::io::stdout()
+            .lock()
+            .write_all(json.as_bytes())
+            .context("stdout")?,
     }
     Ok(exit::CLEAN)
 }
@@ -340,17 +377,24 @@ fn manifest_build(args: BuildArgs) -> anyhow::Result<u8> {
 /// When `path` lies inside `root`, the path as the walker will see it (root-joined).
 fn in_root(root: &Path, path: &Path) -> Option<PathBuf> {
     let root_abs = root.canonicalize().ok()?;
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let parent_abs = parent.canonicalize().ok()?;
     let rel = parent_abs.strip_prefix(&root_abs).ok()?;
     Some(root.join(rel).join(path.file_name()?))
 }
 
 fn default_tree_name(root: &Path) -> anyhow::Result<String> {
-    let abs = root.canonicalize().with_context(|| root.display().to_string())?;
+    let abs = root
+        .canonicalize()
+        .with_context(|| root.display().to_string())?;
     abs.file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| anyhow::anyhow!("{}: cannot derive a tree name, pass --tree", root.display()))
+        .ok_or_else(|| {
+            anyhow::anyhow!("{}: cannot derive a tree name, pass --tree", root.display())
+        })
 }
 
 fn run_check(args: CheckArgs) -> anyhow::Result<u8> {
@@ -375,8 +419,15 @@ fn run_check(args: CheckArgs) -> anyhow::Result<u8> {
         Format::Json => serde_json::to_string_pretty(&report.to_json())? + "\n",
         Format::Text => report.to_text(std::io::stdout().is_terminal()),
     };
-    std::io::stdout().lock().write_all(text.as_bytes()).context("stdout")?;
-    Ok(if report.has_violations() { exit::DRIFT } else { exit::CLEAN })
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("stdout")?;
+    Ok(if report.has_violations() {
+        exit::DRIFT
+    } else {
+        exit::CLEAN
+    })
 }
 
 /// This machine's host name.
@@ -393,9 +444,16 @@ pub fn hostname() -> String {
 
 /// Writes a file atomically: temp file in the same directory, fsync, rename.
 pub fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| dir.display().to_string())?;
-    tmp.write_all(data).and_then(|_| tmp.as_file().sync_all()).with_context(|| path.display().to_string())?;
-    tmp.persist(path).with_context(|| path.display().to_string())?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| dir.display().to_string())?;
+    tmp.write_all(data)
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| path.display().to_string())?;
+    tmp.persist(path)
+        .with_context(|| path.display().to_string())?;
     Ok(())
 }

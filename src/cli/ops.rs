@@ -52,12 +52,23 @@ pub struct SourceArgs {
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DRIFTWATCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// Loads a collector config, all problems in one line.
@@ -93,19 +104,41 @@ struct Local {
 
 fn open_local(src: &SourceArgs) -> anyhow::Result<Local> {
     if let Some(db) = &src.db {
-        let url = if db.contains("://") { db.clone() } else { format!("sqlite://{db}") };
+        let url = if db.contains("://") {
+            db.clone()
+        } else {
+            format!("sqlite://{db}")
+        };
         let store = store::open(&url, jiff::tz::TimeZone::UTC)?;
-        return Ok(Local { store: Arc::from(store), target: 0.97, tz: jiff::tz::TimeZone::UTC, cfg: None });
+        return Ok(Local {
+            store: Arc::from(store),
+            target: 0.97,
+            tz: jiff::tz::TimeZone::UTC,
+            cfg: None,
+        });
     }
-    let path = src.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let path = src
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
     let cfg = load_collector_config(&path)?;
     let store = store::open(&cfg.storage, cfg.timezone.clone())?;
-    Ok(Local { store: Arc::from(store), target: cfg.target, tz: cfg.timezone.clone(), cfg: Some(cfg) })
+    Ok(Local {
+        store: Arc::from(store),
+        target: cfg.target,
+        tz: cfg.timezone.clone(),
+        cfg: Some(cfg),
+    })
 }
 
 fn remote(src: &SourceArgs) -> anyhow::Result<Option<Client>> {
-    let Some(url) = &src.collector else { return Ok(None) };
-    let token_file = src.token_file.as_ref().ok_or_else(|| anyhow!("--collector needs --token-file FILE"))?;
+    let Some(url) = &src.collector else {
+        return Ok(None);
+    };
+    let token_file = src
+        .token_file
+        .as_ref()
+        .ok_or_else(|| anyhow!("--collector needs --token-file FILE"))?;
     Ok(Some(Client::new(url, client::read_token(token_file)?)?))
 }
 
@@ -145,9 +178,17 @@ pub enum TokenCommand {
 
 /// `driftwatch token ...`.
 pub fn run_token(cmd: TokenCommand) -> anyhow::Result<u8> {
-    let cfg_src = |config: Option<PathBuf>| SourceArgs { config, ..SourceArgs::default() };
+    let cfg_src = |config: Option<PathBuf>| SourceArgs {
+        config,
+        ..SourceArgs::default()
+    };
     match cmd {
-        TokenCommand::Create { config, role, host, label } => {
+        TokenCommand::Create {
+            config,
+            role,
+            host,
+            label,
+        } => {
             if role == Role::Agent && host.as_deref().is_none_or(|h| h.trim().is_empty()) {
                 bail!("--host: an agent token must be bound to a host");
             }
@@ -155,13 +196,22 @@ pub fn run_token(cmd: TokenCommand) -> anyhow::Result<u8> {
                 bail!("--host: only agent tokens are bound to a host");
             }
             let local = open_local(&cfg_src(config))?;
-            let (token, secret) = local.store.create_token(role, host.as_deref(), &label, Timestamp::now())?;
-            eprintln!("created {} token {} (shown once; store it in a file readable only by its user)", token.role.as_str(), token.id);
+            let (token, secret) =
+                local
+                    .store
+                    .create_token(role, host.as_deref(), &label, Timestamp::now())?;
+            eprintln!(
+                "created {} token {} (shown once; store it in a file readable only by its user)",
+                token.role.as_str(),
+                token.id
+            );
             println!("{secret}");
         }
         TokenCommand::List { config } => {
             let local = open_local(&cfg_src(config))?;
-            let mut out = String::from("ID  ROLE    HOST                 CREATED               REVOKED               LABEL\n");
+            let mut out = String::from(
+                "ID  ROLE    HOST                 CREATED               REVOKED               LABEL\n",
+            );
             for t in local.store.list_tokens()? {
                 out.push_str(&format!(
                     "{:<3} {:<7} {:<20} {:<21} {:<21} {}\n",
@@ -178,7 +228,12 @@ pub fn run_token(cmd: TokenCommand) -> anyhow::Result<u8> {
         TokenCommand::Revoke { config, id } => {
             let local = open_local(&cfg_src(config))?;
             let t = local.store.revoke_token(id, Timestamp::now())?;
-            eprintln!("revoked {} token {}{}", t.role.as_str(), t.id, t.host.map(|h| format!(" for host {h}")).unwrap_or_default());
+            eprintln!(
+                "revoked {} token {}{}",
+                t.role.as_str(),
+                t.id,
+                t.host.map(|h| format!(" for host {h}")).unwrap_or_default()
+            );
         }
     }
     Ok(exit::CLEAN)
@@ -211,7 +266,12 @@ pub struct EventsArgs {
 }
 
 fn parse_day(name: &str, v: &Option<String>) -> anyhow::Result<Option<jiff::civil::Date>> {
-    v.as_deref().map(|s| s.parse().map_err(|e| anyhow!("--{name}: {s:?} is not a date like 2026-11-21 ({e})"))).transpose()
+    v.as_deref()
+        .map(|s| {
+            s.parse()
+                .map_err(|e| anyhow!("--{name}: {s:?} is not a date like 2026-11-21 ({e})"))
+        })
+        .transpose()
 }
 
 /// `driftwatch events`.
@@ -227,7 +287,12 @@ pub fn run_events(a: EventsArgs) -> anyhow::Result<u8> {
     let events: Vec<StoredEvent> = match remote(&a.source)? {
         Some(c) => {
             let mut q = Vec::new();
-            for (k, v) in [("from", &a.from), ("to", &a.to), ("host", &a.host), ("status", &a.status)] {
+            for (k, v) in [
+                ("from", &a.from),
+                ("to", &a.to),
+                ("host", &a.host),
+                ("status", &a.status),
+            ] {
                 if let Some(v) = v {
                     q.push(format!("{k}={}", client::encode(v)));
                 }
@@ -237,7 +302,10 @@ pub fn run_events(a: EventsArgs) -> anyhow::Result<u8> {
             }
             let path = format!("/api/v1/events?{}", q.join("&"));
             if a.format == TableFormat::Csv {
-                print!("{}", runtime()?.block_on(c.get_text(&format!("{path}&format=csv")))?);
+                print!(
+                    "{}",
+                    runtime()?.block_on(c.get_text(&format!("{path}&format=csv")))?
+                );
                 return Ok(exit::CLEAN);
             }
             let v: serde_json::Value = runtime()?.block_on(c.get_json(&path))?;
@@ -259,8 +327,12 @@ pub fn run_events(a: EventsArgs) -> anyhow::Result<u8> {
 }
 
 fn events_from_json(v: serde_json::Value) -> anyhow::Result<Vec<StoredEvent>> {
-    let arr = v.as_array().ok_or_else(|| anyhow!("collector returned no event list"))?;
-    let s = |e: &serde_json::Value, k: &str| e.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let arr = v
+        .as_array()
+        .ok_or_else(|| anyhow!("collector returned no event list"))?;
+    let s = |e: &serde_json::Value, k: &str| {
+        e.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string()
+    };
     let o = |e: &serde_json::Value, k: &str| e.get(k).and_then(|x| x.as_str()).map(String::from);
     Ok(arr
         .iter()
@@ -287,9 +359,16 @@ fn events_from_json(v: serde_json::Value) -> anyhow::Result<Vec<StoredEvent>> {
 }
 
 fn events_table(events: &[StoredEvent]) -> String {
-    let mut out = format!("{:<20}  {:<16} {:<10} {:<24} {:<12} {:<5} PATH\n", "RECEIVED", "HOST", "TREE", "STATUS", "CHANGE", "OPEN");
+    let mut out = format!(
+        "{:<20}  {:<16} {:<10} {:<24} {:<12} {:<5} PATH\n",
+        "RECEIVED", "HOST", "TREE", "STATUS", "CHANGE", "OPEN"
+    );
     for e in events {
-        let status = if e.status != e.original_status { format!("{} (was {})", e.status, e.original_status) } else { e.status.clone() };
+        let status = if e.status != e.original_status {
+            format!("{} (was {})", e.status, e.original_status)
+        } else {
+            e.status.clone()
+        };
         out.push_str(&format!(
             "{:<20}  {:<16} {:<10} {:<24} {:<12} {:<5} {}\n",
             e.received_at,
@@ -336,14 +415,22 @@ pub fn run_kpi(a: KpiArgs) -> anyhow::Result<u8> {
     let rows: Vec<KpiRow> = match remote(&a.source)? {
         Some(c) => {
             let mut q = vec![format!("by={}", a.by)];
-            for (k, v) in [("from", &a.from), ("to", &a.to), ("host", &a.host), ("group", &a.group)] {
+            for (k, v) in [
+                ("from", &a.from),
+                ("to", &a.to),
+                ("host", &a.host),
+                ("group", &a.group),
+            ] {
                 if let Some(v) = v {
                     q.push(format!("{k}={}", client::encode(v)));
                 }
             }
             let path = format!("/api/v1/kpi?{}", q.join("&"));
             if a.format == TableFormat::Csv {
-                print!("{}", runtime()?.block_on(c.get_text(&format!("{path}&format=csv")))?);
+                print!(
+                    "{}",
+                    runtime()?.block_on(c.get_text(&format!("{path}&format=csv")))?
+                );
                 return Ok(exit::CLEAN);
             }
             let v: serde_json::Value = runtime()?.block_on(c.get_json(&path))?;
@@ -356,9 +443,19 @@ pub fn run_kpi(a: KpiArgs) -> anyhow::Result<u8> {
         None => {
             let local = open_local(&a.source)?;
             let today = Timestamp::now().to_zoned(local.tz.clone()).date();
-            let req = KpiRequest::parse(a.from.as_deref(), a.to.as_deref(), Some(&a.by), a.group.as_deref(), a.host.clone(), today)
-                .map_err(|m| anyhow!("--{m}"))?;
-            let days = local.store.host_days(req.from, req.to, req.host.as_deref(), Timestamp::now())?;
+            let req = KpiRequest::parse(
+                a.from.as_deref(),
+                a.to.as_deref(),
+                Some(&a.by),
+                a.group.as_deref(),
+                a.host.clone(),
+                today,
+            )
+            .map_err(|m| anyhow!("--{m}"))?;
+            let days =
+                local
+                    .store
+                    .host_days(req.from, req.to, req.host.as_deref(), Timestamp::now())?;
             kpi::compute(&days, req.period, &req.groupings, local.target)
         }
     };
@@ -368,7 +465,11 @@ pub fn run_kpi(a: KpiArgs) -> anyhow::Result<u8> {
         TableFormat::Text => kpi::render_table(&rows),
     };
     std::io::stdout().lock().write_all(out.as_bytes())?;
-    Ok(if rows.iter().all(|r| r.met) { exit::CLEAN } else { exit::DRIFT })
+    Ok(if rows.iter().all(|r| r.met) {
+        exit::CLEAN
+    } else {
+        exit::DRIFT
+    })
 }
 
 /// `changes` subcommands.
@@ -458,20 +559,34 @@ pub struct ChangesAddArgs {
 }
 
 fn entry_from_flags(a: &ChangesAddArgs) -> anyhow::Result<String> {
-    let need = |name: &str, v: &Option<String>| v.clone().ok_or_else(|| anyhow!("--{name} is required (or use --file)"));
+    let need = |name: &str, v: &Option<String>| {
+        v.clone()
+            .ok_or_else(|| anyhow!("--{name} is required (or use --file)"))
+    };
     let mut t = toml::Table::new();
     t.insert("id".into(), need("id", &a.id)?.into());
     t.insert("summary".into(), need("reason", &a.reason)?.into());
-    let requested = a.requested_by.clone().unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+    let requested = a
+        .requested_by
+        .clone()
+        .unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
     t.insert("requested_by".into(), requested.into());
     if let Some(by) = &a.approved_by {
         t.insert("approved_by".into(), by.clone().into());
-        let at = a.approved_at.clone().unwrap_or_else(|| timefmt::format_timestamp(Timestamp::now()));
+        let at = a
+            .approved_at
+            .clone()
+            .unwrap_or_else(|| timefmt::format_timestamp(Timestamp::now()));
         t.insert("approved_at".into(), at.into());
     }
-    let list = |v: &[String]| toml::Value::Array(v.iter().map(|s| toml::Value::from(s.clone())).collect());
+    let list =
+        |v: &[String]| toml::Value::Array(v.iter().map(|s| toml::Value::from(s.clone())).collect());
     t.insert("hosts".into(), list(&a.hosts));
-    let trees = if a.trees.is_empty() { vec!["*".to_string()] } else { a.trees.clone() };
+    let trees = if a.trees.is_empty() {
+        vec!["*".to_string()]
+    } else {
+        a.trees.clone()
+    };
     t.insert("trees".into(), list(&trees));
     t.insert("paths".into(), list(&a.paths));
     t.insert("start".into(), need("from", &a.start)?.into());
@@ -485,28 +600,48 @@ pub fn run_changes(cmd: ChangesCommand) -> anyhow::Result<u8> {
         ChangesCommand::Add(a) => {
             let (text, mut sig) = match &a.file {
                 Some(f) => {
-                    let text = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
+                    let text =
+                        std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
                     let sig = std::fs::read_to_string(sign::sig_path(f)).ok();
                     (text, sig)
                 }
                 None => (entry_from_flags(&a)?, None),
             };
-            let origin = a.file.clone().unwrap_or_else(|| PathBuf::from("entry.toml"));
+            let origin = a
+                .file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("entry.toml"));
             let entry = ChangeEntry::parse(&text, &origin)?;
             if let Some(key) = &a.sign {
                 let sk = sign::load_secret_key(key)?;
-                sig = Some(sign::sign_bytes(text.as_bytes(), &format!("{}.toml", entry.id), &sk).map_err(|m| anyhow!("{}: {m}", key.display()))?);
+                sig = Some(
+                    sign::sign_bytes(text.as_bytes(), &format!("{}.toml", entry.id), &sk)
+                        .map_err(|m| anyhow!("{}: {m}", key.display()))?,
+                );
             }
             publish(&entry.id, &text, sig, a.dir.as_deref(), &a.source, false)?;
             Ok(exit::CLEAN)
         }
-        ChangesCommand::List { dir, format, source } => list_changes(dir.as_deref(), format, &source),
-        ChangesCommand::Approve { id, by, at, key, dir, source } => {
+        ChangesCommand::List {
+            dir,
+            format,
+            source,
+        } => list_changes(dir.as_deref(), format, &source),
+        ChangesCommand::Approve {
+            id,
+            by,
+            at,
+            key,
+            dir,
+            source,
+        } => {
             let text = match &dir {
-                Some(d) => std::fs::read_to_string(d.join(format!("{id}.toml"))).with_context(|| d.join(format!("{id}.toml")).display().to_string())?,
+                Some(d) => std::fs::read_to_string(d.join(format!("{id}.toml")))
+                    .with_context(|| d.join(format!("{id}.toml")).display().to_string())?,
                 None => fetch_change(&id, &source)?,
             };
-            let mut t: toml::Table = toml::from_str(&text).with_context(|| format!("change {id}"))?;
+            let mut t: toml::Table =
+                toml::from_str(&text).with_context(|| format!("change {id}"))?;
             let at = at.unwrap_or_else(|| timefmt::format_timestamp(Timestamp::now()));
             timefmt::parse_timestamp(&at).map_err(|m| anyhow!("--at: {m}"))?;
             t.insert("approved_by".into(), by.into());
@@ -516,7 +651,10 @@ pub fn run_changes(cmd: ChangesCommand) -> anyhow::Result<u8> {
             let sig = match &key {
                 Some(k) => {
                     let sk = sign::load_secret_key(k)?;
-                    Some(sign::sign_bytes(new_text.as_bytes(), &format!("{id}.toml"), &sk).map_err(|m| anyhow!("{}: {m}", k.display()))?)
+                    Some(
+                        sign::sign_bytes(new_text.as_bytes(), &format!("{id}.toml"), &sk)
+                            .map_err(|m| anyhow!("{}: {m}", k.display()))?,
+                    )
                 }
                 None => None,
             };
@@ -526,7 +664,14 @@ pub fn run_changes(cmd: ChangesCommand) -> anyhow::Result<u8> {
     }
 }
 
-fn publish(id: &str, text: &str, sig: Option<String>, dir: Option<&Path>, source: &SourceArgs, approve: bool) -> anyhow::Result<()> {
+fn publish(
+    id: &str,
+    text: &str,
+    sig: Option<String>,
+    dir: Option<&Path>,
+    source: &SourceArgs,
+    approve: bool,
+) -> anyhow::Result<()> {
     if let Some(dir) = dir {
         let path = dir.join(format!("{id}.toml"));
         super::write_atomic(&path, text.as_bytes())?;
@@ -537,18 +682,36 @@ fn publish(id: &str, text: &str, sig: Option<String>, dir: Option<&Path>, source
                 let _ = std::fs::remove_file(sign::sig_path(&path));
             }
         }
-        eprintln!("wrote {}{}", path.display(), if sig.is_some() { " (signed)" } else { " (unsigned)" });
+        eprintln!(
+            "wrote {}{}",
+            path.display(),
+            if sig.is_some() {
+                " (signed)"
+            } else {
+                " (unsigned)"
+            }
+        );
         return Ok(());
     }
-    let c = remote(source)?.ok_or_else(|| anyhow!("give --dir DIR or --collector URL --token-file FILE"))?;
-    let route = if approve { format!("/api/v1/changes/{}/approve", client::encode(id)) } else { "/api/v1/changes".into() };
-    let v: serde_json::Value = runtime()?.block_on(c.post_json(&route, &json!({"toml": text, "minisig": sig})))?;
-    eprintln!("stored {id} on the collector; {} open event(s) re-classified", v.get("reclassified").and_then(|x| x.as_u64()).unwrap_or(0));
+    let c = remote(source)?
+        .ok_or_else(|| anyhow!("give --dir DIR or --collector URL --token-file FILE"))?;
+    let route = if approve {
+        format!("/api/v1/changes/{}/approve", client::encode(id))
+    } else {
+        "/api/v1/changes".into()
+    };
+    let v: serde_json::Value =
+        runtime()?.block_on(c.post_json(&route, &json!({"toml": text, "minisig": sig})))?;
+    eprintln!(
+        "stored {id} on the collector; {} open event(s) re-classified",
+        v.get("reclassified").and_then(|x| x.as_u64()).unwrap_or(0)
+    );
     Ok(())
 }
 
 fn fetch_change(id: &str, source: &SourceArgs) -> anyhow::Result<String> {
-    let c = remote(source)?.ok_or_else(|| anyhow!("give --dir DIR or --collector URL --token-file FILE"))?;
+    let c = remote(source)?
+        .ok_or_else(|| anyhow!("give --dir DIR or --collector URL --token-file FILE"))?;
     let list: Vec<serde_json::Value> = runtime()?.block_on(c.get_json("/api/v1/changes"))?;
     list.iter()
         .find(|v| v.get("id").and_then(|x| x.as_str()) == Some(id))
@@ -556,21 +719,36 @@ fn fetch_change(id: &str, source: &SourceArgs) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("change {id:?} not found on the collector"))
 }
 
-fn list_changes(dir: Option<&Path>, format: TableFormat, source: &SourceArgs) -> anyhow::Result<u8> {
+fn list_changes(
+    dir: Option<&Path>,
+    format: TableFormat,
+    source: &SourceArgs,
+) -> anyhow::Result<u8> {
     let mut entries: Vec<(ChangeEntry, String)> = Vec::new();
     if let Some(d) = dir {
-        let log = changelog::load_dir(d, &Policy { allow_self_approval: true, ..Policy::default() })?;
+        let log = changelog::load_dir(
+            d,
+            &Policy {
+                allow_self_approval: true,
+                ..Policy::default()
+            },
+        )?;
         for e in log.entries {
             entries.push((e, "local".into()));
         }
     } else {
-        let c = remote(source)?.ok_or_else(|| anyhow!("give --dir DIR or --collector URL --token-file FILE"))?;
+        let c = remote(source)?
+            .ok_or_else(|| anyhow!("give --dir DIR or --collector URL --token-file FILE"))?;
         let list: Vec<serde_json::Value> = runtime()?.block_on(c.get_json("/api/v1/changes"))?;
         for v in list {
             let text = v.get("toml").and_then(|t| t.as_str()).unwrap_or("");
             let id = v.get("id").and_then(|t| t.as_str()).unwrap_or("?");
             let e = ChangeEntry::parse(text, Path::new(&format!("{id}.toml")))?;
-            let signed = if v.get("minisig").is_some_and(|s| !s.is_null()) { "signed" } else { "unsigned" };
+            let signed = if v.get("minisig").is_some_and(|s| !s.is_null()) {
+                "signed"
+            } else {
+                "unsigned"
+            };
             entries.push((e, signed.into()));
         }
     }
@@ -595,8 +773,14 @@ fn list_changes(dir: Option<&Path>, format: TableFormat, source: &SourceArgs) ->
                     e.id.clone(),
                     e.summary.clone(),
                     e.requested_by.clone(),
-                    e.approval.as_ref().map(|(b, _)| b.clone()).unwrap_or_default(),
-                    e.approval.as_ref().map(|(_, t)| timefmt::format_timestamp(*t)).unwrap_or_default(),
+                    e.approval
+                        .as_ref()
+                        .map(|(b, _)| b.clone())
+                        .unwrap_or_default(),
+                    e.approval
+                        .as_ref()
+                        .map(|(_, t)| timefmt::format_timestamp(*t))
+                        .unwrap_or_default(),
                     timefmt::format_timestamp(e.start),
                     timefmt::format_timestamp(e.end),
                     e.raw.hosts.join(" "),
@@ -610,7 +794,9 @@ fn list_changes(dir: Option<&Path>, format: TableFormat, source: &SourceArgs) ->
         TableFormat::Text => {
             for (e, origin) in &entries {
                 let approval = match &e.approval {
-                    Some((by, at)) => format!("approved by {by} at {}", timefmt::format_timestamp(*at)),
+                    Some((by, at)) => {
+                        format!("approved by {by} at {}", timefmt::format_timestamp(*at))
+                    }
                     None => "NOT APPROVED".into(),
                 };
                 println!(
@@ -667,7 +853,11 @@ pub const CHECKPOINT_FORMAT: &str = "driftwatch.checkpoint.v1";
 /// `driftwatch audit ...`.
 pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<u8> {
     match cmd {
-        AuditCommand::Seal { output, key, source } => {
+        AuditCommand::Seal {
+            output,
+            key,
+            source,
+        } => {
             let local = open_local(&source)?;
             let key = key
                 .or_else(|| local.cfg.as_ref().and_then(|c| c.audit_key.clone()))
@@ -682,20 +872,41 @@ pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<u8> {
                 "head": report.head,
                 "sealed_at": timefmt::format_timestamp(Timestamp::now()),
             });
-            super::write_atomic(&output, (serde_json::to_string_pretty(&doc)? + "\n").as_bytes())?;
+            super::write_atomic(
+                &output,
+                (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
+            )?;
             sign::sign_file(&output, &key)?;
-            eprintln!("sealed {} records (head {}) into {}", report.records, &report.head[..16], output.display());
+            eprintln!(
+                "sealed {} records (head {}) into {}",
+                report.records,
+                &report.head[..16],
+                output.display()
+            );
             Ok(exit::CLEAN)
         }
-        AuditCommand::Verify { checkpoint, pubkey, format, source } => {
-            let checkpoint = checkpoint.map(|p| load_checkpoint(&p, pubkey.as_deref(), &source)).transpose()?;
+        AuditCommand::Verify {
+            checkpoint,
+            pubkey,
+            format,
+            source,
+        } => {
+            let checkpoint = checkpoint
+                .map(|p| load_checkpoint(&p, pubkey.as_deref(), &source))
+                .transpose()?;
             let at = checkpoint.as_ref().map(|c| c.0);
             let (records, head, mut first_bad, hash_at) = match remote(&source)? {
                 Some(c) => {
                     let q = at.map(|n| format!("?at={n}")).unwrap_or_default();
-                    let v: serde_json::Value = match runtime()?.block_on(c.get_json::<serde_json::Value>(&format!("/api/v1/audit/verify{q}"))) {
+                    let v: serde_json::Value = match runtime()?.block_on(
+                        c.get_json::<serde_json::Value>(&format!("/api/v1/audit/verify{q}")),
+                    ) {
                         Ok(v) => v,
-                        Err(client::ClientError::Status { status: 409, message, .. }) => json!({"report": {"first_bad": message}}),
+                        Err(client::ClientError::Status {
+                            status: 409,
+                            message,
+                            ..
+                        }) => json!({"report": {"first_bad": message}}),
                         Err(e) => return Err(e.into()),
                     };
                     let r = &v["report"];
@@ -703,7 +914,9 @@ pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<u8> {
                         r["records"].as_u64().unwrap_or(0),
                         r["head"].as_str().unwrap_or("").to_string(),
                         r["first_bad"].as_str().map(String::from),
-                        r["hash_at"].as_array().and_then(|a| Some((a.first()?.as_u64()?, a.get(1)?.as_str()?.to_string()))),
+                        r["hash_at"].as_array().and_then(|a| {
+                            Some((a.first()?.as_u64()?, a.get(1)?.as_str()?.to_string()))
+                        }),
                     )
                 }
                 None => {
@@ -716,7 +929,9 @@ pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<u8> {
             {
                 match &hash_at {
                     _ if records < *n => {
-                        first_bad = Some(format!("the history has {records} records but the checkpoint sealed {n}: records were deleted"))
+                        first_bad = Some(format!(
+                            "the history has {records} records but the checkpoint sealed {n}: records were deleted"
+                        ))
                     }
                     Some((_, got)) if got == want => {}
                     _ => {
@@ -730,13 +945,17 @@ pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<u8> {
             match format {
                 super::Format::Json => println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({"intact": intact, "records": records, "head": head, "first_bad": first_bad, "checkpoint": checkpoint.as_ref().map(|c| c.0)}))?
+                    serde_json::to_string_pretty(
+                        &json!({"intact": intact, "records": records, "head": head, "first_bad": first_bad, "checkpoint": checkpoint.as_ref().map(|c| c.0)})
+                    )?
                 ),
                 super::Format::Text => match &first_bad {
                     None => println!(
                         "intact: {records} records, head {}{}",
                         head.get(..16).unwrap_or(&head),
-                        checkpoint.map(|(n, _)| format!("; extends the checkpoint of {n} records")).unwrap_or_default()
+                        checkpoint
+                            .map(|(n, _)| format!("; extends the checkpoint of {n} records"))
+                            .unwrap_or_default()
                     ),
                     Some(bad) => println!("BROKEN: {bad}"),
                 },
@@ -747,12 +966,19 @@ pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<u8> {
 }
 
 /// Verifies and reads a checkpoint: (records, head).
-fn load_checkpoint(path: &Path, pubkey: Option<&Path>, source: &SourceArgs) -> anyhow::Result<(u64, String)> {
+fn load_checkpoint(
+    path: &Path,
+    pubkey: Option<&Path>,
+    source: &SourceArgs,
+) -> anyhow::Result<(u64, String)> {
     let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
     let pubkey = match pubkey {
         Some(p) => p.to_path_buf(),
         None => {
-            let cfg_path = source.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+            let cfg_path = source
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
             CollectorConfig::load(&cfg_path)
                 .ok()
                 .and_then(|c| c.audit_pubkey)
@@ -761,11 +987,17 @@ fn load_checkpoint(path: &Path, pubkey: Option<&Path>, source: &SourceArgs) -> a
     };
     let keys = vec![sign::load_public_key(&pubkey)?];
     sign::verify_bytes(&bytes, path, &keys)?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{}: not a checkpoint", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a checkpoint", path.display()))?;
     if v["format"] != CHECKPOINT_FORMAT {
         bail!("{}: format: not {CHECKPOINT_FORMAT}", path.display());
     }
-    let records = v["records"].as_u64().ok_or_else(|| anyhow!("{}: records: missing", path.display()))?;
-    let head = v["head"].as_str().ok_or_else(|| anyhow!("{}: head: missing", path.display()))?.to_string();
+    let records = v["records"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("{}: records: missing", path.display()))?;
+    let head = v["head"]
+        .as_str()
+        .ok_or_else(|| anyhow!("{}: head: missing", path.display()))?
+        .to_string();
     Ok((records, head))
 }

@@ -43,7 +43,12 @@ pub struct AppState {
 impl AppState {
     /// Wraps a store and settings.
     pub fn new(store: Arc<dyn Store>, cfg: Arc<CollectorConfig>) -> Arc<AppState> {
-        Arc::new(AppState { store, cfg, metrics: Arc::new(Metrics::default()), limiter: Mutex::new(HashMap::new()) })
+        Arc::new(AppState {
+            store,
+            cfg,
+            metrics: Arc::new(Metrics::default()),
+            limiter: Mutex::new(HashMap::new()),
+        })
     }
 }
 
@@ -57,7 +62,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), retry_after: None }
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -72,10 +81,15 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(what) => ApiError::new(StatusCode::NOT_FOUND, format!("{what} not found")),
+            StoreError::NotFound(what) => {
+                ApiError::new(StatusCode::NOT_FOUND, format!("{what} not found"))
+            }
             other => {
                 tracing::error!(error = %other, "store error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage error (see the collector log)")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage error (see the collector log)",
+                )
             }
         }
     }
@@ -85,7 +99,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, axum::Json(json!({ "error": self.message }))).into_response();
         if let Some(secs) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -100,7 +115,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/v1/events", post(post_events).get(get_events))
         .route("/api/v1/heartbeat", post(post_heartbeat))
-        .route("/api/v1/manifests/{tree}", get(get_manifest).put(put_manifest))
+        .route(
+            "/api/v1/manifests/{tree}",
+            get(get_manifest).put(put_manifest),
+        )
         .route("/api/v1/changes", get(get_changes).post(post_change))
         .route("/api/v1/changes/{id}/approve", post(approve_change))
         .route("/api/v1/kpi", get(get_kpi))
@@ -112,12 +130,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/evidence/{blake3}", get(get_evidence))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn(move |req: Request, next: Next| async move {
-            match tokio::time::timeout(timeout, next.run(req)).await {
-                Ok(resp) => resp,
-                Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "request took too long").into_response(),
-            }
-        }))
+        .layer(middleware::from_fn(
+            move |req: Request, next: Next| async move {
+                match tokio::time::timeout(timeout, next.run(req)).await {
+                    Ok(resp) => resp,
+                    Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "request took too long")
+                        .into_response(),
+                }
+            },
+        ))
         .with_state(state)
 }
 
@@ -129,21 +150,39 @@ async fn blocking<T: Send + 'static>(
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || f(store.as_ref()))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("worker failed: {e}")))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("worker failed: {e}"),
+            )
+        })?
         .map_err(ApiError::from)
 }
 
 /// Checks the bearer token, the role and the rate limit.
-async fn authorize(state: &Arc<AppState>, headers: &HeaderMap, allowed: &[Role]) -> ApiResult<Token> {
+async fn authorize(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    allowed: &[Role],
+) -> ApiResult<Token> {
     // The dashboard's login cookie only works on read routes (all GETs): it cannot be used to write.
-    let cookie = if allowed.contains(&Role::Reader) { super::dashboard::cookie_token(headers) } else { None };
+    let cookie = if allowed.contains(&Role::Reader) {
+        super::dashboard::cookie_token(headers)
+    } else {
+        None
+    };
     let secret = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|s| s.trim().to_string())
         .or(cookie)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <token>"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing Authorization: Bearer <token>",
+            )
+        })?;
     let token = blocking(state, move |s| s.find_token(&secret))
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown or revoked token"))?;
@@ -152,7 +191,11 @@ async fn authorize(state: &Arc<AppState>, headers: &HeaderMap, allowed: &[Role])
         let names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("a {} token may not do this (needs {})", token.role.as_str(), names.join(" or ")),
+            format!(
+                "a {} token may not do this (needs {})",
+                token.role.as_str(),
+                names.join(" or ")
+            ),
         ));
     }
     Ok(token)
@@ -185,13 +228,20 @@ fn bound_host(token: &Token, host: &str) -> ApiResult<()> {
     if token.host.as_deref() != Some(host) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("this agent token is bound to host {:?}, not {host:?}", token.host.as_deref().unwrap_or("")),
+            format!(
+                "this agent token is bound to host {:?}, not {host:?}",
+                token.host.as_deref().unwrap_or("")
+            ),
         ));
     }
     Ok(())
 }
 
-async fn post_events(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn post_events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     let token = authorize(&state, &headers, &[Role::Agent]).await?;
     let batch: EventBatch = parse_json(&body)?;
     bound_host(&token, &batch.host)?;
@@ -202,8 +252,10 @@ async fn post_events(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
     m.batches.fetch_add(1, Ordering::Relaxed);
     m.events_received.fetch_add(n, Ordering::Relaxed);
     m.events_stored.fetch_add(result.stored, Ordering::Relaxed);
-    m.events_duplicate.fetch_add(result.duplicates, Ordering::Relaxed);
-    m.events_rejected.fetch_add(result.rejected.len() as u64, Ordering::Relaxed);
+    m.events_duplicate
+        .fetch_add(result.duplicates, Ordering::Relaxed);
+    m.events_rejected
+        .fetch_add(result.rejected.len() as u64, Ordering::Relaxed);
     Ok(axum::Json(result).into_response())
 }
 
@@ -220,19 +272,37 @@ pub fn validate_batch(b: &EventBatch) -> Result<(), String> {
         if e.tree.is_empty() {
             return Err(format!("{}: must not be empty", at("tree")));
         }
-        RelPath::from_json(&e.path, e.path_bytes.as_deref()).map_err(|m| format!("{}: {m}", at("path")))?;
-        if !["added", "removed", "modified", "metadata", "type_changed"].contains(&e.change.as_str()) {
-            return Err(format!("{}: unknown change kind {:?}", at("change"), e.change));
+        RelPath::from_json(&e.path, e.path_bytes.as_deref())
+            .map_err(|m| format!("{}: {m}", at("path")))?;
+        if !["added", "removed", "modified", "metadata", "type_changed"]
+            .contains(&e.change.as_str())
+        {
+            return Err(format!(
+                "{}: unknown change kind {:?}",
+                at("change"),
+                e.change
+            ));
         }
         if e.status != "resolved" {
-            e.status.parse::<classify::Status>().map_err(|m| format!("{}: {m}", at("status")))?;
+            e.status
+                .parse::<classify::Status>()
+                .map_err(|m| format!("{}: {m}", at("status")))?;
         } else if e.resolves.is_none() {
-            return Err(format!("{}: a resolved record needs `resolves`", at("resolves")));
+            return Err(format!(
+                "{}: a resolved record needs `resolves`",
+                at("resolves")
+            ));
         }
-        for (f, v) in [("observed_at", &e.observed_at), ("window_start", &e.window_start)] {
+        for (f, v) in [
+            ("observed_at", &e.observed_at),
+            ("window_start", &e.window_start),
+        ] {
             timefmt::parse_timestamp(v).map_err(|m| format!("{}: {m}", at(f)))?;
         }
-        for (f, v) in [("blake3", &e.blake3), ("previous_blake3", &e.previous_blake3)] {
+        for (f, v) in [
+            ("blake3", &e.blake3),
+            ("previous_blake3", &e.previous_blake3),
+        ] {
             if let Some(h) = v {
                 manifest::parse_hash(h).map_err(|m| format!("{}: {m}", at(f)))?;
             }
@@ -242,12 +312,17 @@ pub fn validate_batch(b: &EventBatch) -> Result<(), String> {
         if s.vetted > s.paths {
             return Err(format!("scans[{i}].vetted: larger than paths"));
         }
-        timefmt::parse_timestamp(&s.finished_at).map_err(|m| format!("scans[{i}].finished_at: {m}"))?;
+        timefmt::parse_timestamp(&s.finished_at)
+            .map_err(|m| format!("scans[{i}].finished_at: {m}"))?;
     }
     Ok(())
 }
 
-async fn post_heartbeat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn post_heartbeat(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     let token = authorize(&state, &headers, &[Role::Agent]).await?;
     let hb: Heartbeat = parse_json(&body)?;
     bound_host(&token, &hb.host)?;
@@ -264,15 +339,31 @@ struct SignedDoc {
     minisig: Option<String>,
 }
 
-async fn put_manifest(State(state): State<Arc<AppState>>, Path(tree): Path<String>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn put_manifest(
+    State(state): State<Arc<AppState>>,
+    Path(tree): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     authorize(&state, &headers, &[Role::Admin]).await?;
     let doc: SignedDoc = parse_json(&body)?;
-    let text = doc.manifest.ok_or_else(|| ApiError::bad("body: missing field `manifest`"))?;
+    let text = doc
+        .manifest
+        .ok_or_else(|| ApiError::bad("body: missing field `manifest`"))?;
     let origin = std::path::PathBuf::from(format!("manifests/{tree}"));
-    check_signature(&state, text.as_bytes(), &origin, doc.minisig.as_deref(), &state.cfg.release_keys)?;
+    check_signature(
+        &state,
+        text.as_bytes(),
+        &origin,
+        doc.minisig.as_deref(),
+        &state.cfg.release_keys,
+    )?;
     let m = Manifest::parse(text.as_bytes(), &origin).map_err(|e| ApiError::bad(e.to_string()))?;
     if m.tree != tree {
-        return Err(ApiError::bad(format!("manifest is for tree {:?}, not {tree:?}", m.tree)));
+        return Err(ApiError::bad(format!(
+            "manifest is for tree {:?}, not {tree:?}",
+            m.tree
+        )));
     }
     let stored = StoredManifest {
         tree,
@@ -282,68 +373,126 @@ async fn put_manifest(State(state): State<Arc<AppState>>, Path(tree): Path<Strin
         received_at: timefmt::format_timestamp(Timestamp::now()),
     };
     blocking(&state, move |s| s.put_manifest(&stored)).await?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"tree": m.tree, "release": m.release}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"tree": m.tree, "release": m.release})),
+    )
+        .into_response())
 }
 
-fn check_signature(state: &AppState, data: &[u8], origin: &std::path::Path, sig: Option<&str>, keys: &[sign::TrustedKey]) -> ApiResult<()> {
+fn check_signature(
+    state: &AppState,
+    data: &[u8],
+    origin: &std::path::Path,
+    sig: Option<&str>,
+    keys: &[sign::TrustedKey],
+) -> ApiResult<()> {
     match sig {
         Some(sig) if !keys.is_empty() => {
             sign::verify_text(data, origin, sig, keys).map_err(|e| ApiError::bad(e.to_string()))?;
         }
         _ if state.cfg.require_signatures => {
-            return Err(ApiError::bad(format!("{}: a valid minisig is required (require_signatures = true)", origin.display())));
+            return Err(ApiError::bad(format!(
+                "{}: a valid minisig is required (require_signatures = true)",
+                origin.display()
+            )));
         }
         _ => {}
     }
     Ok(())
 }
 
-async fn get_manifest(State(state): State<Arc<AppState>>, Path(tree): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+async fn get_manifest(
+    State(state): State<Arc<AppState>>,
+    Path(tree): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     authorize(&state, &headers, &[Role::Agent, Role::Reader, Role::Admin]).await?;
     let t = tree.clone();
     let m = blocking(&state, move |s| s.manifest(&t)).await?;
-    let m = m.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no manifest for tree {tree:?}")))?;
+    let m = m.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no manifest for tree {tree:?}"),
+        )
+    })?;
     Ok(axum::Json(m).into_response())
 }
 
-async fn get_changes(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+async fn get_changes(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     authorize(&state, &headers, &[Role::Agent, Role::Reader, Role::Admin]).await?;
     let list = blocking(&state, |s| s.changes()).await?;
     Ok(axum::Json(list).into_response())
 }
 
-async fn post_change(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn post_change(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     authorize(&state, &headers, &[Role::Admin]).await?;
     store_change(&state, None, &body).await
 }
 
-async fn approve_change(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn approve_change(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     authorize(&state, &headers, &[Role::Admin]).await?;
     let known = id.clone();
-    let exists = blocking(&state, move |s| Ok(s.changes()?.into_iter().any(|c| c.id == known))).await?;
+    let exists = blocking(&state, move |s| {
+        Ok(s.changes()?.into_iter().any(|c| c.id == known))
+    })
+    .await?;
     if !exists {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("change {id:?} not found")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("change {id:?} not found"),
+        ));
     }
     store_change(&state, Some(id), &body).await
 }
 
 /// Validates, checks the signature policy, stores, and re-classifies the open events it covers.
-async fn store_change(state: &Arc<AppState>, expect_id: Option<String>, body: &Bytes) -> ApiResult<Response> {
+async fn store_change(
+    state: &Arc<AppState>,
+    expect_id: Option<String>,
+    body: &Bytes,
+) -> ApiResult<Response> {
     let doc: SignedDoc = parse_json(body)?;
-    let text = doc.toml.ok_or_else(|| ApiError::bad("body: missing field `toml`"))?;
+    let text = doc
+        .toml
+        .ok_or_else(|| ApiError::bad("body: missing field `toml`"))?;
     let origin = std::path::PathBuf::from("change.toml");
     let entry = ChangeEntry::parse(&text, &origin).map_err(|e| ApiError::bad(e.to_string()))?;
     if let Some(id) = &expect_id
         && *id != entry.id
     {
-        return Err(ApiError::bad(format!("id: {:?} does not match {id:?} in the URL", entry.id)));
+        return Err(ApiError::bad(format!(
+            "id: {:?} does not match {id:?} in the URL",
+            entry.id
+        )));
     }
     let origin = std::path::PathBuf::from(format!("{}.toml", entry.id));
-    check_signature(state, text.as_bytes(), &origin, doc.minisig.as_deref(), &state.cfg.approver_keys)?;
+    check_signature(
+        state,
+        text.as_bytes(),
+        &origin,
+        doc.minisig.as_deref(),
+        &state.cfg.approver_keys,
+    )?;
     if entry.is_self_approved() && !state.cfg.allow_self_approval {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("{}: approved by its own requester {:?} (separation of duties)", entry.id, entry.requested_by),
+            format!(
+                "{}: approved by its own requester {:?} (separation of duties)",
+                entry.id, entry.requested_by
+            ),
         ));
     }
     let (id, sig) = (entry.id.clone(), doc.minisig.clone());
@@ -353,7 +502,11 @@ async fn store_change(state: &Arc<AppState>, expect_id: Option<String>, body: &B
         apply_entry(s, &entry, now)
     })
     .await?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"stored": true, "reclassified": reclassified}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"stored": true, "reclassified": reclassified})),
+    )
+        .into_response())
 }
 
 /// Re-classifies every open unauthorized event an approved entry covers; returns how many.
@@ -361,25 +514,41 @@ pub fn apply_entry(s: &dyn Store, entry: &ChangeEntry, now: Timestamp) -> Result
     if entry.approval.is_none() {
         return Ok(0);
     }
-    let open = s.events(&EventQuery { open_only: true, status: Some("unauthorized".into()), ..EventQuery::default() })?;
+    let open = s.events(&EventQuery {
+        open_only: true,
+        status: Some("unauthorized".into()),
+        ..EventQuery::default()
+    })?;
     let mut n = 0;
     for e in open {
-        let Ok(path) = RelPath::from_json(&e.path, e.path_bytes.as_deref()) else { continue };
-        let (Ok(t0), Ok(observed_at)) = (timefmt::parse_timestamp(&e.window_start), timefmt::parse_timestamp(&e.observed_at)) else {
+        let Ok(path) = RelPath::from_json(&e.path, e.path_bytes.as_deref()) else {
+            continue;
+        };
+        let (Ok(t0), Ok(observed_at)) = (
+            timefmt::parse_timestamp(&e.window_start),
+            timefmt::parse_timestamp(&e.observed_at),
+        ) else {
             continue;
         };
         let c = StoredChangeRef {
             host: &e.host,
             tree: &e.tree,
             path: &path,
-            blake3: e.blake3.as_deref().and_then(|h| manifest::parse_hash(h).ok()),
+            blake3: e
+                .blake3
+                .as_deref()
+                .and_then(|h| manifest::parse_hash(h).ok()),
             removed: e.change == "removed",
             t0,
             observed_at,
         };
         if let Some(status) = classify::reclassify(&c, entry, now) {
             let (by, at) = entry.approval.as_ref().expect("checked");
-            let reason = format!("approved by {by} at {} under {}", timefmt::format_timestamp(*at), entry.id);
+            let reason = format!(
+                "approved by {by} at {} under {}",
+                timefmt::format_timestamp(*at),
+                entry.id
+            );
             s.reclassify(e.id, &status.to_string(), &reason, now)?;
             n += 1;
         }
@@ -403,12 +572,19 @@ struct ListParams {
 
 fn parse_date(name: &str, v: &Option<String>) -> ApiResult<Option<Date>> {
     v.as_deref()
-        .map(|s| s.parse::<Date>().map_err(|e| ApiError::bad(format!("{name}: {s:?} is not a date like 2026-11-21 ({e})"))))
+        .map(|s| {
+            s.parse::<Date>().map_err(|e| {
+                ApiError::bad(format!("{name}: {s:?} is not a date like 2026-11-21 ({e})"))
+            })
+        })
         .transpose()
 }
 
-fn params(q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>) -> ApiResult<ListParams> {
-    q.map(|Query(p)| p).map_err(|e| ApiError::bad(format!("query: {}", e.body_text())))
+fn params(
+    q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<ListParams> {
+    q.map(|Query(p)| p)
+        .map_err(|e| ApiError::bad(format!("query: {}", e.body_text())))
 }
 
 async fn get_events(
@@ -430,7 +606,9 @@ async fn get_events(
     match p.format.as_deref().unwrap_or("json") {
         "json" => Ok(axum::Json(events).into_response()),
         "csv" => Ok(csv_response(crate::report::events_csv(&events))),
-        other => Err(ApiError::bad(format!("format: {other:?} is not json or csv"))),
+        other => Err(ApiError::bad(format!(
+            "format: {other:?} is not json or csv"
+        ))),
     }
 }
 
@@ -463,21 +641,39 @@ impl KpiRequest {
         today: Date,
     ) -> Result<KpiRequest, String> {
         let date = |name: &str, v: Option<&str>| {
-            v.map(|s| s.parse::<Date>().map_err(|e| format!("{name}: {s:?} is not a date like 2026-11-21 ({e})"))).transpose()
+            v.map(|s| {
+                s.parse::<Date>()
+                    .map_err(|e| format!("{name}: {s:?} is not a date like 2026-11-21 ({e})"))
+            })
+            .transpose()
         };
         let to = date("to", to)?.unwrap_or(today);
-        let from = date("from", from)?.unwrap_or_else(|| to.checked_sub(jiff::Span::new().days(29)).unwrap_or(to));
+        let from = date("from", from)?
+            .unwrap_or_else(|| to.checked_sub(jiff::Span::new().days(29)).unwrap_or(to));
         if from > to {
             return Err(format!("from: {from} is after to {to}"));
         }
-        let period: Period = by.unwrap_or("day").parse().map_err(|e| format!("by: {e}"))?;
+        let period: Period = by
+            .unwrap_or("day")
+            .parse()
+            .map_err(|e| format!("by: {e}"))?;
         let groupings = match group.unwrap_or(if host.is_some() { "host" } else { "fleet" }) {
             "fleet" => vec![Grouping::Fleet],
             "environment" => vec![Grouping::Fleet, Grouping::Environment],
             "host" => vec![Grouping::Fleet, Grouping::Environment, Grouping::Host],
-            other => return Err(format!("group: {other:?} is not fleet, environment or host")),
+            other => {
+                return Err(format!(
+                    "group: {other:?} is not fleet, environment or host"
+                ));
+            }
         };
-        Ok(KpiRequest { from, to, period, groupings, host })
+        Ok(KpiRequest {
+            from,
+            to,
+            period,
+            groupings,
+            host,
+        })
     }
 }
 
@@ -489,8 +685,15 @@ async fn get_kpi(
     authorize(&state, &headers, &[Role::Reader, Role::Admin]).await?;
     let p = params(q)?;
     let today = Timestamp::now().to_zoned(state.cfg.timezone.clone()).date();
-    let req = KpiRequest::parse(p.from.as_deref(), p.to.as_deref(), p.by.as_deref(), p.group.as_deref(), p.host.clone(), today)
-        .map_err(ApiError::bad)?;
+    let req = KpiRequest::parse(
+        p.from.as_deref(),
+        p.to.as_deref(),
+        p.by.as_deref(),
+        p.group.as_deref(),
+        p.host.clone(),
+        today,
+    )
+    .map_err(ApiError::bad)?;
     let target = state.cfg.target;
     let rows = blocking(&state, move |s| {
         let days = s.host_days(req.from, req.to, req.host.as_deref(), Timestamp::now())?;
@@ -500,7 +703,9 @@ async fn get_kpi(
     match p.format.as_deref().unwrap_or("json") {
         "json" => Ok(axum::Json(rows).into_response()),
         "csv" => Ok(csv_response(kpi::to_csv(&rows))),
-        other => Err(ApiError::bad(format!("format: {other:?} is not json or csv"))),
+        other => Err(ApiError::bad(format!(
+            "format: {other:?} is not json or csv"
+        ))),
     }
 }
 
@@ -521,15 +726,23 @@ async fn get_hosts(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Ap
 }
 
 /// Evidence blobs, when this collector shares a host with the agent that kept them (embedded mode).
-async fn get_evidence(State(state): State<Arc<AppState>>, Path(hash): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+async fn get_evidence(
+    State(state): State<Arc<AppState>>,
+    Path(hash): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     authorize(&state, &headers, &[Role::Reader, Role::Admin]).await?;
     manifest::parse_hash(&hash).map_err(ApiError::bad)?;
     let dir = state.cfg.evidence_dir.clone().ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "evidence is kept on the agent's host (STATE_DIR/evidence/blobs); this collector has none")
     })?;
     let blob = dir.join("blobs").join(&hash);
-    let data = tokio::fs::read(&blob).await.map_err(|_| ApiError::new(StatusCode::NOT_FOUND, format!("no evidence {hash}")))?;
-    let diff = tokio::fs::read_to_string(dir.join("blobs").join(format!("{hash}.diff"))).await.ok();
+    let data = tokio::fs::read(&blob)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, format!("no evidence {hash}")))?;
+    let diff = tokio::fs::read_to_string(dir.join("blobs").join(format!("{hash}.diff")))
+        .await
+        .ok();
     let mut body = String::new();
     if let Some(d) = diff {
         body.push_str("=== diff against the previous content ===\n");
@@ -538,7 +751,14 @@ async fn get_evidence(State(state): State<Arc<AppState>>, Path(hash): Path<Strin
     }
     body.push_str(&String::from_utf8_lossy(&data));
     // Served as plain text, never rendered: it is attacker-controlled content.
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")], body).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -553,10 +773,20 @@ async fn get_audit(
     q: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Role::Reader, Role::Admin]).await?;
-    let at = q.map(|Query(p)| p.at).map_err(|e| ApiError::bad(format!("query: {}", e.body_text())))?;
+    let at = q
+        .map(|Query(p)| p.at)
+        .map_err(|e| ApiError::bad(format!("query: {}", e.body_text())))?;
     let report = blocking(&state, move |s| s.verify_chain(at)).await?;
-    let status = if report.first_bad.is_none() { StatusCode::OK } else { StatusCode::CONFLICT };
-    Ok((status, axum::Json(json!({"intact": report.first_bad.is_none(), "report": report}))).into_response())
+    let status = if report.first_bad.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    Ok((
+        status,
+        axum::Json(json!({"intact": report.first_bad.is_none(), "report": report})),
+    )
+        .into_response())
 }
 
 async fn get_metrics(State(state): State<Arc<AppState>>) -> ApiResult<Response> {

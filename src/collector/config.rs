@@ -53,11 +53,14 @@ struct RawKpi {
 
 impl Default for RawKpi {
     fn default() -> Self {
-        RawKpi { target: default_target(), timezone: default_timezone() }
+        RawKpi {
+            target: default_target(),
+            timezone: default_timezone(),
+        }
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTrust {
     #[serde(default)]
@@ -68,6 +71,18 @@ struct RawTrust {
     require_signatures: bool,
     #[serde(default)]
     allow_self_approval: bool,
+}
+
+// Written out: a derived Default would make a missing [trust] table mean "no signatures needed".
+impl Default for RawTrust {
+    fn default() -> Self {
+        RawTrust {
+            release_keys: Vec::new(),
+            approver_keys: Vec::new(),
+            require_signatures: true,
+            allow_self_approval: false,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,7 +96,10 @@ struct RawLimits {
 
 impl Default for RawLimits {
     fn default() -> Self {
-        RawLimits { requests_per_minute: default_rpm(), request_timeout: default_request_timeout() }
+        RawLimits {
+            requests_per_minute: default_rpm(),
+            request_timeout: default_request_timeout(),
+        }
     }
 }
 
@@ -177,7 +195,9 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: usize = num.parse().map_err(|_| format!("{s:?} is not a size like 8MiB"))?;
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 8MiB"))?;
     let mult = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" | "KB" => 1 << 10,
@@ -185,20 +205,23 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "GiB" | "G" | "GB" => 1 << 30,
         _ => return Err(format!("{s:?} has no valid unit (B, KiB, MiB, GiB)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 impl CollectorConfig {
     /// Reads and validates a config file, listing every problem found.
     pub fn load(path: &Path) -> Result<CollectorConfig, Vec<String>> {
-        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
         Self::parse(&text, path)
     }
 
     /// Validates config text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<CollectorConfig, Vec<String>> {
         let p = origin.display();
-        let raw: RawConfig = toml::from_str(text).map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
         let mut problems = Vec::new();
         let mut field = |name: &str, r: Result<(), String>| {
             if let Err(m) = r {
@@ -206,23 +229,58 @@ impl CollectorConfig {
             }
         };
         let listen = raw.listen.parse::<SocketAddr>();
-        field("listen", listen.as_ref().map(|_| ()).map_err(|e| format!("{:?}: {e}", raw.listen)));
+        field(
+            "listen",
+            listen
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| format!("{:?}: {e}", raw.listen)),
+        );
         let max_body = parse_size(&raw.max_body);
-        field("max_body", max_body.as_ref().map(|_| ()).map_err(Clone::clone));
+        field(
+            "max_body",
+            max_body.as_ref().map(|_| ()).map_err(Clone::clone),
+        );
         let silent_after = timefmt::parse_duration(&raw.silent_after);
-        field("silent_after", silent_after.as_ref().map(|_| ()).map_err(Clone::clone));
+        field(
+            "silent_after",
+            silent_after.as_ref().map(|_| ()).map_err(Clone::clone),
+        );
         let request_timeout = timefmt::parse_duration(&raw.limits.request_timeout);
-        field("limits.request_timeout", request_timeout.as_ref().map(|_| ()).map_err(Clone::clone));
+        field(
+            "limits.request_timeout",
+            request_timeout.as_ref().map(|_| ()).map_err(Clone::clone),
+        );
         if raw.limits.requests_per_minute == 0 {
-            field("limits.requests_per_minute", Err("must be at least 1".into()));
+            field(
+                "limits.requests_per_minute",
+                Err("must be at least 1".into()),
+            );
         }
         if !(0.0..=1.0).contains(&raw.kpi.target) {
-            field("kpi.target", Err(format!("{} is not between 0 and 1", raw.kpi.target)));
+            field(
+                "kpi.target",
+                Err(format!("{} is not between 0 and 1", raw.kpi.target)),
+            );
         }
         let tz = jiff::tz::TimeZone::get(&raw.kpi.timezone);
-        field("kpi.timezone", tz.as_ref().map(|_| ()).map_err(|e| format!("{:?}: {e}", raw.kpi.timezone)));
-        if !(raw.storage.starts_with("sqlite://") || raw.storage.starts_with("postgres://") || raw.storage.starts_with("postgresql://")) {
-            field("storage", Err(format!("{:?}: expected sqlite:///path or postgres://...", raw.storage)));
+        field(
+            "kpi.timezone",
+            tz.as_ref()
+                .map(|_| ())
+                .map_err(|e| format!("{:?}: {e}", raw.kpi.timezone)),
+        );
+        if !(raw.storage.starts_with("sqlite://")
+            || raw.storage.starts_with("postgres://")
+            || raw.storage.starts_with("postgresql://"))
+        {
+            field(
+                "storage",
+                Err(format!(
+                    "{:?}: expected sqlite:///path or postgres://...",
+                    raw.storage
+                )),
+            );
         }
         let mut keys = |name: &str, paths: &[PathBuf]| -> Vec<TrustedKey> {
             let mut out = Vec::new();
@@ -257,7 +315,10 @@ impl CollectorConfig {
         Ok(CollectorConfig {
             origin: origin.to_path_buf(),
             listen: listen.expect("checked"),
-            tls: raw.tls.map(|t| Tls { cert: t.cert, key: t.key }),
+            tls: raw.tls.map(|t| Tls {
+                cert: t.cert,
+                key: t.key,
+            }),
             storage: raw.storage,
             max_body: max_body.expect("checked"),
             silent_after: silent_after.expect("checked"),
@@ -292,7 +353,11 @@ mod tests {
 
     #[test]
     fn defaults_bind_loopback() {
-        let c = CollectorConfig::parse("storage = \"sqlite:///tmp/x.db\"\n[trust]\nrequire_signatures = false\n", Path::new("c.toml")).unwrap();
+        let c = CollectorConfig::parse(
+            "storage = \"sqlite:///tmp/x.db\"\n[trust]\nrequire_signatures = false\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8470");
         assert_eq!(c.max_body, 8 << 20);
         assert_eq!(c.target, 0.97);
@@ -302,8 +367,18 @@ mod tests {
     fn all_problems_are_listed_at_once() {
         let text = "listen = \"nowhere\"\nmax_body = \"8 parsecs\"\nsilent_after = \"soon\"\n[kpi]\ntarget = 97\ntimezone = \"Mars/Olympus\"\n";
         let errs = CollectorConfig::parse(text, Path::new("c.toml")).unwrap_err();
-        for want in ["listen", "max_body", "silent_after", "kpi.target", "kpi.timezone", "trust.approver_keys"] {
-            assert!(errs.iter().any(|e| e.contains(want)), "{want} missing from {errs:?}");
+        for want in [
+            "listen",
+            "max_body",
+            "silent_after",
+            "kpi.target",
+            "kpi.timezone",
+            "trust.approver_keys",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.contains(want)),
+                "{want} missing from {errs:?}"
+            );
         }
         let errs = CollectorConfig::parse("lisen = \"x\"\n", Path::new("c.toml")).unwrap_err();
         assert!(errs[0].contains("lisen"), "{errs:?}");

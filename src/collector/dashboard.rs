@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use serde::Deserialize;
 
-use super::api::{AppState, ApiError};
+use super::api::{ApiError, AppState};
 use crate::kpi::{self, Grouping, KpiRow, Period};
 use crate::store::{EventQuery, HostInfo, Role, StoredEvent};
 
@@ -34,7 +34,10 @@ pub struct DashParams {
 /// The token in the login cookie, if any.
 pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
     let raw = headers.get(header::COOKIE)?.to_str().ok()?;
-    raw.split(';').filter_map(|kv| kv.trim().split_once('=')).find(|(k, _)| *k == COOKIE).map(|(_, v)| v.to_string())
+    raw.split(';')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
 }
 
 fn esc(s: &str) -> String {
@@ -77,12 +80,19 @@ pub async fn login(State(state): State<Arc<AppState>>, body: Bytes) -> Response 
 async fn sign_in(state: &Arc<AppState>, token: String) -> Response {
     let t = token.clone();
     let store = state.store.clone();
-    let found = tokio::task::spawn_blocking(move || store.find_token(&t)).await.ok().and_then(|r| r.ok()).flatten();
+    let found = tokio::task::spawn_blocking(move || store.find_token(&t))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten();
     match found {
         Some(tok) if matches!(tok.role, Role::Reader | Role::Admin) => (
             StatusCode::SEE_OTHER,
             [
-                (header::SET_COOKIE, format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/")),
+                (
+                    header::SET_COOKIE,
+                    format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"),
+                ),
                 (header::LOCATION, "/".to_string()),
             ],
         )
@@ -99,14 +109,22 @@ pub async fn index(
 ) -> Response {
     let p = match q {
         Ok(Query(p)) => p,
-        Err(e) => return ApiError::bad_request(format!("query: {}", e.body_text())).into_response(),
+        Err(e) => {
+            return ApiError::bad_request(format!("query: {}", e.body_text())).into_response();
+        }
     };
     if let Some(t) = p.token.clone() {
         return sign_in(&state, t).await;
     }
-    let Some(secret) = cookie_token(&headers) else { return login_page("Sign in with a reader token.") };
+    let Some(secret) = cookie_token(&headers) else {
+        return login_page("Sign in with a reader token.");
+    };
     let store = state.store.clone();
-    let found = tokio::task::spawn_blocking(move || store.find_token(&secret)).await.ok().and_then(|r| r.ok()).flatten();
+    let found = tokio::task::spawn_blocking(move || store.find_token(&secret))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten();
     if !found.is_some_and(|t| matches!(t.role, Role::Reader | Role::Admin)) {
         return login_page("Your session token is no longer valid.");
     }
@@ -132,11 +150,16 @@ async fn render(state: &Arc<AppState>, p: DashParams) -> Result<String, ApiError
     let parse = |name: &str, v: &Option<String>| -> Result<Option<Date>, ApiError> {
         v.as_deref()
             .filter(|s| !s.is_empty())
-            .map(|s| s.parse::<Date>().map_err(|e| ApiError::bad_request(format!("{name}: {s:?} is not a date ({e})"))))
+            .map(|s| {
+                s.parse::<Date>().map_err(|e| {
+                    ApiError::bad_request(format!("{name}: {s:?} is not a date ({e})"))
+                })
+            })
             .transpose()
     };
     let to = parse("to", &p.to)?.unwrap_or(today);
-    let from = parse("from", &p.from)?.unwrap_or_else(|| to.checked_sub(jiff::Span::new().days(29)).unwrap_or(to));
+    let from = parse("from", &p.from)?
+        .unwrap_or_else(|| to.checked_sub(jiff::Span::new().days(29)).unwrap_or(to));
     let env = p.environment.clone().filter(|e| !e.is_empty());
     let target = state.cfg.target;
     let store = state.store.clone();
@@ -158,16 +181,36 @@ async fn render(state: &Arc<AppState>, p: DashParams) -> Result<String, ApiError
         for d in &mut per_host {
             d.day = from;
         }
-        let host_rows: Vec<KpiRow> = kpi::compute(&per_host, Period::Day, &[Grouping::Host], target);
+        let host_rows: Vec<KpiRow> =
+            kpi::compute(&per_host, Period::Day, &[Grouping::Host], target);
         let yesterday = today.yesterday().unwrap_or(today);
-        let mut recent = store.events(&EventQuery { from: Some(yesterday), to: Some(today), status: Some("unauthorized".into()), ..EventQuery::default() })?;
-        recent.extend(store.events(&EventQuery { from: Some(yesterday), to: Some(today), status: Some("unverifiable".into()), ..EventQuery::default() })?);
+        let mut recent = store.events(&EventQuery {
+            from: Some(yesterday),
+            to: Some(today),
+            status: Some("unauthorized".into()),
+            ..EventQuery::default()
+        })?;
+        recent.extend(store.events(&EventQuery {
+            from: Some(yesterday),
+            to: Some(today),
+            status: Some("unverifiable".into()),
+            ..EventQuery::default()
+        })?);
         if let Some(e) = &env2 {
             recent.retain(|ev| &ev.environment == e);
         }
         recent.sort_by(|a, b| b.received_at.cmp(&a.received_at));
         let hosts = store.hosts(now)?;
-        Ok(Data { days, hosts, host_rows, recent, from, to, today, environments })
+        Ok(Data {
+            days,
+            hosts,
+            host_rows,
+            recent,
+            from,
+            to,
+            today,
+            environments,
+        })
     })
     .await
     .map_err(|e| ApiError::bad_request(format!("worker failed: {e}")))??;
@@ -182,16 +225,40 @@ fn page(state: &AppState, d: &Data, env: Option<&str>) -> String {
     let target = state.cfg.target;
     let silent_after = state.cfg.silent_after.as_secs() as i64;
     let mut h = String::new();
-    let _ = write!(h, "<!doctype html><html lang=en><head><meta charset=utf-8><title>driftwatch: compliance</title>{STYLE}</head><body><main>");
-    let _ = write!(h, "<h1>driftwatch <small>process compliance, target {}</small></h1>", pct(target));
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>driftwatch: compliance</title>{STYLE}</head><body><main>"
+    );
+    let _ = write!(
+        h,
+        "<h1>driftwatch <small>process compliance, target {}</small></h1>",
+        pct(target)
+    );
     // Filters.
-    let _ = write!(h, "<form class=filters method=get action=/><label>From <input type=date name=from value={}></label> <label>To <input type=date name=to value={}></label> <label>Environment <select name=environment><option value=\"\">all</option>", d.from, d.to);
+    let _ = write!(
+        h,
+        "<form class=filters method=get action=/><label>From <input type=date name=from value={}></label> <label>To <input type=date name=to value={}></label> <label>Environment <select name=environment><option value=\"\">all</option>",
+        d.from, d.to
+    );
     for e in &d.environments {
-        let sel = if Some(e.as_str()) == env { " selected" } else { "" };
+        let sel = if Some(e.as_str()) == env {
+            " selected"
+        } else {
+            ""
+        };
         let _ = write!(h, "<option{sel}>{}</option>", esc(e));
     }
-    let q = format!("from={}&amp;to={}{}", d.from, d.to, env.map(|e| format!("&amp;environment={}", esc(e))).unwrap_or_default());
-    let _ = write!(h, "</select></label> <button>Show</button> <a href=\"/api/v1/kpi?format=csv&amp;by=day&amp;group=host&amp;{q}\">Download CSV</a></form>");
+    let q = format!(
+        "from={}&amp;to={}{}",
+        d.from,
+        d.to,
+        env.map(|e| format!("&amp;environment={}", esc(e)))
+            .unwrap_or_default()
+    );
+    let _ = write!(
+        h,
+        "</select></label> <button>Show</button> <a href=\"/api/v1/kpi?format=csv&amp;by=day&amp;group=host&amp;{q}\">Download CSV</a></form>"
+    );
     // Headline: yesterday and today.
     let find = |day: Date| d.days.iter().find(|r| r.period == day.to_string());
     let yesterday = d.today.yesterday().unwrap_or(d.today);
@@ -203,55 +270,101 @@ fn page(state: &AppState, d: &Data, env: Option<&str>) -> String {
                 let _ = write!(
                     h,
                     "<div class=\"card {cls}\" data-day=\"{day}\"><h2>{label}</h2><p class=big data-kpi=change_compliance>{}</p><p>{} changes: {} authorized ({} retroactive), <b data-kpi=unauthorized>{}</b> unauthorized, {} unverifiable</p><p>host-days {}/{} compliant, {} silent; vetted {}</p></div>",
-                    pct(r.change_compliance), r.changes, r.authorized, r.retroactive, r.unauthorized, r.unverifiable,
-                    r.host_days_compliant, r.host_days, r.silent_host_days, r.vetted_ratio.map(pct).unwrap_or_else(|| "–".into())
+                    pct(r.change_compliance),
+                    r.changes,
+                    r.authorized,
+                    r.retroactive,
+                    r.unauthorized,
+                    r.unverifiable,
+                    r.host_days_compliant,
+                    r.host_days,
+                    r.silent_host_days,
+                    r.vetted_ratio.map(pct).unwrap_or_else(|| "–".into())
                 );
             }
             None => {
-                let _ = write!(h, "<div class=card><h2>{label}</h2><p>no hosts expected</p></div>");
+                let _ = write!(
+                    h,
+                    "<div class=card><h2>{label}</h2><p>no hosts expected</p></div>"
+                );
             }
         }
     }
     let _ = write!(h, "</section>");
     h.push_str(&chart(&d.days, target));
     // Unauthorized changes.
-    let _ = write!(h, "<h2>Unauthorized changes, yesterday and today <small>({})</small></h2>", d.recent.len());
+    let _ = write!(
+        h,
+        "<h2>Unauthorized changes, yesterday and today <small>({})</small></h2>",
+        d.recent.len()
+    );
     if d.recent.is_empty() {
         h.push_str("<p class=ok>None.</p>");
     } else {
         h.push_str("<table id=unauthorized><tr><th>received</th><th>host</th><th>tree</th><th>path</th><th>change</th><th>status</th><th>open</th><th>blake3 (new)</th><th>blake3 (before)</th><th>evidence</th></tr>");
         for e in &d.recent {
-            let ev = e.blake3.as_deref().map(|b| format!("<a href=\"/evidence/{b}\">content</a>")).unwrap_or_default();
+            let ev = e
+                .blake3
+                .as_deref()
+                .map(|b| format!("<a href=\"/evidence/{b}\">content</a>"))
+                .unwrap_or_default();
             let _ = write!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td class=path>{}</td><td>{}</td><td class=bad>{}</td><td>{}</td><td class=hash>{}</td><td class=hash>{}</td><td>{ev}</td></tr>",
-                esc(&e.received_at), esc(&e.host), esc(&e.tree), esc(&e.path), esc(&e.change), esc(&e.status),
+                esc(&e.received_at),
+                esc(&e.host),
+                esc(&e.tree),
+                esc(&e.path),
+                esc(&e.change),
+                esc(&e.status),
                 if e.open { "yes" } else { "closed" },
-                esc(e.blake3.as_deref().unwrap_or("")), esc(e.previous_blake3.as_deref().unwrap_or(""))
+                esc(e.blake3.as_deref().unwrap_or("")),
+                esc(e.previous_blake3.as_deref().unwrap_or(""))
             );
         }
         h.push_str("</table>");
     }
     // Hosts.
-    let silent: Vec<&HostInfo> = d.hosts.iter().filter(|x| !x.retired && x.silent_for_seconds > silent_after).collect();
+    let silent: Vec<&HostInfo> = d
+        .hosts
+        .iter()
+        .filter(|x| !x.retired && x.silent_for_seconds > silent_after)
+        .collect();
     let _ = write!(h, "<h2>Silent hosts <small>({})</small></h2>", silent.len());
     if silent.is_empty() {
         h.push_str("<p class=ok>Every host reported within its silence limit.</p>");
     } else {
         h.push_str("<table id=silent><tr><th>host</th><th>environment</th><th>last seen</th></tr>");
         for x in silent {
-            let _ = write!(h, "<tr><td>{}</td><td>{}</td><td class=bad>{}</td></tr>", esc(&x.host), esc(&x.environment), esc(&x.last_seen));
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td class=bad>{}</td></tr>",
+                esc(&x.host),
+                esc(&x.environment),
+                esc(&x.last_seen)
+            );
         }
         h.push_str("</table>");
     }
-    let _ = write!(h, "<h2>Per host, {} to {}</h2><table id=hosts><tr><th>host</th><th>environment</th><th>changes</th><th>unauthorized</th><th>compliance</th><th>host-days ok</th><th>silent days</th></tr>", d.from, d.to);
+    let _ = write!(
+        h,
+        "<h2>Per host, {} to {}</h2><table id=hosts><tr><th>host</th><th>environment</th><th>changes</th><th>unauthorized</th><th>compliance</th><th>host-days ok</th><th>silent days</th></tr>",
+        d.from, d.to
+    );
     let info: BTreeMap<&str, &HostInfo> = d.hosts.iter().map(|x| (x.host.as_str(), x)).collect();
     for r in &d.host_rows {
         let cls = if r.met { "" } else { " class=bad" };
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td{cls}>{}</td><td>{}/{}</td><td>{}</td></tr>",
-            esc(&r.host), esc(&r.environment), r.changes, r.unauthorized, pct(r.change_compliance), r.host_days_compliant, r.host_days, r.silent_host_days
+            esc(&r.host),
+            esc(&r.environment),
+            r.changes,
+            r.unauthorized,
+            pct(r.change_compliance),
+            r.host_days_compliant,
+            r.host_days,
+            r.silent_host_days
         );
         let _ = info.get(r.host.as_str());
     }
@@ -266,19 +379,60 @@ fn chart(days: &[KpiRow], target: f64) -> String {
     let (w, hgt, pad) = (900.0f64, 220.0f64, 36.0f64);
     let n = days.len().max(1) as f64;
     let x = |i: usize| pad + (w - 2.0 * pad) * if n > 1.0 { i as f64 / (n - 1.0) } else { 0.5 };
-    let lo = days.iter().map(|r| r.change_compliance).fold(target, f64::min).min(0.9).max(0.0);
+    let lo = days
+        .iter()
+        .map(|r| r.change_compliance)
+        .fold(target, f64::min)
+        .clamp(0.0, 0.9);
     let y = |v: f64| pad + (hgt - 2.0 * pad) * (1.0 - (v - lo) / (1.0 - lo).max(1e-9));
-    let mut s = format!("<svg id=chart role=img aria-label=\"change compliance per day against the target\" viewBox=\"0 0 {w} {hgt}\" width=\"100%\">");
-    let _ = write!(s, "<line x1={pad} x2={} y1={ty:.1} y2={ty:.1} class=target /><text x={} y={:.1} class=label>target {}</text>", w - pad, w - pad - 80.0, y(target) - 4.0, pct(target), ty = y(target));
-    let _ = write!(s, "<text x=4 y={:.1} class=label>{}</text><text x=4 y={:.1} class=label>100%</text>", y(lo), pct(lo), y(1.0) + 4.0);
-    let pts: Vec<String> = days.iter().enumerate().map(|(i, r)| format!("{:.1},{:.1}", x(i), y(r.change_compliance))).collect();
+    let mut s = format!(
+        "<svg id=chart role=img aria-label=\"change compliance per day against the target\" viewBox=\"0 0 {w} {hgt}\" width=\"100%\">"
+    );
+    let _ = write!(
+        s,
+        "<line x1={pad} x2={} y1={ty:.1} y2={ty:.1} class=target /><text x={} y={:.1} class=label>target {}</text>",
+        w - pad,
+        w - pad - 80.0,
+        y(target) - 4.0,
+        pct(target),
+        ty = y(target)
+    );
+    let _ = write!(
+        s,
+        "<text x=4 y={:.1} class=label>{}</text><text x=4 y={:.1} class=label>100%</text>",
+        y(lo),
+        pct(lo),
+        y(1.0) + 4.0
+    );
+    let pts: Vec<String> = days
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("{:.1},{:.1}", x(i), y(r.change_compliance)))
+        .collect();
     let _ = write!(s, "<polyline points=\"{}\" class=line />", pts.join(" "));
     for (i, r) in days.iter().enumerate() {
         let cls = if r.met { "pt" } else { "pt miss" };
-        let _ = write!(s, "<circle cx={:.1} cy={:.1} r=3.5 class=\"{cls}\"><title>{}: {} ({} changes, {} unauthorized)</title></circle>", x(i), y(r.change_compliance), r.period, pct(r.change_compliance), r.changes, r.unauthorized);
+        let _ = write!(
+            s,
+            "<circle cx={:.1} cy={:.1} r=3.5 class=\"{cls}\"><title>{}: {} ({} changes, {} unauthorized)</title></circle>",
+            x(i),
+            y(r.change_compliance),
+            r.period,
+            pct(r.change_compliance),
+            r.changes,
+            r.unauthorized
+        );
     }
     if let (Some(a), Some(b)) = (days.first(), days.last()) {
-        let _ = write!(s, "<text x={pad} y={} class=label>{}</text><text x={} y={} class=label>{}</text>", hgt - 8.0, a.period, w - pad - 70.0, hgt - 8.0, b.period);
+        let _ = write!(
+            s,
+            "<text x={pad} y={} class=label>{}</text><text x={} y={} class=label>{}</text>",
+            hgt - 8.0,
+            a.period,
+            w - pad - 70.0,
+            hgt - 8.0,
+            b.period
+        );
     }
     s.push_str("</svg>");
     s

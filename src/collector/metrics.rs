@@ -32,56 +32,152 @@ pub struct Metrics {
 pub fn render(store: &dyn Store, cfg: &CollectorConfig, m: &Metrics) -> Result<String, StoreError> {
     let mut out = String::new();
     let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Ordering::Relaxed)
+        );
     };
-    counter(&mut out, "driftwatch_ingest_batches_total", "Event batches accepted.", &m.batches);
-    counter(&mut out, "driftwatch_ingest_events_received_total", "Events received.", &m.events_received);
-    counter(&mut out, "driftwatch_ingest_events_stored_total", "Events stored.", &m.events_stored);
-    counter(&mut out, "driftwatch_ingest_events_duplicate_total", "Re-sent events acknowledged once.", &m.events_duplicate);
-    counter(&mut out, "driftwatch_ingest_events_rejected_total", "Replayed events refused.", &m.events_rejected);
-    counter(&mut out, "driftwatch_heartbeats_total", "Heartbeats received.", &m.heartbeats);
-    counter(&mut out, "driftwatch_rate_limited_total", "Requests refused with 429.", &m.rate_limited);
+    counter(
+        &mut out,
+        "driftwatch_ingest_batches_total",
+        "Event batches accepted.",
+        &m.batches,
+    );
+    counter(
+        &mut out,
+        "driftwatch_ingest_events_received_total",
+        "Events received.",
+        &m.events_received,
+    );
+    counter(
+        &mut out,
+        "driftwatch_ingest_events_stored_total",
+        "Events stored.",
+        &m.events_stored,
+    );
+    counter(
+        &mut out,
+        "driftwatch_ingest_events_duplicate_total",
+        "Re-sent events acknowledged once.",
+        &m.events_duplicate,
+    );
+    counter(
+        &mut out,
+        "driftwatch_ingest_events_rejected_total",
+        "Replayed events refused.",
+        &m.events_rejected,
+    );
+    counter(
+        &mut out,
+        "driftwatch_heartbeats_total",
+        "Heartbeats received.",
+        &m.heartbeats,
+    );
+    counter(
+        &mut out,
+        "driftwatch_rate_limited_total",
+        "Requests refused with 429.",
+        &m.rate_limited,
+    );
 
     let now = Timestamp::now();
     let today = now.to_zoned(cfg.timezone.clone()).date();
     let days = store.host_days(today, today, None, now)?;
-    let rows = kpi::compute(&days, Period::Day, &[Grouping::Fleet, Grouping::Environment], cfg.target);
-    let _ = writeln!(out, "# HELP driftwatch_change_compliance Today's change compliance (authorized / counted changes).");
+    let rows = kpi::compute(
+        &days,
+        Period::Day,
+        &[Grouping::Fleet, Grouping::Environment],
+        cfg.target,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP driftwatch_change_compliance Today's change compliance (authorized / counted changes)."
+    );
     let _ = writeln!(out, "# TYPE driftwatch_change_compliance gauge");
     for r in &rows {
-        let _ = writeln!(out, "driftwatch_change_compliance{{environment=\"{}\"}} {}", label(&r.environment), r.change_compliance);
+        let _ = writeln!(
+            out,
+            "driftwatch_change_compliance{{environment=\"{}\"}} {}",
+            label(&r.environment),
+            r.change_compliance
+        );
     }
-    let _ = writeln!(out, "# HELP driftwatch_host_day_compliance Today's host-day compliance.");
+    let _ = writeln!(
+        out,
+        "# HELP driftwatch_host_day_compliance Today's host-day compliance."
+    );
     let _ = writeln!(out, "# TYPE driftwatch_host_day_compliance gauge");
     for r in &rows {
-        let _ = writeln!(out, "driftwatch_host_day_compliance{{environment=\"{}\"}} {}", label(&r.environment), r.host_day_compliance);
+        let _ = writeln!(
+            out,
+            "driftwatch_host_day_compliance{{environment=\"{}\"}} {}",
+            label(&r.environment),
+            r.host_day_compliance
+        );
     }
-    let _ = writeln!(out, "# HELP driftwatch_kpi_target The compliance target.\n# TYPE driftwatch_kpi_target gauge\ndriftwatch_kpi_target {}", cfg.target);
+    let _ = writeln!(
+        out,
+        "# HELP driftwatch_kpi_target The compliance target.\n# TYPE driftwatch_kpi_target gauge\ndriftwatch_kpi_target {}",
+        cfg.target
+    );
 
-    let today_events = store.events(&EventQuery { from: Some(today), to: Some(today), ..EventQuery::default() })?;
+    let today_events = store.events(&EventQuery {
+        from: Some(today),
+        to: Some(today),
+        ..EventQuery::default()
+    })?;
     let mut by_status = std::collections::BTreeMap::new();
     for e in &today_events {
         let kind = e.status.split(':').next().unwrap_or("").to_string();
         *by_status.entry(kind).or_insert(0u64) += 1;
     }
-    let _ = writeln!(out, "# HELP driftwatch_events_today Events received today by status kind.\n# TYPE driftwatch_events_today gauge");
+    let _ = writeln!(
+        out,
+        "# HELP driftwatch_events_today Events received today by status kind.\n# TYPE driftwatch_events_today gauge"
+    );
     for (k, v) in by_status {
-        let _ = writeln!(out, "driftwatch_events_today{{status=\"{}\"}} {v}", label(&k));
+        let _ = writeln!(
+            out,
+            "driftwatch_events_today{{status=\"{}\"}} {v}",
+            label(&k)
+        );
     }
     let hosts = store.hosts(now)?;
-    let silent = hosts.iter().filter(|h| !h.retired && h.silent_for_seconds > cfg.silent_after.as_secs() as i64).count();
+    let silent = hosts
+        .iter()
+        .filter(|h| !h.retired && h.silent_for_seconds > cfg.silent_after.as_secs() as i64)
+        .count();
     let open: u64 = hosts.iter().map(|h| h.open_unauthorized).sum();
-    let _ = writeln!(out, "# HELP driftwatch_hosts Known hosts (not retired).\n# TYPE driftwatch_hosts gauge\ndriftwatch_hosts {}", hosts.iter().filter(|h| !h.retired).count());
-    let _ = writeln!(out, "# HELP driftwatch_hosts_silent Hosts not heard from within silent_after.\n# TYPE driftwatch_hosts_silent gauge\ndriftwatch_hosts_silent {silent}");
-    let _ = writeln!(out, "# HELP driftwatch_open_unauthorized Unauthorized changes still open.\n# TYPE driftwatch_open_unauthorized gauge\ndriftwatch_open_unauthorized {open}");
+    let _ = writeln!(
+        out,
+        "# HELP driftwatch_hosts Known hosts (not retired).\n# TYPE driftwatch_hosts gauge\ndriftwatch_hosts {}",
+        hosts.iter().filter(|h| !h.retired).count()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP driftwatch_hosts_silent Hosts not heard from within silent_after.\n# TYPE driftwatch_hosts_silent gauge\ndriftwatch_hosts_silent {silent}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP driftwatch_open_unauthorized Unauthorized changes still open.\n# TYPE driftwatch_open_unauthorized gauge\ndriftwatch_open_unauthorized {open}"
+    );
     let missing: u64 = hosts.iter().map(|h| h.missing_seqs).sum();
     let dropped: u64 = hosts.iter().map(|h| h.spool_dropped).sum();
-    let _ = writeln!(out, "# HELP driftwatch_missing_event_seqs Event sequence numbers never received (gaps).\n# TYPE driftwatch_missing_event_seqs gauge\ndriftwatch_missing_event_seqs {missing}");
-    let _ = writeln!(out, "# HELP driftwatch_agent_spool_dropped Events agents report dropped from a full spool.\n# TYPE driftwatch_agent_spool_dropped gauge\ndriftwatch_agent_spool_dropped {dropped}");
+    let _ = writeln!(
+        out,
+        "# HELP driftwatch_missing_event_seqs Event sequence numbers never received (gaps).\n# TYPE driftwatch_missing_event_seqs gauge\ndriftwatch_missing_event_seqs {missing}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP driftwatch_agent_spool_dropped Events agents report dropped from a full spool.\n# TYPE driftwatch_agent_spool_dropped gauge\ndriftwatch_agent_spool_dropped {dropped}"
+    );
     Ok(out)
 }
 
 /// Escapes a label value per the exposition format.
 fn label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -26,7 +26,10 @@ pub enum CollectorError {
     Store(#[from] StoreError),
     /// The listen address could not be bound.
     #[error("listen {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     /// TLS material is unusable.
     #[error("tls: {0}")]
     Tls(String),
@@ -49,17 +52,33 @@ impl Collector {
     }
 
     /// Binds with an already open store (the agent's embedded mode shares one).
-    pub async fn bind_with_store(cfg: CollectorConfig, store: Arc<dyn Store>) -> Result<Collector, CollectorError> {
+    pub async fn bind_with_store(
+        cfg: CollectorConfig,
+        store: Arc<dyn Store>,
+    ) -> Result<Collector, CollectorError> {
         let tls = cfg.tls.as_ref().map(tls_acceptor).transpose()?;
-        let listener = TcpListener::bind(cfg.listen).await.map_err(|source| CollectorError::Bind { addr: cfg.listen, source })?;
+        let listener =
+            TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|source| CollectorError::Bind {
+                    addr: cfg.listen,
+                    source,
+                })?;
         let state = api::AppState::new(store, Arc::new(cfg));
         let app = api::router(state.clone());
-        Ok(Collector { listener, tls, app, state })
+        Ok(Collector {
+            listener,
+            tls,
+            app,
+            state,
+        })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound socket has an address")
+        self.listener
+            .local_addr()
+            .expect("bound socket has an address")
     }
 
     /// The base URL clients use.
@@ -73,7 +92,10 @@ impl Collector {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // Slow-loris guard: a client must send its headers promptly.
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -93,25 +115,46 @@ impl Collector {
             let tls = self.tls.clone();
             tokio::spawn(async move {
                 let result = match tls {
-                    None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
-                    Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc).into_owned()).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
+                    None => {
+                        watcher
+                            .watch(
+                                builder
+                                    .serve_connection(TokioIo::new(stream), svc)
+                                    .into_owned(),
+                            )
+                            .await
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => {
+                                watcher
+                                    .watch(
+                                        builder.serve_connection(TokioIo::new(s), svc).into_owned(),
+                                    )
+                                    .await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
                         }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    },
+                    }
                 };
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });
         }
-        if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("requests still running after 30 s; closing them");
         }
     }
@@ -123,7 +166,8 @@ fn tls_acceptor(t: &Tls) -> Result<tokio_rustls::TlsAcceptor, CollectorError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| CollectorError::Tls(format!("{}: {e}", t.cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| CollectorError::Tls(format!("{}: {e}", t.key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&t.key)
+        .map_err(|e| CollectorError::Tls(format!("{}: {e}", t.key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -137,7 +181,10 @@ fn tls_acceptor(t: &Tls) -> Result<tokio_rustls::TlsAcceptor, CollectorError> {
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers we can still be stopped by SIGKILL; never return early.
         std::future::pending::<()>().await;
         return;

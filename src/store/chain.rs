@@ -36,7 +36,14 @@ mod tests {
         let h = link(GENESIS, "event", &b);
         assert_ne!(h, link(GENESIS, "kpi", &b));
         assert_ne!(h, link(&h, "event", &b));
-        assert_ne!(h, link(GENESIS, "event", &body(&[json!("web-01"), json!(18), json!(null)])));
+        assert_ne!(
+            h,
+            link(
+                GENESIS,
+                "event",
+                &body(&[json!("web-01"), json!(18), json!(null)])
+            )
+        );
         assert_eq!(h, link(GENESIS, "event", &b));
     }
 }

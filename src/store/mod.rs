@@ -24,8 +24,14 @@ pub enum StoreError {
     #[error("storage {0:?}: expected sqlite:///path/to/file.db or postgres://user@host/db")]
     BadUrl(String),
     /// The database was written by a newer driftwatch.
-    #[error("{path}: schema version {found} is newer than this driftwatch understands ({supported})")]
-    Schema { path: String, found: i64, supported: i64 },
+    #[error(
+        "{path}: schema version {found} is newer than this driftwatch understands ({supported})"
+    )]
+    Schema {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
     /// A named record does not exist.
     #[error("{0} not found")]
     NotFound(String),
@@ -220,7 +226,13 @@ pub struct ChainReport {
 /// The collector's storage interface.
 pub trait Store: Send + Sync + 'static {
     /// Creates a token; returns it with its secret (shown once, stored hashed).
-    fn create_token(&self, role: Role, host: Option<&str>, label: &str, now: Timestamp) -> Result<(Token, String), StoreError>;
+    fn create_token(
+        &self,
+        role: Role,
+        host: Option<&str>,
+        label: &str,
+        now: Timestamp,
+    ) -> Result<(Token, String), StoreError>;
     /// Finds a live (unrevoked) token by its secret.
     fn find_token(&self, secret: &str) -> Result<Option<Token>, StoreError>;
     /// Lists tokens.
@@ -234,13 +246,31 @@ pub trait Store: Send + Sync + 'static {
     /// Lists events.
     fn events(&self, q: &EventQuery) -> Result<Vec<StoredEvent>, StoreError>;
     /// Changes an event's status, keeping the old one in the (chained) history.
-    fn reclassify(&self, event_id: i64, new_status: &str, reason: &str, now: Timestamp) -> Result<(), StoreError>;
+    fn reclassify(
+        &self,
+        event_id: i64,
+        new_status: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
     /// Per-host per-day facts for the KPI, sealing finished days into the chain first.
-    fn host_days(&self, from: Date, to: Date, host: Option<&str>, now: Timestamp) -> Result<Vec<HostDay>, StoreError>;
+    fn host_days(
+        &self,
+        from: Date,
+        to: Date,
+        host: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Vec<HostDay>, StoreError>;
     /// Hosts.
     fn hosts(&self, now: Timestamp) -> Result<Vec<HostInfo>, StoreError>;
     /// Stores a change entry version.
-    fn put_change(&self, id: &str, toml: &str, minisig: Option<&str>, now: Timestamp) -> Result<(), StoreError>;
+    fn put_change(
+        &self,
+        id: &str,
+        toml: &str,
+        minisig: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
     /// Latest version of every change entry.
     fn changes(&self) -> Result<Vec<StoredChange>, StoreError>;
     /// Stores a manifest.
@@ -256,7 +286,10 @@ pub trait Store: Send + Sync + 'static {
 /// Opens the store named by a storage URL.
 pub fn open(url: &str, tz: jiff::tz::TimeZone) -> Result<Box<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
-        return Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(path), tz)?));
+        return Ok(Box::new(sqlite::SqliteStore::open(
+            std::path::Path::new(path),
+            tz,
+        )?));
     }
     Err(StoreError::BadUrl(url.to_string()))
 }

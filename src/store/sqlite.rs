@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use super::chain::{self, GENESIS};
 use super::{
-    ChainHead, ChainReport, EventQuery, HostInfo, Role, Store, StoreError, StoredChange, StoredEvent, StoredManifest,
-    Token,
+    ChainHead, ChainReport, EventQuery, HostInfo, Role, Store, StoreError, StoredChange,
+    StoredEvent, StoredManifest, Token,
 };
 use crate::event::{ChangeEvent, EventBatch, Heartbeat, IngestResult};
 use crate::kpi::HostDay;
@@ -73,7 +73,10 @@ pub struct SqliteStore {
 }
 
 fn db<E: std::fmt::Display>(context: &str) -> impl FnOnce(E) -> StoreError + '_ {
-    move |e| StoreError::Db { context: context.to_string(), message: e.to_string() }
+    move |e| StoreError::Db {
+        context: context.to_string(),
+        message: e.to_string(),
+    }
 }
 
 type Res<T> = Result<T, StoreError>;
@@ -103,17 +106,29 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).map_err(db(&shown))?;
         }
         let conn = Connection::open(path).map_err(db(&shown))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db(&shown))?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db(&shown))?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(db(&shown))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db(&shown))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db(&shown))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db(&shown))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(db(&shown))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db(&shown))?;
         let found: Option<i64> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get::<_, String>(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
             .optional()
             .unwrap_or(None)
             .and_then(|v| v.parse().ok());
         if let Some(found) = found.filter(|v| *v > SCHEMA_VERSION) {
-            return Err(StoreError::Schema { path: shown, found, supported: SCHEMA_VERSION });
+            return Err(StoreError::Schema {
+                path: shown,
+                found,
+                supported: SCHEMA_VERSION,
+            });
         }
         conn.execute_batch(SCHEMA).map_err(db(&shown))?;
         conn.execute(
@@ -121,7 +136,11 @@ impl SqliteStore {
             params![SCHEMA_VERSION.to_string(), GENESIS],
         )
         .map_err(db(&shown))?;
-        Ok(SqliteStore { conn: Mutex::new(conn), tz, path: shown })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            tz,
+            path: shown,
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -142,9 +161,13 @@ struct ChainCursor {
 impl ChainCursor {
     fn load(tx: &Transaction<'_>) -> Res<ChainCursor> {
         let get = |k: &str| -> Res<String> {
-            tx.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0)).map_err(db("chain"))
+            tx.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+                .map_err(db("chain"))
         };
-        Ok(ChainCursor { len: get("chain_len")?.parse().unwrap_or(0), head: get("chain_head")? })
+        Ok(ChainCursor {
+            len: get("chain_len")?.parse().unwrap_or(0),
+            head: get("chain_head")?,
+        })
     }
 
     /// Returns (chain_seq, prev_hash, hash) for the next record.
@@ -157,8 +180,16 @@ impl ChainCursor {
     }
 
     fn save(&self, tx: &Transaction<'_>) -> Res<()> {
-        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'chain_len'", [self.len.to_string()]).map_err(db("chain"))?;
-        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'chain_head'", [&self.head]).map_err(db("chain"))?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'chain_len'",
+            [self.len.to_string()],
+        )
+        .map_err(db("chain"))?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'chain_head'",
+            [&self.head],
+        )
+        .map_err(db("chain"))?;
         Ok(())
     }
 }
@@ -196,12 +227,28 @@ fn event_body(
     ])
 }
 
-fn reclass_body(event_id: i64, old: &str, new: &str, open_after: bool, reason: &str, at: &str) -> String {
-    chain::body(&[json!(event_id), json!(old), json!(new), json!(open_after), json!(reason), json!(at)])
+fn reclass_body(
+    event_id: i64,
+    old: &str,
+    new: &str,
+    open_after: bool,
+    reason: &str,
+    at: &str,
+) -> String {
+    chain::body(&[
+        json!(event_id),
+        json!(old),
+        json!(new),
+        json!(open_after),
+        json!(reason),
+        json!(at),
+    ])
 }
 
 fn kpi_body(d: &HostDay, version: i64, sealed_at: &str) -> String {
-    let (vetted, paths) = d.vetted_paths.map_or((None, None), |(v, p)| (Some(v), Some(p)));
+    let (vetted, paths) = d
+        .vetted_paths
+        .map_or((None, None), |(v, p)| (Some(v), Some(p)));
     chain::body(&[
         json!(d.day.to_string()),
         json!(d.host),
@@ -221,7 +268,13 @@ fn kpi_body(d: &HostDay, version: i64, sealed_at: &str) -> String {
 }
 
 fn content_hash(e: &ChangeEvent) -> String {
-    blake3::hash(serde_json::to_string(e).expect("events serialize").as_bytes()).to_hex().to_string()
+    blake3::hash(
+        serde_json::to_string(e)
+            .expect("events serialize")
+            .as_bytes(),
+    )
+    .to_hex()
+    .to_string()
 }
 
 fn upsert_host(tx: &Transaction<'_>, host: &str, env: &str, now: i64, day: &str) -> Res<()> {
@@ -231,12 +284,22 @@ fn upsert_host(tx: &Transaction<'_>, host: &str, env: &str, now: i64, day: &str)
         params![host, env, now, day],
     )
     .map_err(db("hosts"))?;
-    tx.execute("INSERT OR IGNORE INTO presence (host, day) VALUES (?1, ?2)", params![host, day]).map_err(db("presence"))?;
+    tx.execute(
+        "INSERT OR IGNORE INTO presence (host, day) VALUES (?1, ?2)",
+        params![host, day],
+    )
+    .map_err(db("presence"))?;
     Ok(())
 }
 
 impl Store for SqliteStore {
-    fn create_token(&self, role: Role, host: Option<&str>, label: &str, now: Timestamp) -> Res<(Token, String)> {
+    fn create_token(
+        &self,
+        role: Role,
+        host: Option<&str>,
+        label: &str,
+        now: Timestamp,
+    ) -> Res<(Token, String)> {
         let mut raw = [0u8; 32];
         getrandom(&mut raw)?;
         let secret = format!("dw_{}", hex::encode(raw));
@@ -250,9 +313,17 @@ impl Store for SqliteStore {
         let id = conn.last_insert_rowid();
         if let Some(h) = host {
             // A new agent token brings a retired host back into the expected set.
-            conn.execute("UPDATE hosts SET retired_day = NULL WHERE name = ?1", [h]).map_err(db("hosts"))?;
+            conn.execute("UPDATE hosts SET retired_day = NULL WHERE name = ?1", [h])
+                .map_err(db("hosts"))?;
         }
-        let token = Token { id, role, host: host.map(String::from), label: label.into(), created_at: created, revoked_at: None };
+        let token = Token {
+            id,
+            role,
+            host: host.map(String::from),
+            label: label.into(),
+            created_at: created,
+            revoked_at: None,
+        };
         Ok((token, secret))
     }
 
@@ -269,7 +340,9 @@ impl Store for SqliteStore {
 
     fn list_tokens(&self) -> Res<Vec<Token>> {
         let conn = self.conn();
-        let mut st = conn.prepare("SELECT id, role, host, label, created_at, revoked_at FROM tokens ORDER BY id").map_err(db("tokens"))?;
+        let mut st = conn
+            .prepare("SELECT id, role, host, label, created_at, revoked_at FROM tokens ORDER BY id")
+            .map_err(db("tokens"))?;
         let rows = st.query_map([], row_token).map_err(db("tokens"))?;
         rows.collect::<Result<_, _>>().map_err(db("tokens"))
     }
@@ -279,10 +352,17 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(db("tokens"))?;
         let at = timefmt::format_timestamp(now);
         let n = tx
-            .execute("UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL", params![at, id])
+            .execute(
+                "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+                params![at, id],
+            )
             .map_err(db("tokens"))?;
         let token = tx
-            .query_row("SELECT id, role, host, label, created_at, revoked_at FROM tokens WHERE id = ?1", [id], row_token)
+            .query_row(
+                "SELECT id, role, host, label, created_at, revoked_at FROM tokens WHERE id = ?1",
+                [id],
+                row_token,
+            )
             .optional()
             .map_err(db("tokens"))?
             .ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
@@ -298,7 +378,11 @@ impl Store for SqliteStore {
                 .map_err(db("tokens"))?;
             if live == 0 {
                 let day = self.day_of(now).to_string();
-                tx.execute("UPDATE hosts SET retired_day = ?1 WHERE name = ?2", params![day, host]).map_err(db("hosts"))?;
+                tx.execute(
+                    "UPDATE hosts SET retired_day = ?1 WHERE name = ?2",
+                    params![day, host],
+                )
+                .map_err(db("hosts"))?;
             }
         }
         tx.commit().map_err(db("tokens"))?;
@@ -325,13 +409,19 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(db("ingest"))?;
         upsert_host(&tx, &batch.host, &batch.environment, received, &day)?;
         let (mut last_seq, mut missing): (i64, i64) = tx
-            .query_row("SELECT last_seq, missing_seqs FROM hosts WHERE name = ?1", [&batch.host], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT last_seq, missing_seqs FROM hosts WHERE name = ?1",
+                [&batch.host],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map_err(db("ingest"))?;
         let mut cursor = ChainCursor::load(&tx)?;
         let mut result = IngestResult::default();
         let mut replays = 0i64;
         {
-            let mut existing = tx.prepare_cached("SELECT content_hash FROM events WHERE host = ?1 AND seq = ?2").map_err(db("ingest"))?;
+            let mut existing = tx
+                .prepare_cached("SELECT content_hash FROM events WHERE host = ?1 AND seq = ?2")
+                .map_err(db("ingest"))?;
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO events (chain_seq, host, seq, environment, tree, path, path_bytes, change, status,
@@ -344,7 +434,10 @@ impl Store for SqliteStore {
             for e in &batch.events {
                 let seq = e.seq as i64;
                 let ch = content_hash(e);
-                let prior: Option<String> = existing.query_row(params![batch.host, seq], |r| r.get(0)).optional().map_err(db("ingest"))?;
+                let prior: Option<String> = existing
+                    .query_row(params![batch.host, seq], |r| r.get(0))
+                    .optional()
+                    .map_err(db("ingest"))?;
                 match prior {
                     Some(p) if p == ch => result.duplicates += 1,
                     Some(_) => {
@@ -364,10 +457,23 @@ impl Store for SqliteStore {
                             &batch.host,
                             seq,
                             &batch.environment,
-                            (&e.tree, &e.path, e.path_bytes.as_deref(), &e.change, &e.status, &e.observed_at, &e.window_start),
+                            (
+                                &e.tree,
+                                &e.path,
+                                e.path_bytes.as_deref(),
+                                &e.change,
+                                &e.status,
+                                &e.observed_at,
+                                &e.window_start,
+                            ),
                             received,
                             &day,
-                            (e.blake3.as_deref(), e.previous_blake3.as_deref(), size, resolves),
+                            (
+                                e.blake3.as_deref(),
+                                e.previous_blake3.as_deref(),
+                                size,
+                                resolves,
+                            ),
                         );
                         let (cseq, prev, hash) = cursor.next("event", &body);
                         insert
@@ -412,7 +518,16 @@ impl Store for SqliteStore {
                     .optional()
                     .map_err(db("ingest"))?;
                 if let Some((id, status)) = target {
-                    append_reclass(&tx, &mut cursor, id, &status, &status, false, "resolved: path back to its approved state", &at)?;
+                    append_reclass(
+                        &tx,
+                        &mut cursor,
+                        id,
+                        &status,
+                        &status,
+                        false,
+                        "resolved: path back to its approved state",
+                        &at,
+                    )?;
                 }
             }
         }
@@ -511,16 +626,33 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("reclassify"))?;
         let (old, host, day): (String, String, String) = tx
-            .query_row("SELECT current_status, host, day FROM events WHERE id = ?1", [event_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row(
+                "SELECT current_status, host, day FROM events WHERE id = ?1",
+                [event_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()
             .map_err(db("reclassify"))?
             .ok_or_else(|| StoreError::NotFound(format!("event {event_id}")))?;
         let mut cursor = ChainCursor::load(&tx)?;
         let at = timefmt::format_timestamp(now);
-        append_reclass(&tx, &mut cursor, event_id, &old, new_status, is_violation(new_status), reason, &at)?;
+        append_reclass(
+            &tx,
+            &mut cursor,
+            event_id,
+            &old,
+            new_status,
+            is_violation(new_status),
+            reason,
+            &at,
+        )?;
         // A day already sealed into the chain gets a new version of its row: both facts stay.
         let sealed: i64 = tx
-            .query_row("SELECT COUNT(*) FROM kpi_days WHERE day = ?1 AND host = ?2", params![day, host], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM kpi_days WHERE day = ?1 AND host = ?2",
+                params![day, host],
+                |r| r.get(0),
+            )
             .map_err(db("reclassify"))?;
         if sealed > 0 {
             let d: Date = day.parse().map_err(db("reclassify"))?;
@@ -533,12 +665,19 @@ impl Store for SqliteStore {
         tx.commit().map_err(db("reclassify"))
     }
 
-    fn host_days(&self, from: Date, to: Date, host: Option<&str>, now: Timestamp) -> Res<Vec<HostDay>> {
+    fn host_days(
+        &self,
+        from: Date,
+        to: Date,
+        host: Option<&str>,
+        now: Timestamp,
+    ) -> Res<Vec<HostDay>> {
         let today = self.day_of(now);
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("kpi"))?;
         seal_until(&tx, today, &timefmt::format_timestamp(now))?;
-        let sealed_through: Option<Date> = meta_get(&tx, "sealed_through")?.and_then(|s| s.parse().ok());
+        let sealed_through: Option<Date> =
+            meta_get(&tx, "sealed_through")?.and_then(|s| s.parse().ok());
         let mut out = Vec::new();
         let sealed_to = sealed_through.map(|s| s.min(to));
         if let Some(st) = sealed_to.filter(|st| *st >= from) {
@@ -634,7 +773,14 @@ impl Store for SqliteStore {
             .prepare("SELECT id, toml, minisig, received_at, MAX(version) FROM changes GROUP BY id ORDER BY id")
             .map_err(db("changes"))?;
         let rows = st
-            .query_map([], |r| Ok(StoredChange { id: r.get(0)?, toml: r.get(1)?, minisig: r.get(2)?, received_at: r.get(3)? }))
+            .query_map([], |r| {
+                Ok(StoredChange {
+                    id: r.get(0)?,
+                    toml: r.get(1)?,
+                    minisig: r.get(2)?,
+                    received_at: r.get(3)?,
+                })
+            })
             .map_err(db("changes"))?;
         rows.collect::<Result<_, _>>().map_err(db("changes"))
     }
@@ -668,9 +814,13 @@ impl Store for SqliteStore {
     fn chain_head(&self) -> Res<ChainHead> {
         let conn = self.conn();
         let get = |k: &str| -> Res<String> {
-            conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0)).map_err(db("chain"))
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+                .map_err(db("chain"))
         };
-        Ok(ChainHead { records: get("chain_len")?.parse().unwrap_or(0), head: get("chain_head")? })
+        Ok(ChainHead {
+            records: get("chain_len")?.parse().unwrap_or(0),
+            head: get("chain_head")?,
+        })
     }
 }
 
@@ -694,7 +844,9 @@ fn getrandom(buf: &mut [u8]) -> Res<()> {
 }
 
 fn meta_get(tx: &Transaction<'_>, key: &str) -> Res<Option<String>> {
-    tx.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(db("meta"))
+    tx.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+        .map_err(db("meta"))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -708,19 +860,30 @@ fn append_reclass(
     reason: &str,
     at: &str,
 ) -> Res<()> {
-    let (cseq, prev, hash) = cursor.next("reclassification", &reclass_body(event_id, old, new, open_after, reason, at));
+    let (cseq, prev, hash) = cursor.next(
+        "reclassification",
+        &reclass_body(event_id, old, new, open_after, reason, at),
+    );
     tx.execute(
         "INSERT INTO reclassifications (chain_seq, event_id, old_status, new_status, open_after, reason, at, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![cseq, event_id, old, new, open_after, reason, at, prev, hash],
     )
     .map_err(db("reclassify"))?;
-    tx.execute("UPDATE events SET current_status = ?1, open = ?2 WHERE id = ?3", params![new, open_after, event_id])
-        .map_err(db("reclassify"))?;
+    tx.execute(
+        "UPDATE events SET current_status = ?1, open = ?2 WHERE id = ?3",
+        params![new, open_after, event_id],
+    )
+    .map_err(db("reclassify"))?;
     Ok(())
 }
 
-fn append_kpi(tx: &Transaction<'_>, cursor: &mut ChainCursor, d: &HostDay, sealed_at: &str) -> Res<()> {
+fn append_kpi(
+    tx: &Transaction<'_>,
+    cursor: &mut ChainCursor,
+    d: &HostDay,
+    sealed_at: &str,
+) -> Res<()> {
     let version: i64 = tx
         .query_row(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM kpi_days WHERE day = ?1 AND host = ?2",
@@ -729,7 +892,9 @@ fn append_kpi(tx: &Transaction<'_>, cursor: &mut ChainCursor, d: &HostDay, seale
         )
         .map_err(db("kpi"))?;
     let (cseq, prev, hash) = cursor.next("kpi_day", &kpi_body(d, version, sealed_at));
-    let (vetted, paths) = d.vetted_paths.map_or((None, None), |(v, p)| (Some(v as i64), Some(p as i64)));
+    let (vetted, paths) = d
+        .vetted_paths
+        .map_or((None, None), |(v, p)| (Some(v as i64), Some(p as i64)));
     tx.execute(
         "INSERT INTO kpi_days (chain_seq, day, host, environment, version, expected, reported, changes, authorized,
            retroactive, unauthorized, unverifiable, vetted, paths, sealed_at, prev_hash, hash)
@@ -765,9 +930,16 @@ fn seal_until(tx: &Transaction<'_>, today: Date, now: &str) -> Res<()> {
         Err(_) => return Ok(()),
     };
     let sealed: Option<Date> = meta_get(tx, "sealed_through")?.and_then(|s| s.parse().ok());
-    let first: Option<String> = tx.query_row("SELECT MIN(first_day) FROM hosts", [], |r| r.get(0)).map_err(db("kpi"))?;
-    let Some(first) = first.and_then(|f| f.parse::<Date>().ok()) else { return Ok(()) };
-    let start = sealed.and_then(|s| s.tomorrow().ok()).unwrap_or(first).max(first);
+    let first: Option<String> = tx
+        .query_row("SELECT MIN(first_day) FROM hosts", [], |r| r.get(0))
+        .map_err(db("kpi"))?;
+    let Some(first) = first.and_then(|f| f.parse::<Date>().ok()) else {
+        return Ok(());
+    };
+    let start = sealed
+        .and_then(|s| s.tomorrow().ok())
+        .unwrap_or(first)
+        .max(first);
     if start > yesterday {
         return Ok(());
     }
@@ -785,20 +957,32 @@ fn seal_until(tx: &Transaction<'_>, today: Date, now: &str) -> Res<()> {
 }
 
 /// Computes host-day facts from events, presence and scans for `[from, to]`.
-fn compute_days(tx: &Transaction<'_>, from: Date, to: Date, host: Option<&str>) -> Res<Vec<HostDay>> {
+fn compute_days(
+    tx: &Transaction<'_>,
+    from: Date,
+    to: Date,
+    host: Option<&str>,
+) -> Res<Vec<HostDay>> {
     let (f, t) = (from.to_string(), to.to_string());
     let host_filter = host.unwrap_or("");
     let mut hosts_st = tx
         .prepare("SELECT name, environment, first_day, retired_day FROM hosts WHERE ?1 = '' OR name = ?1")
         .map_err(db("kpi"))?;
     let hosts: Vec<(String, String, String, Option<String>)> = hosts_st
-        .query_map([host_filter], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_map([host_filter], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .map_err(db("kpi"))?
         .collect::<Result<_, _>>()
         .map_err(db("kpi"))?;
     let mut presence: HashSet<(String, String)> = HashSet::new();
-    let mut st = tx.prepare("SELECT host, day FROM presence WHERE day >= ?1 AND day <= ?2").map_err(db("kpi"))?;
-    for r in st.query_map([&f, &t], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db("kpi"))? {
+    let mut st = tx
+        .prepare("SELECT host, day FROM presence WHERE day >= ?1 AND day <= ?2")
+        .map_err(db("kpi"))?;
+    for r in st
+        .query_map([&f, &t], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(db("kpi"))?
+    {
         presence.insert(r.map_err(db("kpi"))?);
     }
     let mut counts: HashMap<(String, String), [u64; 5]> = HashMap::new();
@@ -828,7 +1012,12 @@ fn compute_days(tx: &Transaction<'_>, from: Date, to: Date, host: Option<&str>) 
         .prepare("SELECT host, day, SUM(vetted), SUM(paths) FROM scans WHERE day >= ?1 AND day <= ?2 GROUP BY host, day")
         .map_err(db("kpi"))?;
     let rows = st
-        .query_map([&f, &t], |r| Ok(((r.get(0)?, r.get(1)?), (r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64))))
+        .query_map([&f, &t], |r| {
+            Ok((
+                (r.get(0)?, r.get(1)?),
+                (r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64),
+            ))
+        })
         .map_err(db("kpi"))?;
     for r in rows {
         let (k, v) = r.map_err(db("kpi"))?;
@@ -843,7 +1032,8 @@ fn compute_days(tx: &Transaction<'_>, from: Date, to: Date, host: Option<&str>) 
             let key = (name.clone(), ds.clone());
             let c = counts.get(&key).copied();
             if expected || c.is_some() {
-                let [changes, authorized, retroactive, unauthorized, unverifiable] = c.unwrap_or_default();
+                let [changes, authorized, retroactive, unauthorized, unverifiable] =
+                    c.unwrap_or_default();
                 out.insert(
                     (ds.clone(), name.clone()),
                     HostDay {
@@ -911,7 +1101,12 @@ fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
                     ),
                     r.get(12)?,
                     &r.get::<_, String>(13)?,
-                    (r.get::<_, Option<String>>(14)?.as_deref(), r.get::<_, Option<String>>(15)?.as_deref(), r.get(16)?, r.get(17)?),
+                    (
+                        r.get::<_, Option<String>>(14)?.as_deref(),
+                        r.get::<_, Option<String>>(15)?.as_deref(),
+                        r.get(16)?,
+                        r.get(17)?,
+                    ),
                 );
                 Ok((
                     r.get::<_, i64>(0)?,
@@ -930,7 +1125,13 @@ fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
         for row in rows {
             let (k, rec) = row.map_err(db(&ctx))?;
             if let Some(dup) = records.insert(k, rec) {
-                bad.push((k, format!("chain position {k} used twice ({} id {})", dup.table, dup.id)));
+                bad.push((
+                    k,
+                    format!(
+                        "chain position {k} used twice ({} id {})",
+                        dup.table, dup.id
+                    ),
+                ));
             }
         }
     }
@@ -941,7 +1142,14 @@ fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
         let rows = st
             .query_map([], |r| {
                 let event_id: i64 = r.get(2)?;
-                let body = reclass_body(event_id, &r.get::<_, String>(3)?, &r.get::<_, String>(4)?, r.get(5)?, &r.get::<_, String>(6)?, &r.get::<_, String>(7)?);
+                let body = reclass_body(
+                    event_id,
+                    &r.get::<_, String>(3)?,
+                    &r.get::<_, String>(4)?,
+                    r.get(5)?,
+                    &r.get::<_, String>(6)?,
+                    &r.get::<_, String>(7)?,
+                );
                 Ok((
                     r.get::<_, i64>(0)?,
                     Record {
@@ -959,7 +1167,13 @@ fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
         for row in rows {
             let (k, rec) = row.map_err(db(&ctx))?;
             if let Some(dup) = records.insert(k, rec) {
-                bad.push((k, format!("chain position {k} used twice ({} id {})", dup.table, dup.id)));
+                bad.push((
+                    k,
+                    format!(
+                        "chain position {k} used twice ({} id {})",
+                        dup.table, dup.id
+                    ),
+                ));
             }
         }
     }
@@ -1008,23 +1222,42 @@ fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
         for row in rows {
             let (k, rec) = row.map_err(db(&ctx))?;
             if let Some(dup) = records.insert(k, rec) {
-                bad.push((k, format!("chain position {k} used twice ({} id {})", dup.table, dup.id)));
+                bad.push((
+                    k,
+                    format!(
+                        "chain position {k} used twice ({} id {})",
+                        dup.table, dup.id
+                    ),
+                ));
             }
         }
     }
-    let meta = |k: &str| -> Res<String> { conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0)).map_err(db(&ctx)) };
+    let meta = |k: &str| -> Res<String> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+            .map_err(db(&ctx))
+    };
     let meta_len: u64 = meta("chain_len")?.parse().unwrap_or(0);
     let meta_head = meta("chain_head")?;
     let mut prev = GENESIS.to_string();
-    let mut expected_seq = 1i64;
     let mut hash_at = None;
-    for (seq, rec) in &records {
+    for (expected_seq, (seq, rec)) in (1i64..).zip(records.iter()) {
         if bad.iter().any(|(k, _)| k == seq) {
             break;
         }
-        let describe = |why: &str| format!("{} (table {}, id {}, chain position {seq}): {why}", rec.what, rec.table, rec.id);
+        let describe = |why: &str| {
+            format!(
+                "{} (table {}, id {}, chain position {seq}): {why}",
+                rec.what, rec.table, rec.id
+            )
+        };
         if *seq != expected_seq {
-            bad.push((*seq, format!("chain position {expected_seq} is missing (deleted record) before {}", describe("next present record"))));
+            bad.push((
+                *seq,
+                format!(
+                    "chain position {expected_seq} is missing (deleted record) before {}",
+                    describe("next present record")
+                ),
+            ));
             break;
         }
         if rec.prev != prev {
@@ -1039,7 +1272,6 @@ fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
         if at == Some(*seq as u64) {
             hash_at = Some((*seq as u64, prev.clone()));
         }
-        expected_seq += 1;
     }
     let count = records.len() as u64;
     if bad.is_empty() && (meta_len != count || meta_head != prev) {
@@ -1049,7 +1281,12 @@ fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
         bad.extend(projection_problems(conn, &ctx)?);
     }
     bad.sort_by_key(|(k, _)| *k);
-    Ok(ChainReport { records: count, head: prev, first_bad: bad.into_iter().next().map(|(_, m)| m), hash_at })
+    Ok(ChainReport {
+        records: count,
+        head: prev,
+        first_bad: bad.into_iter().next().map(|(_, m)| m),
+        hash_at,
+    })
 }
 
 /// The mutable `current_status`/`open` columns must equal what the chained history says.
@@ -1071,7 +1308,14 @@ fn projection_problems(conn: &Connection, ctx: &str) -> Res<Vec<(i64, String)>> 
             let last_open: Option<bool> = r.get(7)?;
             let want_status = last.unwrap_or_else(|| status.clone());
             let want_open = last_open.unwrap_or(is_violation(&status));
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, current != want_status || open != want_open, current, want_status))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                current != want_status || open != want_open,
+                current,
+                want_status,
+            ))
         })
         .map_err(db(ctx))?;
     let mut out = Vec::new();

@@ -204,7 +204,9 @@ impl Collector {
                 {
                     let _ = tx.send(url.to_string());
                 }
-                sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&line);
+                sink.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&line);
             }
         });
         let url = match rx.recv_timeout(START_TIMEOUT) {
@@ -256,7 +258,12 @@ impl Collector {
         let t0 = Instant::now();
         // SAFETY: kill(2) on our own child's pid; the child is not reaped yet, so the pid is ours.
         let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) failed: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "kill(SIGTERM) failed: {}",
+            std::io::Error::last_os_error()
+        );
         loop {
             match self.child.try_wait() {
                 Ok(Some(st)) => {
@@ -390,12 +397,7 @@ impl Resp {
     /// Asserts the status, showing the body when it differs.
     #[track_caller]
     pub fn expect(&self, status: u16) -> &Resp {
-        assert_eq!(
-            self.status,
-            status,
-            "HTTP status; body:\n{}",
-            self.text()
-        );
+        assert_eq!(self.status, status, "HTTP status; body:\n{}", self.text());
         self
     }
 
@@ -411,7 +413,13 @@ impl Resp {
 }
 
 /// One request on a fresh connection: `METHOD PATH`, optional bearer token and body.
-pub fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> Resp {
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> Resp {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
@@ -455,7 +463,12 @@ fn parse_response(raw: &[u8]) -> Resp {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in response:\n{}", String::from_utf8_lossy(raw)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no header end in response:\n{}",
+                String::from_utf8_lossy(raw)
+            )
+        });
     let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or("");
@@ -490,10 +503,7 @@ fn parse_response(raw: &[u8]) -> Resp {
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&data[..eol]);
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
             .unwrap_or_else(|_| panic!("bad chunk size {size_text:?}"));
@@ -549,7 +559,15 @@ pub fn batch(host: &str, events: Vec<Value>) -> Value {
 pub fn simple_events(first: u64, n: u64, prefix: &str) -> Vec<Value> {
     let now = common::rfc3339(-60);
     (first..first + n)
-        .map(|seq| event(seq, &format!("{prefix}-{seq}.php"), "added", "unauthorized", &now))
+        .map(|seq| {
+            event(
+                seq,
+                &format!("{prefix}-{seq}.php"),
+                "added",
+                "unauthorized",
+                &now,
+            )
+        })
         .collect()
 }
 

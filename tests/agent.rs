@@ -1,0 +1,677 @@
+//! Integration tests of the agent daemon (DESIGN §5, §6, §9): a real `driftwatch agent` process
+//! over a real temp tree, with its embedded collector or a real `driftwatch collector` process,
+//! all on 127.0.0.1. Events are read back with `driftwatch events`.
+//!
+//! Every child process is owned by a guard that SIGKILLs and reaps it on drop; every wait is a
+//! bounded poll (see `agent_common`).
+
+mod agent_common;
+mod common;
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use agent_common::*;
+use common::{Fx, blake3_hex, run};
+
+/// One standard fixture tree with its signed manifest r1 and an agent config for it.
+struct Setup {
+    fx: Fx,
+    spec: AgentSpec,
+    config: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup::with(|_| {})
+    }
+
+    fn with(tweak: impl FnOnce(&mut AgentSpec)) -> Setup {
+        let fx = Fx::new();
+        fx.build_manifest();
+        let mut spec = AgentSpec::for_fx(&fx);
+        tweak(&mut spec);
+        let config = fx.base.join("agent.toml");
+        spec.write(&config);
+        Setup { fx, spec, config }
+    }
+
+    fn db(&self) -> PathBuf {
+        self.spec.db()
+    }
+
+    /// `driftwatch scan --config F --format json`.
+    fn scan(&self) -> common::Out {
+        run([OsStr::new("scan"), OsStr::new("--config"), self.config.as_os_str(), OsStr::new("--format"), OsStr::new("json")])
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// The `open_unauthorized` list of tree `tree` in a `scan --format json` report.
+#[track_caller]
+fn open_in_scan(report: &Value, tree: &str) -> Vec<String> {
+    let trees = report.as_array().unwrap_or_else(|| panic!("scan report is not an array:\n{report:#}"));
+    let t = trees
+        .iter()
+        .find(|t| t["tree"] == tree)
+        .unwrap_or_else(|| panic!("no tree {tree:?} in the scan report:\n{report:#}"));
+    t["open_unauthorized"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no open_unauthorized list for {tree}:\n{report:#}"))
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+// 1 ------------------------------------------------------------------------------------------
+
+#[test]
+fn realtime_write_reaches_the_embedded_collector_within_two_seconds() {
+    let st = Setup::new();
+    let agent = Agent::start(&st.config);
+    assert!(agent.url.is_some(), "no embedded collector line; log:\n{}", agent.proc.log());
+    let path = "wp-content/uploads/shell.php";
+    let content = b"<?php eval($_POST['x']); ?>\n";
+
+    let t = Instant::now();
+    st.fx.write(path, content);
+    let evs = wait_events(&st.db(), "event for the dropped file", secs(10), || agent.proc.log(), |evs| !about(evs, "shop", path).is_empty());
+    let took = t.elapsed();
+    assert!(took <= secs(2), "write → collector took {took:?} (must be ≤ 2 s)");
+
+    let found = about(&evs, "shop", path);
+    assert_eq!(found.len(), 1, "one event for {path}: {found:#?}");
+    let ev = found[0];
+    assert_eq!(s(ev, "status"), "unauthorized", "{ev:#}");
+    assert_eq!(s(ev, "change"), "added", "{ev:#}");
+    assert_eq!(ev["open"], true, "{ev:#}");
+    assert_eq!(s(ev, "host"), HOST, "{ev:#}");
+    assert_eq!(s(ev, "blake3"), blake3_hex(content), "{ev:#}");
+    // One greppable log line per event, with path= and status=.
+    let lines = agent.drift_lines(path);
+    assert!(
+        lines.iter().any(|l| l.contains("status=unauthorized")),
+        "no `drift ... path={path} ... status=unauthorized` log line:\n{}",
+        agent.proc.log()
+    );
+}
+
+// 2 ------------------------------------------------------------------------------------------
+
+/// A collector config on a fixed port (so it comes back on the same URL) and its tokens.
+struct RemoteSite {
+    config: PathBuf,
+    db: PathBuf,
+    url: String,
+    agent_token: PathBuf,
+    reader_token: PathBuf,
+}
+
+fn remote_site(fx: &Fx) -> RemoteSite {
+    let dir = fx.base.join("collector");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let db = dir.join("collector.db");
+    let port = free_port();
+    let config = dir.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nstorage = {}\n\n[trust]\nrelease_keys = [{}]\napprover_keys = [{}]\n",
+            toml_str(format!("sqlite://{}", db.display())),
+            toml_path(&fx.release.public),
+            toml_path(&fx.cab.public),
+        ),
+    )
+    .expect("write collector config");
+    let token = |role: &str, host: Option<&str>, file: &str| {
+        let mut args = vec!["token", "create", "--config", config.to_str().expect("utf-8"), "--role", role];
+        if let Some(h) = host {
+            args.extend(["--host", h]);
+        }
+        let out = run(&args);
+        out.expect_code(0);
+        let t = out.stdout.trim().to_string();
+        assert!(!t.is_empty() && !t.contains('\n'), "token create must print one token line:\n{}", out.stdout);
+        let p = dir.join(file);
+        std::fs::write(&p, format!("{t}\n")).expect("write token");
+        p
+    };
+    let agent_token = token("agent", Some(HOST), "agent.token");
+    let reader_token = token("reader", None, "reader.token");
+    RemoteSite { config, db, url: format!("http://127.0.0.1:{port}"), agent_token, reader_token }
+}
+
+#[test]
+fn remote_collector_down_then_back_gets_every_event_exactly_once() {
+    let fx = Fx::new();
+    fx.build_manifest();
+    let site = remote_site(&fx);
+    let mut spec = AgentSpec::for_fx(&fx);
+    spec.uplink = Uplink::Remote { url: site.url.clone(), token_file: site.agent_token.clone() };
+    let config = fx.base.join("agent.toml");
+    spec.write(&config);
+
+    let mut collector = Remote::start(&site.config);
+    assert_eq!(collector.url, site.url);
+    let agent = Agent::start(&config);
+    let mut paths = BTreeSet::new();
+
+    // While the collector is up.
+    fx.write("evil/before.php", b"<?php // before\n");
+    paths.insert("evil/before.php".to_string());
+    wait_events(&site.db, "the first event", secs(15), || agent.proc.log(), |evs| !about(evs, "shop", "evil/before.php").is_empty());
+
+    // Collector down: changes made meanwhile are spooled.
+    collector.proc.terminate();
+    for i in 0..20 {
+        let p = format!("evil/during{i}.php");
+        fx.write(&p, format!("<?php // during {i}\n").as_bytes());
+        paths.insert(p);
+    }
+    fx.append("index.php", b"<?php // tampered while the collector was down\n");
+    paths.insert("index.php".to_string());
+    let spooled = poll(secs(20), || paths.iter().all(|p| !agent.drift_lines(p).is_empty()).then_some(()));
+    assert!(spooled.is_some(), "the agent did not observe every change while the collector was down; log:\n{}", agent.proc.log());
+    // Let it fail (and back off) at least twice.
+    let failed = poll(secs(20), || (agent.proc.log().matches("collector unreachable").count() >= 2).then_some(()));
+    assert!(failed.is_some(), "no retries logged while the collector was down; log:\n{}", agent.proc.log());
+
+    // Collector back on the same address.
+    let collector = Remote::start(&site.config);
+    let diag = || format!("--- agent log:\n{}\n--- collector log:\n{}", agent.proc.log(), collector.proc.log());
+    let evs = wait_events(&site.db, "every spooled event after the restart", secs(90), diag, |evs| {
+        paths.iter().all(|p| !about(evs, "shop", p).is_empty())
+    });
+    assert_exactly_once(&evs, "shop", &paths, "unauthorized", &diag());
+    // The same through the reader API.
+    let api = events_api(&collector.url, &site.reader_token);
+    assert_eq!(api.len(), evs.len(), "events over the API differ from the store:\n{api:#?}");
+}
+
+// 3 ------------------------------------------------------------------------------------------
+
+/// 20,000 small files in 40 dirs, with a signed manifest; then `n` web shells dropped and `n`
+/// approved files modified before the agent first runs. Returns the changed paths.
+fn big_tree_with_changes(fx: &Fx, n: usize) -> BTreeSet<String> {
+    for d in 0..40 {
+        make_files(&fx.root.join(format!("d{d}")), 500, &format!("d{d}-f"));
+    }
+    fx.build_manifest();
+    let mut changed = BTreeSet::new();
+    for i in 0..n {
+        let shell = format!("uploads/s{i}.php");
+        fx.write(&shell, format!("<?php system($_GET['c{i}']); ?>\n").as_bytes());
+        changed.insert(shell);
+        let m = format!("d{}/d{}-f{}.txt", i % 40, i % 40, i);
+        fx.append(&m, b"tampered\n");
+        changed.insert(m);
+    }
+    changed
+}
+
+fn spool_log(state: &Path) -> PathBuf {
+    state.join("spool").join("spool.log")
+}
+
+fn acked(state: &Path) -> u64 {
+    std::fs::read_to_string(state.join("spool").join("spool.acked"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sigkill_during_the_scan_loses_nothing_and_doubles_nothing() {
+    let fx = Fx::empty();
+    let changed = big_tree_with_changes(&fx, 60);
+    let mut spec = AgentSpec::for_fx(&fx);
+    spec.batch = Some(10);
+    let config = fx.base.join("agent.toml");
+    spec.write(&config);
+    let mut notes = Vec::new();
+
+    // Kill 1: as soon as the scan starts walking (the manifest was just put in force).
+    let mut a = Agent::spawn(&config);
+    a.proc.wait_line("start of the first scan", READY_TIMEOUT, |l| l.contains("manifest in force"));
+    a.proc.kill9();
+    notes.push(format!("kill 1: agent ready before the kill: {}", a.is_ready()));
+    let log1 = a.proc.log();
+    drop(a);
+
+    // Kill 2: as soon as the scan's events are in the spool (evidence and state not written yet).
+    let mut a = Agent::spawn(&config);
+    let hit = poll(READY_TIMEOUT, || {
+        (std::fs::metadata(spool_log(&spec.state_dir)).is_ok_and(|m| m.len() > 0) || a.proc.exited().is_some()).then_some(())
+    });
+    assert!(hit.is_some(), "nothing was ever spooled; log:\n{}", a.proc.log());
+    a.proc.kill9();
+    notes.push(format!("kill 2: agent ready before the kill: {}", a.is_ready()));
+    let log2 = a.proc.log();
+    drop(a);
+
+    // Restart: runs to the end.
+    let agent = Agent::start(&config);
+    let diag = || format!("{}\n--- run 1 log:\n{log1}\n--- run 2 log:\n{log2}\n--- run 3 log:\n{}", notes.join("\n"), agent.proc.log());
+    let evs = wait_events(&spec.db(), "every change after the restarts", secs(120), diag, |evs| {
+        changed.iter().all(|p| !about(evs, "shop", p).is_empty())
+    });
+    // Let anything left in flight arrive before judging.
+    let settled = poll(secs(30), || {
+        let depth_zero = acked(&spec.state_dir) >= evs.iter().filter_map(|e| e["seq"].as_u64()).max().unwrap_or(0);
+        depth_zero.then_some(())
+    });
+    assert!(settled.is_some(), "the spool never drained; {}", diag());
+    let evs = events_db(&spec.db());
+    assert_exactly_once(&evs, "shop", &changed, "unauthorized", &diag());
+}
+
+#[test]
+fn sigkill_during_a_send_loses_nothing_and_doubles_nothing() {
+    let st = Setup::with(|s| s.batch = Some(10));
+    let state = st.spec.state_dir.clone();
+    let mut a = Agent::start(&st.config);
+    let mut changed = BTreeSet::new();
+    for i in 0..300 {
+        let p = format!("wp-content/uploads/x{i}.php");
+        st.fx.write(&p, format!("<?php // {i}\n").as_bytes());
+        changed.insert(p);
+    }
+    // Kill the moment the first batch is acknowledged: more batches are in flight or queued.
+    let hit = poll(secs(120), || (acked(&state) > 0 || a.proc.exited().is_some()).then_some(()));
+    assert!(hit.is_some(), "nothing was ever acknowledged; log:\n{}", a.proc.log());
+    a.proc.kill9();
+    let acked_at_kill = acked(&state);
+    let log1 = a.proc.log();
+    drop(a);
+
+    let agent = Agent::start(&st.config);
+    let diag = || format!("acked at kill: {acked_at_kill}\n--- run 1 log:\n{log1}\n--- run 2 log:\n{}", agent.proc.log());
+    let evs = wait_events(&st.db(), "every change after the restart", secs(120), diag, |evs| {
+        changed.iter().all(|p| !about(evs, "shop", p).is_empty())
+    });
+    let max = evs.iter().filter_map(|e| e["seq"].as_u64()).max().unwrap_or(0);
+    let settled = poll(secs(30), || (acked(&state) >= max).then_some(()));
+    assert!(settled.is_some(), "the spool never drained; {}", diag());
+    let evs = events_db(&st.db());
+    assert_exactly_once(&evs, "shop", &changed, "unauthorized", &diag());
+}
+
+// 4 ------------------------------------------------------------------------------------------
+
+#[test]
+fn event_flood_beyond_the_inotify_queue_ends_in_a_correct_state() {
+    const N: usize = 50_000;
+    let fx = Fx::new();
+    std::fs::create_dir_all(fx.path("flood")).expect("mkdir flood");
+    fx.build_manifest();
+    let mut spec = AgentSpec::for_fx(&fx);
+    // Evidence of 50,000 distinct files is not what this test is about.
+    spec.extra = "\n[evidence]\nenabled = false\n".into();
+    let config = fx.base.join("agent.toml");
+    spec.write(&config);
+    let agent = Agent::start(&config);
+
+    // Stop the agent so nobody drains the kernel queue: the flood must overflow it, whatever the
+    // machine's fs.inotify.max_queued_events (not changed here).
+    let queue: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(16_384);
+    assert!(N * 2 > queue, "the flood ({N} files) must exceed the inotify queue ({queue})");
+    agent.proc.signal(libc::SIGSTOP);
+    make_files(&fx.path("flood"), N, "f");
+    agent.proc.signal(libc::SIGCONT);
+
+    let paths: BTreeSet<String> = (0..N).map(|i| format!("flood/f{i}.txt")).collect();
+    let spooled = poll(secs(300), || {
+        let log = agent.proc.log();
+        (log.matches(" drift ").count() >= N).then_some(())
+    });
+    assert!(
+        spooled.is_some(),
+        "the agent did not observe {N} new files; {} drift lines; log tail:\n{}",
+        agent.proc.log().matches(" drift ").count(),
+        tail(&agent.proc.log(), 30)
+    );
+    let log = agent.proc.log();
+    assert!(
+        log.contains("real-time events lost"),
+        "the queue overflow was not noticed (no `real-time events lost` line):\n{}",
+        tail(&log, 30)
+    );
+    let mut evs = Vec::new();
+    let all = poll_every(secs(300), secs(2), || {
+        evs = events_db(&spec.db());
+        (evs.len() >= N).then_some(())
+    });
+    assert!(all.is_some(), "only {} of {N} events reached the collector; log tail:\n{}", evs.len(), tail(&agent.proc.log(), 30));
+    // Nothing more arrives afterwards (no late duplicates).
+    std::thread::sleep(Duration::from_millis(1500));
+    let evs = events_db(&spec.db());
+    assert_exactly_once(&evs, "shop", &paths, "unauthorized", &tail(&agent.proc.log(), 30));
+}
+
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn poll_every<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+// 5 ------------------------------------------------------------------------------------------
+
+#[test]
+fn sighup_adds_a_tree_and_its_writes_are_reported() {
+    let mut st = Setup::new();
+    let mut agent = Agent::start(&st.config);
+
+    let blog = st.fx.base.join("blog");
+    std::fs::create_dir_all(blog.join("posts")).expect("mkdir");
+    std::fs::write(blog.join("index.html"), "<h1>blog</h1>\n").expect("write");
+    std::fs::write(blog.join("posts/1.html"), "<p>one</p>\n").expect("write");
+    let blog_manifest = st.fx.base.join("blog.json");
+    run([
+        OsStr::new("manifest"),
+        OsStr::new("build"),
+        OsStr::new("--root"),
+        blog.as_os_str(),
+        OsStr::new("--release"),
+        OsStr::new("b1"),
+        OsStr::new("--tree"),
+        OsStr::new("blog"),
+        OsStr::new("--sign"),
+        st.fx.release.secret.as_os_str(),
+        OsStr::new("-o"),
+        blog_manifest.as_os_str(),
+    ])
+    .expect_code(0);
+    st.spec.trees.push(TreeSpec { name: "blog".into(), root: blog.clone(), manifest: Some(blog_manifest), exclude: vec![] });
+    st.spec.write(&st.config);
+    run([OsStr::new("config"), OsStr::new("check"), OsStr::new("--config"), st.config.as_os_str()]).expect_code(0);
+
+    agent.proc.signal(libc::SIGHUP);
+    agent.proc.wait_line("reload", secs(20), |l| l.contains("config reloaded"));
+    agent.proc.wait_line("first scan of the new tree", secs(30), |l| l.contains("scan finished") && l.contains("tree=\"blog\""));
+    assert!(agent.proc.exited().is_none(), "the agent died on SIGHUP; log:\n{}", agent.proc.log());
+
+    std::fs::write(blog.join("posts/shell.php"), "<?php passthru($_GET['c']);\n").expect("write");
+    let evs = wait_events(&st.db(), "event in the added tree", secs(10), || agent.proc.log(), |evs| !about(evs, "blog", "posts/shell.php").is_empty());
+    let ev = about(&evs, "blog", "posts/shell.php")[0];
+    assert_eq!(s(ev, "status"), "unauthorized", "{ev:#}");
+    assert!(about(&evs, "blog", "index.html").is_empty(), "the new tree's approved files must not be reported: {evs:#?}");
+
+    // The first tree is still watched after the reload.
+    st.fx.write("app/after-hup.php", b"<?php // x\n");
+    wait_events(&st.db(), "event in the first tree after the reload", secs(10), || agent.proc.log(), |evs| {
+        !about(evs, "shop", "app/after-hup.php").is_empty()
+    });
+}
+
+// 6 ------------------------------------------------------------------------------------------
+
+#[test]
+fn deploying_a_new_signed_manifest_yields_release_events_only() {
+    let st = Setup::new();
+    let agent = Agent::start(&st.config);
+    let fx = &st.fx;
+
+    // The release pipeline builds r2 from an updated copy of the tree.
+    let next = fx.base.join("next");
+    copy_tree(&fx.root, &next);
+    let checkout_v2 = b"function pay(total) { return Math.round(total * 100 + 0.5) / 100; }\n";
+    let new_js = b"export const version = 2;\n";
+    std::fs::write(next.join("app/checkout.js"), checkout_v2).expect("write");
+    std::fs::write(next.join("app/new.js"), new_js).expect("write");
+    std::fs::remove_file(next.join("app/lib/util.js")).expect("rm");
+    std::thread::sleep(Duration::from_millis(1100)); // created_at has whole seconds: r2 is newer
+    let m2 = fx.base.join("m2.json");
+    run([
+        OsStr::new("manifest"),
+        OsStr::new("build"),
+        OsStr::new("--root"),
+        next.as_os_str(),
+        OsStr::new("--release"),
+        OsStr::new("r2"),
+        OsStr::new("--tree"),
+        OsStr::new("shop"),
+        OsStr::new("--created-by"),
+        OsStr::new("ci@test"),
+        OsStr::new("--sign"),
+        fx.release.secret.as_os_str(),
+        OsStr::new("-o"),
+        m2.as_os_str(),
+    ])
+    .expect_code(0);
+
+    // Publish the manifest (signature, then manifest, each by rename), then deploy the files
+    // (each moved in by rename from a staging dir outside the tree).
+    let sig = |p: &Path| PathBuf::from(format!("{}.minisig", p.display()));
+    let staging = fx.base.join("staging");
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    std::fs::copy(sig(&m2), staging.join("m.minisig")).expect("copy");
+    std::fs::copy(&m2, staging.join("m.json")).expect("copy");
+    std::fs::rename(staging.join("m.minisig"), sig(&fx.manifest)).expect("rename");
+    std::fs::rename(staging.join("m.json"), &fx.manifest).expect("rename");
+    std::fs::write(staging.join("checkout.js"), checkout_v2).expect("write");
+    std::fs::write(staging.join("new.js"), new_js).expect("write");
+    std::fs::rename(staging.join("checkout.js"), fx.path("app/checkout.js")).expect("rename");
+    std::fs::rename(staging.join("new.js"), fx.path("app/new.js")).expect("rename");
+    std::fs::remove_file(fx.path("app/lib/util.js")).expect("rm");
+
+    let deployed = ["app/checkout.js", "app/new.js", "app/lib/util.js"];
+    let evs = wait_events(&st.db(), "events for the deployed paths", secs(15), || agent.proc.log(), |evs| {
+        deployed.iter().all(|p| !about(evs, "shop", p).is_empty())
+    });
+    let mut wrong = Vec::new();
+    for p in deployed {
+        for ev in about(&evs, "shop", p) {
+            if s(ev, "original_status") != "release:r2" {
+                wrong.push(format!("{p}: {} {} (now {}, open {})", s(ev, "change"), s(ev, "original_status"), s(ev, "status"), ev["open"]));
+            }
+        }
+    }
+    let unauthorized: Vec<String> = evs
+        .iter()
+        .filter(|e| s(e, "original_status") == "unauthorized" || s(e, "status") == "unauthorized")
+        .map(|e| format!("{} {} {}", s(e, "path"), s(e, "change"), s(e, "status")))
+        .collect();
+    assert!(
+        wrong.is_empty() && unauthorized.is_empty(),
+        "a deploy matching its signed manifest must give release:r2 events only\n  not release:r2: {wrong:#?}\n  unauthorized: {unauthorized:#?}\n--- agent log:\n{}",
+        agent.proc.log()
+    );
+}
+
+// 7 ------------------------------------------------------------------------------------------
+
+#[test]
+fn a_reverted_unauthorized_change_closes() {
+    let st = Setup::new();
+    let mut agent = Agent::start(&st.config);
+    let path = "index.php";
+    let original = std::fs::read(st.fx.path(path)).expect("read");
+
+    st.fx.write(path, b"<?php eval(base64_decode($_GET['p'])); ?>\n");
+    let evs = wait_events(&st.db(), "an open unauthorized event", secs(10), || agent.proc.log(), |evs| {
+        about(evs, "shop", path).iter().any(|e| s(e, "status") == "unauthorized" && e["open"] == true)
+    });
+    let seq = about(&evs, "shop", path)[0]["seq"].clone();
+
+    st.fx.write(path, &original);
+    let evs = wait_events(&st.db(), "the event closed after the revert", secs(10), || agent.proc.log(), |evs| {
+        about(evs, "shop", path).iter().all(|e| e["open"] == false)
+    });
+    let mine = about(&evs, "shop", path);
+    assert_eq!(mine.len(), 1, "the revert must close the event, not add a counted one: {mine:#?}");
+    assert_eq!(mine[0]["seq"], seq, "{mine:#?}");
+    assert_eq!(s(mine[0], "original_status"), "unauthorized", "history keeps what was seen: {:#}", mine[0]);
+
+    agent.proc.terminate();
+    let out = st.scan();
+    out.expect_code(0);
+    let open = open_in_scan(&out.json(), "shop");
+    assert!(open.is_empty(), "a scan after the revert reports open unauthorized paths: {open:?}\n{}", out.stdout);
+}
+
+// 8 ------------------------------------------------------------------------------------------
+
+#[test]
+fn a_write_put_back_between_two_scans_is_caught_in_real_time() {
+    let st = Setup::new();
+    let agent = Agent::start(&st.config);
+    let path = "app/boot.php";
+    let original = std::fs::read(st.fx.path(path)).expect("read");
+    let evil = b"<?php // boot\nfile_put_contents('/tmp/x', $_POST['d']);\n";
+
+    // Scans are an hour apart: only real time can see this. Held for 1 s (the real-time target).
+    st.fx.write(path, evil);
+    std::thread::sleep(Duration::from_secs(1));
+    st.fx.write(path, &original);
+    assert_eq!(std::fs::read(st.fx.path(path)).expect("read"), original);
+
+    let evs = wait_events(&st.db(), "the transient write, reported then closed", secs(10), || agent.proc.log(), |evs| {
+        let mine = about(evs, "shop", path);
+        !mine.is_empty() && mine.iter().all(|e| e["open"] == false)
+    });
+    let mine = about(&evs, "shop", path);
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    assert_eq!(s(mine[0], "original_status"), "unauthorized", "{:#}", mine[0]);
+    assert_eq!(s(mine[0], "change"), "modified", "{:#}", mine[0]);
+    assert_eq!(s(mine[0], "blake3"), blake3_hex(evil), "the event must carry the hash of what was written: {:#}", mine[0]);
+}
+
+// 9 ------------------------------------------------------------------------------------------
+
+#[test]
+fn scan_reports_drift_in_json_and_rebuilds_a_corrupt_state() {
+    let st = Setup::new();
+    let out = st.scan();
+    out.expect_code(0);
+    assert!(open_in_scan(&out.json(), "shop").is_empty(), "{}", out.stdout);
+
+    let shell = "wp-content/uploads/shell.php";
+    st.fx.write(shell, b"<?php @eval($_REQUEST['z']); ?>\n");
+    let out = st.scan();
+    out.expect_code(1);
+    let report = out.json();
+    assert_eq!(open_in_scan(&report, "shop"), vec![shell.to_string()], "{report:#}");
+    let listed = report[0]["events"].as_array().expect("events").iter().any(|e| e["path"] == shell && e["status"] == "unauthorized");
+    assert!(listed, "the scan's events must list {shell}:\n{report:#}");
+    let evs = events_db(&st.db());
+    assert_eq!(about(&evs, "shop", shell).len(), 1, "the scan delivers its events: {evs:#?}");
+
+    // Corrupt state on purpose: a clear log line and a rebuild, never a panic.
+    let tree_state = st.spec.state_dir.join("trees").join("shop");
+    std::fs::write(tree_state.join("state.json"), b"\x00garbage{{{ not json").expect("write");
+    std::fs::write(tree_state.join("snapshot.bin"), b"DWSNAP1\ngarbage garbage garbage garbage garbage").expect("write");
+    let out = st.scan();
+    out.expect_code(1);
+    assert!(
+        out.stderr.lines().any(|l| l.contains("state.json") && (l.contains("unreadable") || l.contains("rebuil") || l.contains("re-baselin"))),
+        "no clear log line naming the corrupt state file:\n{}",
+        out.stderr
+    );
+    assert_eq!(open_in_scan(&out.json(), "shop"), vec![shell.to_string()], "the rebuilt state must still see the shell:\n{}", out.stdout);
+    // The rebuilt state is saved: the next scan reads it without complaint.
+    let out = st.scan();
+    out.expect_code(1);
+    assert!(!out.stderr.contains("unreadable"), "state not rebuilt on disk:\n{}", out.stderr);
+
+    // A corrupt snapshot alone.
+    std::fs::write(tree_state.join("snapshot.bin"), b"not a snapshot").expect("write");
+    let out = st.scan();
+    out.expect_code(1);
+    assert!(out.stderr.lines().any(|l| l.contains("snapshot.bin")), "no log line naming the corrupt snapshot:\n{}", out.stderr);
+
+    // Clean-up: back to exit 0.
+    std::fs::remove_file(st.fx.path(shell)).expect("rm");
+    let out = st.scan();
+    out.expect_code(0);
+    assert!(open_in_scan(&out.json(), "shop").is_empty(), "{}", out.stdout);
+}
+
+// 10 -----------------------------------------------------------------------------------------
+
+#[test]
+fn config_check_lists_every_problem_at_once() {
+    let st = Setup::new();
+    let out = run([OsStr::new("config"), OsStr::new("check"), OsStr::new("--config"), st.config.as_os_str()]);
+    out.expect_code(0);
+
+    let mut spec = st.spec.clone();
+    spec.trees[0].root = st.fx.base.join("no-such-root");
+    let text = spec
+        .to_toml()
+        .replacen("state_dir = ", "colour = \"red\"\nstate_dir = ", 1)
+        .replacen("interval = \"1h\"", "interval = \"soon\"", 1);
+    let bad = st.fx.base.join("bad.toml");
+    std::fs::write(&bad, text).expect("write");
+    let out = run([OsStr::new("config"), OsStr::new("check"), OsStr::new("--config"), bad.as_os_str()]);
+    out.expect_code(2);
+    assert!(out.stdout.is_empty(), "no verdict on stdout for a bad config:\n{}", out.stdout);
+    let errors: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("driftwatch: error: ")).collect();
+    let file = bad.to_str().expect("utf-8");
+    for l in &errors {
+        assert!(l.contains(file) || l.contains("bad.toml"), "error line does not name the file: {l:?}");
+    }
+    let mut missing = Vec::new();
+    for (what, key) in [("unknown key", "colour"), ("missing root", "root"), ("bad duration", "interval")] {
+        if !errors.iter().any(|l| l.contains(key)) {
+            missing.push(format!("{what} (`{key}`)"));
+        }
+    }
+    assert!(missing.is_empty(), "config check must list every problem at once; not reported: {missing:?}\nstderr:\n{}", out.stderr);
+}
+
+// 11 -----------------------------------------------------------------------------------------
+
+#[test]
+fn sigterm_exits_zero_promptly() {
+    let st = Setup::new();
+    let mut agent = Agent::start(&st.config);
+    st.fx.write("wp-content/uploads/late.php", b"<?php // late\n");
+    wait_events(&st.db(), "the event", secs(10), || agent.proc.log(), |evs| !about(evs, "shop", "wp-content/uploads/late.php").is_empty());
+    let took = agent.proc.terminate();
+    assert!(took <= secs(5), "SIGTERM → exit took {took:?}");
+    // The state dir lock is released: a scan can run right away.
+    st.scan().expect_code(1);
+}
+
+// 12 -----------------------------------------------------------------------------------------
+
+#[test]
+fn evidence_of_an_unauthorized_added_file_is_kept() {
+    let st = Setup::new();
+    let agent = Agent::start(&st.config);
+    let path = "wp-content/uploads/cmd.php";
+    let content = b"<?php system($_GET['cmd']); // evidence\n";
+    st.fx.write(path, content);
+    let evs = wait_events(&st.db(), "the event", secs(10), || agent.proc.log(), |evs| !about(evs, "shop", path).is_empty());
+    let hash = blake3_hex(content);
+    assert_eq!(s(about(&evs, "shop", path)[0], "blake3"), hash);
+
+    let blob = st.spec.state_dir.join("evidence").join("blobs").join(&hash);
+    let kept = poll(secs(10), || blob.is_file().then_some(()));
+    assert!(kept.is_some(), "no evidence blob at {}; log:\n{}", blob.display(), agent.proc.log());
+    // The attacker cleans up: the evidence stays.
+    std::fs::remove_file(st.fx.path(path)).expect("rm");
+    assert_eq!(std::fs::read(&blob).expect("read blob"), content, "evidence must be the exact content");
+}
