@@ -9,6 +9,7 @@ pub mod classify;
 pub mod cli;
 pub mod client;
 pub mod collector;
+pub mod daily;
 pub mod diff;
 pub mod event;
 pub mod exit;

@@ -1923,3 +1923,81 @@ fn bad_collector_configs_and_token_commands_fail_with_one_line() {
         .to_string();
     assert!(line.contains("99"), "{line}");
 }
+
+/// A host is expected "from its first heartbeat until its agent token is revoked" (DESIGN §7).
+/// The same history must give the same KPI whether or not someone looked at the KPI while it
+/// happened (the first look seals finished days).
+///
+/// web-01: token and heartbeat on D1; token revoked on D2; a new token and heartbeats on D4, D5.
+/// D3 had no live agent token at all, so it is not an expected host-day; D1, D4, D5 are.
+#[test]
+fn kpi_of_past_days_does_not_depend_on_when_it_was_first_looked_at() {
+    let [d1, d2, d3, d4, d5] = fixture_days();
+    let history = |db: &Path, look_on_d3: bool| {
+        let store = SqliteStore::open(db, TimeZone::UTC).expect("open store");
+        let hb = |day: Date| {
+            let hb: Heartbeat = serde_json::from_value(json!({"host": "web-01"})).unwrap();
+            store
+                .record_heartbeat(&hb, ts(day, 10, 0))
+                .expect("heartbeat");
+        };
+        let (t, _) = store
+            .create_token(
+                driftwatch::store::Role::Agent,
+                Some("web-01"),
+                "",
+                ts(d1, 6, 0),
+            )
+            .expect("token");
+        hb(d1);
+        store.revoke_token(t.id, ts(d2, 9, 0)).expect("revoke");
+        if look_on_d3 {
+            // The release manager's morning look on D3 (seals D1 and D2).
+            store.host_days(d1, d3, None, ts(d3, 8, 0)).expect("kpi");
+        }
+        store
+            .create_token(
+                driftwatch::store::Role::Agent,
+                Some("web-01"),
+                "",
+                ts(d4, 9, 0),
+            )
+            .expect("token");
+        hb(d4);
+        hb(d5);
+    };
+    let mut tables = Vec::new();
+    for look in [false, true] {
+        let site = Site::new();
+        history(&site.db, look);
+        let reader = site.token("reader", None);
+        let c = site.start();
+        tables.push(c.get_text(
+            &format!("/api/v1/kpi?from={d1}&to={d5}&by=day&format=csv"),
+            &reader,
+        ));
+    }
+    let [unseen, seen] = [&tables[0], &tables[1]];
+    let sum = |csv: &str, col: usize| -> u64 {
+        csv.lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(col).unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    let mut problems = Vec::new();
+    if unseen != seen {
+        problems.push(format!(
+            "the KPI of past days changed with when it was first looked at:\nnever looked at:\n{unseen}\nlooked at on {d3}:\n{seen}"
+        ));
+    }
+    for (name, csv) in [("never looked at", unseen), ("looked at on D3", seen)] {
+        let (host_days, silent) = (sum(csv, 9), sum(csv, 11));
+        if (host_days, silent) != (3, 0) {
+            problems.push(format!(
+                "{name}: {host_days} expected host-days ({silent} silent); want 3 (D1, D4, D5), 0 silent: \
+                 {d2} is the day the token was revoked, {d3} had no agent token\n{csv}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -104,6 +104,14 @@ pub enum Command {
     Events(ops::EventsArgs),
     /// The compliance KPI table; exit 1 when a row misses the target.
     Kpi(ops::KpiArgs),
+    /// The morning summary for a day: KPI against target, unauthorized changes, silent hosts,
+    /// retroactive approvals (Markdown or HTML); exit 1 when the day missed the target.
+    Report(ops::ReportArgs),
+    /// Shell completions (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Register, list and approve change entries.
     #[command(subcommand)]
     Changes(ops::ChangesCommand),
@@ -287,6 +295,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::CLEAN)
         }
         Command::Token(cmd) => ops::run_token(cmd),
+        Command::Report(args) => ops::run_report(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "driftwatch", &mut std::io::stdout());
+            Ok(exit::CLEAN)
+        }
         Command::Events(args) => ops::run_events(args),
         Command::Kpi(args) => ops::run_kpi(args),
         Command::Changes(cmd) => ops::run_changes(cmd),

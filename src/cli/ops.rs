@@ -1001,3 +1001,56 @@ fn load_checkpoint(
         .to_string();
     Ok((records, head))
 }
+
+/// Arguments of `report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The day to report (default: yesterday).
+    #[arg(long)]
+    pub date: Option<String>,
+    /// Markdown or HTML.
+    #[arg(long, default_value = "md", value_parser = ["md", "html"])]
+    pub format: String,
+    /// Where to read from.
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// `driftwatch report`: the morning summary; exit 1 when the day missed the target.
+pub fn run_report(a: ReportArgs) -> anyhow::Result<u8> {
+    let (rows, events) = match remote(&a.source)? {
+        Some(c) => {
+            let day = match &a.date {
+                Some(d) => d.clone(),
+                None => {
+                    let v: Vec<KpiRow> = runtime()?.block_on(c.get_json("/api/v1/kpi?by=day&group=fleet"))?;
+                    let today = v.last().map(|r| r.period.clone()).unwrap_or_default();
+                    today.parse::<jiff::civil::Date>().ok().and_then(|d| d.yesterday().ok()).map(|d| d.to_string()).unwrap_or(today)
+                }
+            };
+            let day = client::encode(&day);
+            let rt = runtime()?;
+            let rows: Vec<KpiRow> = rt.block_on(c.get_json(&format!("/api/v1/kpi?by=day&group=host&from={day}&to={day}")))?;
+            let v: serde_json::Value = rt.block_on(c.get_json(&format!("/api/v1/events?from={day}&to={day}")))?;
+            (rows, events_from_json(v)?)
+        }
+        None => {
+            let local = open_local(&a.source)?;
+            let today = Timestamp::now().to_zoned(local.tz.clone()).date();
+            let day = match parse_day("date", &a.date)? {
+                Some(d) => d,
+                None => today.yesterday().unwrap_or(today),
+            };
+            let days = local.store.host_days(day, day, None, Timestamp::now())?;
+            let rows = kpi::compute(&days, kpi::Period::Day, &kpi::Grouping::ALL, local.target);
+            let events = local.store.events(&EventQuery { from: Some(day), to: Some(day), ..EventQuery::default() })?;
+            (rows, events)
+        }
+    };
+    let day = rows.first().map(|r| r.period.clone()).or(a.date.clone()).unwrap_or_default();
+    let report = crate::daily::DailyReport { day, rows: &rows, events: &events };
+    let out = if a.format == "html" { report.to_html() } else { report.to_markdown() };
+    std::io::stdout().lock().write_all(out.as_bytes())?;
+    let missed = rows.iter().any(|r| r.environment == "*" && r.host == "*" && !r.met);
+    Ok(if missed { exit::DRIFT } else { exit::CLEAN })
+}
