@@ -240,6 +240,12 @@ pub struct CheckArgs {
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    if !matches!(cli.command, Command::Agent { .. } | Command::Collector { .. } | Command::Quickstart { .. }) {
+        // A one-shot command piped into `head` should end quietly, as Unix tools do, not panic
+        // on EPIPE. The daemons keep SIGPIPE ignored: a closed socket must not kill them.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Keygen { out, force } => {
             let (key, public) = sign::keygen(&out, force)?;
