@@ -116,7 +116,7 @@ fn default_listen() -> String {
     "127.0.0.1:8470".into()
 }
 fn default_storage() -> String {
-    "sqlite:///var/lib/driftwatch/collector.db".into()
+    "sqlite:///var/lib/driftwatch-collector/collector.db".into()
 }
 fn default_max_body() -> String {
     "8MiB".into()
