@@ -20,7 +20,10 @@ fn pct(v: f64) -> String {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Markdown table cells must not break the table.
@@ -30,19 +33,30 @@ fn md_escape(s: &str) -> String {
 
 impl DailyReport<'_> {
     fn fleet(&self) -> Option<&KpiRow> {
-        self.rows.iter().find(|r| r.environment == "*" && r.host == "*")
+        self.rows
+            .iter()
+            .find(|r| r.environment == "*" && r.host == "*")
     }
 
     fn unauthorized(&self) -> Vec<&StoredEvent> {
-        self.events.iter().filter(|e| e.status == "unauthorized" || e.status == "unverifiable").collect()
+        self.events
+            .iter()
+            .filter(|e| e.status == "unauthorized" || e.status == "unverifiable")
+            .collect()
     }
 
     fn retroactive(&self) -> Vec<&StoredEvent> {
-        self.events.iter().filter(|e| e.status.starts_with("retroactive:")).collect()
+        self.events
+            .iter()
+            .filter(|e| e.status.starts_with("retroactive:"))
+            .collect()
     }
 
     fn silent(&self) -> Vec<&KpiRow> {
-        self.rows.iter().filter(|r| r.host != "*" && r.silent_host_days > 0).collect()
+        self.rows
+            .iter()
+            .filter(|r| r.host != "*" && r.silent_host_days > 0)
+            .collect()
     }
 
     /// Markdown.
@@ -51,23 +65,47 @@ impl DailyReport<'_> {
         let _ = writeln!(o, "# driftwatch daily report: {}\n", self.day);
         match self.fleet() {
             Some(f) => {
-                let verdict = if f.met { "target met" } else { "**TARGET MISSED**" };
+                let verdict = if f.met {
+                    "target met"
+                } else {
+                    "**TARGET MISSED**"
+                };
                 let _ = writeln!(
                     o,
                     "**Change compliance {}** against a target of {}: {verdict}.\n\n\
                      {} changes: {} authorized ({} retroactive), {} unauthorized, {} unverifiable. \
                      Host-days: {} of {} compliant, {} silent.\n",
-                    pct(f.change_compliance), pct(f.target), f.changes, f.authorized, f.retroactive,
-                    f.unauthorized, f.unverifiable, f.host_days_compliant, f.host_days, f.silent_host_days
+                    pct(f.change_compliance),
+                    pct(f.target),
+                    f.changes,
+                    f.authorized,
+                    f.retroactive,
+                    f.unauthorized,
+                    f.unverifiable,
+                    f.host_days_compliant,
+                    f.host_days,
+                    f.silent_host_days
                 );
             }
             None => o.push_str("No host was expected to report on this day.\n\n"),
         }
-        let envs: Vec<&KpiRow> = self.rows.iter().filter(|r| r.environment != "*" && r.host == "*").collect();
+        let envs: Vec<&KpiRow> = self
+            .rows
+            .iter()
+            .filter(|r| r.environment != "*" && r.host == "*")
+            .collect();
         if envs.len() > 1 {
             o.push_str("| environment | compliance | changes | unauthorized | silent host-days |\n|---|---:|---:|---:|---:|\n");
             for r in envs {
-                let _ = writeln!(o, "| {} | {} | {} | {} | {} |", md_escape(&r.environment), pct(r.change_compliance), r.changes, r.unauthorized, r.silent_host_days);
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} | {} |",
+                    md_escape(&r.environment),
+                    pct(r.change_compliance),
+                    r.changes,
+                    r.unauthorized,
+                    r.silent_host_days
+                );
             }
             o.push('\n');
         }
@@ -81,8 +119,17 @@ impl DailyReport<'_> {
                 let _ = writeln!(
                     o,
                     "| {} | {} | {} | `{}` | {} | {} | {} | {} |",
-                    e.received_at, md_escape(&e.host), md_escape(&e.tree), md_escape(&e.path), e.change, e.status,
-                    if e.open { "yes" } else { "closed" }, e.blake3.as_deref().map(|h| &h[..h.len().min(16)]).unwrap_or("-")
+                    e.received_at,
+                    md_escape(&e.host),
+                    md_escape(&e.tree),
+                    md_escape(&e.path),
+                    e.change,
+                    e.status,
+                    if e.open { "yes" } else { "closed" },
+                    e.blake3
+                        .as_deref()
+                        .map(|h| &h[..h.len().min(16)])
+                        .unwrap_or("-")
                 );
             }
             o.push('\n');
@@ -93,7 +140,12 @@ impl DailyReport<'_> {
             o.push_str("None: every expected host reported.\n\n");
         } else {
             for r in silent {
-                let _ = writeln!(o, "- {} ({}): no heartbeat or report", md_escape(&r.host), md_escape(&r.environment));
+                let _ = writeln!(
+                    o,
+                    "- {} ({}): no heartbeat or report",
+                    md_escape(&r.host),
+                    md_escape(&r.environment)
+                );
             }
             o.push('\n');
         }
@@ -103,7 +155,15 @@ impl DailyReport<'_> {
             o.push_str("None.\n");
         } else {
             for e in retro {
-                let _ = writeln!(o, "- {} on {} `{}` ({}), first seen {}", e.status, md_escape(&e.host), md_escape(&e.path), e.change, e.observed_at);
+                let _ = writeln!(
+                    o,
+                    "- {} on {} `{}` ({}), first seen {}",
+                    e.status,
+                    md_escape(&e.host),
+                    md_escape(&e.path),
+                    e.change,
+                    e.observed_at
+                );
             }
         }
         o
@@ -111,16 +171,31 @@ impl DailyReport<'_> {
 
     /// HTML (for mail clients), same content.
     pub fn to_html(&self) -> String {
-        let mut o = String::from("<!doctype html><html><head><meta charset=utf-8><title>driftwatch daily report</title></head><body style=\"font-family:sans-serif\">");
-        let _ = write!(o, "<h1>driftwatch daily report: {}</h1>", html_escape(&self.day));
+        let mut o = String::from(
+            "<!doctype html><html><head><meta charset=utf-8><title>driftwatch daily report</title></head><body style=\"font-family:sans-serif\">",
+        );
+        let _ = write!(
+            o,
+            "<h1>driftwatch daily report: {}</h1>",
+            html_escape(&self.day)
+        );
         if let Some(f) = self.fleet() {
             let colour = if f.met { "#137333" } else { "#b00020" };
             let _ = write!(
                 o,
                 "<p style=\"font-size:20px\">Change compliance <b style=\"color:{colour}\">{}</b> against a target of {} ({}).</p>\
                  <p>{} changes: {} authorized ({} retroactive), {} unauthorized, {} unverifiable. Host-days {} of {} compliant, {} silent.</p>",
-                pct(f.change_compliance), pct(f.target), if f.met { "met" } else { "missed" }, f.changes, f.authorized,
-                f.retroactive, f.unauthorized, f.unverifiable, f.host_days_compliant, f.host_days, f.silent_host_days
+                pct(f.change_compliance),
+                pct(f.target),
+                if f.met { "met" } else { "missed" },
+                f.changes,
+                f.authorized,
+                f.retroactive,
+                f.unauthorized,
+                f.unverifiable,
+                f.host_days_compliant,
+                f.host_days,
+                f.silent_host_days
             );
         }
         let un = self.unauthorized();
@@ -131,8 +206,13 @@ impl DailyReport<'_> {
                 let _ = write!(
                     o,
                     "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-                    html_escape(&e.received_at), html_escape(&e.host), html_escape(&e.tree), html_escape(&e.path),
-                    html_escape(&e.change), html_escape(&e.status), if e.open { "yes" } else { "closed" },
+                    html_escape(&e.received_at),
+                    html_escape(&e.host),
+                    html_escape(&e.tree),
+                    html_escape(&e.path),
+                    html_escape(&e.change),
+                    html_escape(&e.status),
+                    if e.open { "yes" } else { "closed" },
                     html_escape(e.blake3.as_deref().unwrap_or("-"))
                 );
             }
@@ -141,12 +221,27 @@ impl DailyReport<'_> {
         let silent = self.silent();
         let _ = write!(o, "<h2>Silent hosts ({})</h2><ul>", silent.len());
         for r in silent {
-            let _ = write!(o, "<li>{} ({})</li>", html_escape(&r.host), html_escape(&r.environment));
+            let _ = write!(
+                o,
+                "<li>{} ({})</li>",
+                html_escape(&r.host),
+                html_escape(&r.environment)
+            );
         }
         let retro = self.retroactive();
-        let _ = write!(o, "</ul><h2>Retroactive approvals ({})</h2><ul>", retro.len());
+        let _ = write!(
+            o,
+            "</ul><h2>Retroactive approvals ({})</h2><ul>",
+            retro.len()
+        );
         for e in retro {
-            let _ = write!(o, "<li>{} on {} <code>{}</code></li>", html_escape(&e.status), html_escape(&e.host), html_escape(&e.path));
+            let _ = write!(
+                o,
+                "<li>{} on {} <code>{}</code></li>",
+                html_escape(&e.status),
+                html_escape(&e.host),
+                html_escape(&e.path)
+            );
         }
         o.push_str("</ul></body></html>\n");
         o

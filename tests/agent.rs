@@ -46,7 +46,13 @@ impl Setup {
 
     /// `driftwatch scan --config F --format json`.
     fn scan(&self) -> common::Out {
-        run([OsStr::new("scan"), OsStr::new("--config"), self.config.as_os_str(), OsStr::new("--format"), OsStr::new("json")])
+        run([
+            OsStr::new("scan"),
+            OsStr::new("--config"),
+            self.config.as_os_str(),
+            OsStr::new("--format"),
+            OsStr::new("json"),
+        ])
     }
 }
 
@@ -57,7 +63,9 @@ fn secs(n: u64) -> Duration {
 /// The `open_unauthorized` list of tree `tree` in a `scan --format json` report.
 #[track_caller]
 fn open_in_scan(report: &Value, tree: &str) -> Vec<String> {
-    let trees = report.as_array().unwrap_or_else(|| panic!("scan report is not an array:\n{report:#}"));
+    let trees = report
+        .as_array()
+        .unwrap_or_else(|| panic!("scan report is not an array:\n{report:#}"));
     let t = trees
         .iter()
         .find(|t| t["tree"] == tree)
@@ -76,15 +84,28 @@ fn open_in_scan(report: &Value, tree: &str) -> Vec<String> {
 fn realtime_write_reaches_the_embedded_collector_within_two_seconds() {
     let st = Setup::new();
     let agent = Agent::start(&st.config);
-    assert!(agent.url.is_some(), "no embedded collector line; log:\n{}", agent.proc.log());
+    assert!(
+        agent.url.is_some(),
+        "no embedded collector line; log:\n{}",
+        agent.proc.log()
+    );
     let path = "wp-content/uploads/shell.php";
     let content = b"<?php eval($_POST['x']); ?>\n";
 
     let t = Instant::now();
     st.fx.write(path, content);
-    let evs = wait_events(&st.db(), "event for the dropped file", secs(10), || agent.proc.log(), |evs| !about(evs, "shop", path).is_empty());
+    let evs = wait_events(
+        &st.db(),
+        "event for the dropped file",
+        secs(10),
+        || agent.proc.log(),
+        |evs| !about(evs, "shop", path).is_empty(),
+    );
     let took = t.elapsed();
-    assert!(took <= secs(2), "write → collector took {took:?} (must be ≤ 2 s)");
+    assert!(
+        took <= secs(2),
+        "write → collector took {took:?} (must be ≤ 2 s)"
+    );
 
     let found = about(&evs, "shop", path);
     assert_eq!(found.len(), 1, "one event for {path}: {found:#?}");
@@ -131,21 +152,38 @@ fn remote_site(fx: &Fx) -> RemoteSite {
     )
     .expect("write collector config");
     let token = |role: &str, host: Option<&str>, file: &str| {
-        let mut args = vec!["token", "create", "--config", config.to_str().expect("utf-8"), "--role", role];
+        let mut args = vec![
+            "token",
+            "create",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--role",
+            role,
+        ];
         if let Some(h) = host {
             args.extend(["--host", h]);
         }
         let out = run(&args);
         out.expect_code(0);
         let t = out.stdout.trim().to_string();
-        assert!(!t.is_empty() && !t.contains('\n'), "token create must print one token line:\n{}", out.stdout);
+        assert!(
+            !t.is_empty() && !t.contains('\n'),
+            "token create must print one token line:\n{}",
+            out.stdout
+        );
         let p = dir.join(file);
         std::fs::write(&p, format!("{t}\n")).expect("write token");
         p
     };
     let agent_token = token("agent", Some(HOST), "agent.token");
     let reader_token = token("reader", None, "reader.token");
-    RemoteSite { config, db, url: format!("http://127.0.0.1:{port}"), agent_token, reader_token }
+    RemoteSite {
+        config,
+        db,
+        url: format!("http://127.0.0.1:{port}"),
+        agent_token,
+        reader_token,
+    }
 }
 
 #[test]
@@ -154,7 +192,10 @@ fn remote_collector_down_then_back_gets_every_event_exactly_once() {
     fx.build_manifest();
     let site = remote_site(&fx);
     let mut spec = AgentSpec::for_fx(&fx);
-    spec.uplink = Uplink::Remote { url: site.url.clone(), token_file: site.agent_token.clone() };
+    spec.uplink = Uplink::Remote {
+        url: site.url.clone(),
+        token_file: site.agent_token.clone(),
+    };
     let config = fx.base.join("agent.toml");
     spec.write(&config);
 
@@ -166,7 +207,13 @@ fn remote_collector_down_then_back_gets_every_event_exactly_once() {
     // While the collector is up.
     fx.write("evil/before.php", b"<?php // before\n");
     paths.insert("evil/before.php".to_string());
-    wait_events(&site.db, "the first event", secs(15), || agent.proc.log(), |evs| !about(evs, "shop", "evil/before.php").is_empty());
+    wait_events(
+        &site.db,
+        "the first event",
+        secs(15),
+        || agent.proc.log(),
+        |evs| !about(evs, "shop", "evil/before.php").is_empty(),
+    );
 
     // Collector down: changes made meanwhile are spooled.
     collector.proc.terminate();
@@ -175,24 +222,56 @@ fn remote_collector_down_then_back_gets_every_event_exactly_once() {
         fx.write(&p, format!("<?php // during {i}\n").as_bytes());
         paths.insert(p);
     }
-    fx.append("index.php", b"<?php // tampered while the collector was down\n");
+    fx.append(
+        "index.php",
+        b"<?php // tampered while the collector was down\n",
+    );
     paths.insert("index.php".to_string());
-    let spooled = poll(secs(20), || paths.iter().all(|p| !agent.drift_lines(p).is_empty()).then_some(()));
-    assert!(spooled.is_some(), "the agent did not observe every change while the collector was down; log:\n{}", agent.proc.log());
+    let spooled = poll(secs(20), || {
+        paths
+            .iter()
+            .all(|p| !agent.drift_lines(p).is_empty())
+            .then_some(())
+    });
+    assert!(
+        spooled.is_some(),
+        "the agent did not observe every change while the collector was down; log:\n{}",
+        agent.proc.log()
+    );
     // Let it fail (and back off) at least twice.
-    let failed = poll(secs(20), || (agent.proc.log().matches("collector unreachable").count() >= 2).then_some(()));
-    assert!(failed.is_some(), "no retries logged while the collector was down; log:\n{}", agent.proc.log());
+    let failed = poll(secs(20), || {
+        (agent.proc.log().matches("collector unreachable").count() >= 2).then_some(())
+    });
+    assert!(
+        failed.is_some(),
+        "no retries logged while the collector was down; log:\n{}",
+        agent.proc.log()
+    );
 
     // Collector back on the same address.
     let collector = Remote::start(&site.config);
-    let diag = || format!("--- agent log:\n{}\n--- collector log:\n{}", agent.proc.log(), collector.proc.log());
-    let evs = wait_events(&site.db, "every spooled event after the restart", secs(90), diag, |evs| {
-        paths.iter().all(|p| !about(evs, "shop", p).is_empty())
-    });
+    let diag = || {
+        format!(
+            "--- agent log:\n{}\n--- collector log:\n{}",
+            agent.proc.log(),
+            collector.proc.log()
+        )
+    };
+    let evs = wait_events(
+        &site.db,
+        "every spooled event after the restart",
+        secs(90),
+        diag,
+        |evs| paths.iter().all(|p| !about(evs, "shop", p).is_empty()),
+    );
     assert_exactly_once(&evs, "shop", &paths, "unauthorized", &diag());
     // The same through the reader API.
     let api = events_api(&collector.url, &site.reader_token);
-    assert_eq!(api.len(), evs.len(), "events over the API differ from the store:\n{api:#?}");
+    assert_eq!(
+        api.len(),
+        evs.len(),
+        "events over the API differ from the store:\n{api:#?}"
+    );
 }
 
 // 3 ------------------------------------------------------------------------------------------
@@ -207,7 +286,10 @@ fn big_tree_with_changes(fx: &Fx, n: usize) -> BTreeSet<String> {
     let mut changed = BTreeSet::new();
     for i in 0..n {
         let shell = format!("uploads/s{i}.php");
-        fx.write(&shell, format!("<?php system($_GET['c{i}']); ?>\n").as_bytes());
+        fx.write(
+            &shell,
+            format!("<?php system($_GET['c{i}']); ?>\n").as_bytes(),
+        );
         changed.insert(shell);
         let m = format!("d{}/d{}-f{}.txt", i % 40, i % 40, i);
         fx.append(&m, b"tampered\n");
@@ -239,32 +321,62 @@ fn sigkill_during_the_scan_loses_nothing_and_doubles_nothing() {
 
     // Kill 1: as soon as the scan starts walking (the manifest was just put in force).
     let mut a = Agent::spawn(&config);
-    a.proc.wait_line("start of the first scan", READY_TIMEOUT, |l| l.contains("manifest in force"));
+    a.proc
+        .wait_line("start of the first scan", READY_TIMEOUT, |l| {
+            l.contains("manifest in force")
+        });
     a.proc.kill9();
-    notes.push(format!("kill 1: agent ready before the kill: {}", a.is_ready()));
+    notes.push(format!(
+        "kill 1: agent ready before the kill: {}",
+        a.is_ready()
+    ));
     let log1 = a.proc.log();
     drop(a);
 
     // Kill 2: as soon as the scan's events are in the spool (evidence and state not written yet).
     let mut a = Agent::spawn(&config);
     let hit = poll(READY_TIMEOUT, || {
-        (std::fs::metadata(spool_log(&spec.state_dir)).is_ok_and(|m| m.len() > 0) || a.proc.exited().is_some()).then_some(())
+        (std::fs::metadata(spool_log(&spec.state_dir)).is_ok_and(|m| m.len() > 0)
+            || a.proc.exited().is_some())
+        .then_some(())
     });
-    assert!(hit.is_some(), "nothing was ever spooled; log:\n{}", a.proc.log());
+    assert!(
+        hit.is_some(),
+        "nothing was ever spooled; log:\n{}",
+        a.proc.log()
+    );
     a.proc.kill9();
-    notes.push(format!("kill 2: agent ready before the kill: {}", a.is_ready()));
+    notes.push(format!(
+        "kill 2: agent ready before the kill: {}",
+        a.is_ready()
+    ));
     let log2 = a.proc.log();
     drop(a);
 
     // Restart: runs to the end.
     let agent = Agent::start(&config);
-    let diag = || format!("{}\n--- run 1 log:\n{log1}\n--- run 2 log:\n{log2}\n--- run 3 log:\n{}", notes.join("\n"), agent.proc.log());
-    let evs = wait_events(&spec.db(), "every change after the restarts", secs(120), diag, |evs| {
-        changed.iter().all(|p| !about(evs, "shop", p).is_empty())
-    });
+    let diag = || {
+        format!(
+            "{}\n--- run 1 log:\n{log1}\n--- run 2 log:\n{log2}\n--- run 3 log:\n{}",
+            notes.join("\n"),
+            agent.proc.log()
+        )
+    };
+    let evs = wait_events(
+        &spec.db(),
+        "every change after the restarts",
+        secs(120),
+        diag,
+        |evs| changed.iter().all(|p| !about(evs, "shop", p).is_empty()),
+    );
     // Let anything left in flight arrive before judging.
     let settled = poll(secs(30), || {
-        let depth_zero = acked(&spec.state_dir) >= evs.iter().filter_map(|e| e["seq"].as_u64()).max().unwrap_or(0);
+        let depth_zero = acked(&spec.state_dir)
+            >= evs
+                .iter()
+                .filter_map(|e| e["seq"].as_u64())
+                .max()
+                .unwrap_or(0);
         depth_zero.then_some(())
     });
     assert!(settled.is_some(), "the spool never drained; {}", diag());
@@ -284,19 +396,38 @@ fn sigkill_during_a_send_loses_nothing_and_doubles_nothing() {
         changed.insert(p);
     }
     // Kill the moment the first batch is acknowledged: more batches are in flight or queued.
-    let hit = poll(secs(120), || (acked(&state) > 0 || a.proc.exited().is_some()).then_some(()));
-    assert!(hit.is_some(), "nothing was ever acknowledged; log:\n{}", a.proc.log());
+    let hit = poll(secs(120), || {
+        (acked(&state) > 0 || a.proc.exited().is_some()).then_some(())
+    });
+    assert!(
+        hit.is_some(),
+        "nothing was ever acknowledged; log:\n{}",
+        a.proc.log()
+    );
     a.proc.kill9();
     let acked_at_kill = acked(&state);
     let log1 = a.proc.log();
     drop(a);
 
     let agent = Agent::start(&st.config);
-    let diag = || format!("acked at kill: {acked_at_kill}\n--- run 1 log:\n{log1}\n--- run 2 log:\n{}", agent.proc.log());
-    let evs = wait_events(&st.db(), "every change after the restart", secs(120), diag, |evs| {
-        changed.iter().all(|p| !about(evs, "shop", p).is_empty())
-    });
-    let max = evs.iter().filter_map(|e| e["seq"].as_u64()).max().unwrap_or(0);
+    let diag = || {
+        format!(
+            "acked at kill: {acked_at_kill}\n--- run 1 log:\n{log1}\n--- run 2 log:\n{}",
+            agent.proc.log()
+        )
+    };
+    let evs = wait_events(
+        &st.db(),
+        "every change after the restart",
+        secs(120),
+        diag,
+        |evs| changed.iter().all(|p| !about(evs, "shop", p).is_empty()),
+    );
+    let max = evs
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0);
     let settled = poll(secs(30), || (acked(&state) >= max).then_some(()));
     assert!(settled.is_some(), "the spool never drained; {}", diag());
     let evs = events_db(&st.db());
@@ -324,7 +455,10 @@ fn event_flood_beyond_the_inotify_queue_ends_in_a_correct_state() {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(16_384);
-    assert!(N * 2 > queue, "the flood ({N} files) must exceed the inotify queue ({queue})");
+    assert!(
+        N * 2 > queue,
+        "the flood ({N} files) must exceed the inotify queue ({queue})"
+    );
     agent.proc.signal(libc::SIGSTOP);
     make_files(&fx.path("flood"), N, "f");
     agent.proc.signal(libc::SIGCONT);
@@ -351,11 +485,22 @@ fn event_flood_beyond_the_inotify_queue_ends_in_a_correct_state() {
         evs = events_db(&spec.db());
         (evs.len() >= N).then_some(())
     });
-    assert!(all.is_some(), "only {} of {N} events reached the collector; log tail:\n{}", evs.len(), tail(&agent.proc.log(), 30));
+    assert!(
+        all.is_some(),
+        "only {} of {N} events reached the collector; log tail:\n{}",
+        evs.len(),
+        tail(&agent.proc.log(), 30)
+    );
     // Nothing more arrives afterwards (no late duplicates).
     std::thread::sleep(Duration::from_millis(1500));
     let evs = events_db(&spec.db());
-    assert_exactly_once(&evs, "shop", &paths, "unauthorized", &tail(&agent.proc.log(), 30));
+    assert_exactly_once(
+        &evs,
+        "shop",
+        &paths,
+        "unauthorized",
+        &tail(&agent.proc.log(), 30),
+    );
 }
 
 fn tail(log: &str, n: usize) -> String {
@@ -363,7 +508,11 @@ fn tail(log: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn poll_every<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+fn poll_every<T>(
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -403,26 +552,64 @@ fn sighup_adds_a_tree_and_its_writes_are_reported() {
         blog_manifest.as_os_str(),
     ])
     .expect_code(0);
-    st.spec.trees.push(TreeSpec { name: "blog".into(), root: blog.clone(), manifest: Some(blog_manifest), exclude: vec![] });
+    st.spec.trees.push(TreeSpec {
+        name: "blog".into(),
+        root: blog.clone(),
+        manifest: Some(blog_manifest),
+        exclude: vec![],
+    });
     st.spec.write(&st.config);
-    run([OsStr::new("config"), OsStr::new("check"), OsStr::new("--config"), st.config.as_os_str()]).expect_code(0);
+    run([
+        OsStr::new("config"),
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        st.config.as_os_str(),
+    ])
+    .expect_code(0);
 
     agent.proc.signal(libc::SIGHUP);
-    agent.proc.wait_line("reload", secs(20), |l| l.contains("config reloaded"));
-    agent.proc.wait_line("first scan of the new tree", secs(30), |l| l.contains("scan finished") && l.contains("tree=\"blog\""));
-    assert!(agent.proc.exited().is_none(), "the agent died on SIGHUP; log:\n{}", agent.proc.log());
+    agent
+        .proc
+        .wait_line("reload", secs(20), |l| l.contains("config reloaded"));
+    agent
+        .proc
+        .wait_line("first scan of the new tree", secs(30), |l| {
+            l.contains("scan finished") && l.contains("tree=\"blog\"")
+        });
+    assert!(
+        agent.proc.exited().is_none(),
+        "the agent died on SIGHUP; log:\n{}",
+        agent.proc.log()
+    );
 
-    std::fs::write(blog.join("posts/shell.php"), "<?php passthru($_GET['c']);\n").expect("write");
-    let evs = wait_events(&st.db(), "event in the added tree", secs(10), || agent.proc.log(), |evs| !about(evs, "blog", "posts/shell.php").is_empty());
+    std::fs::write(
+        blog.join("posts/shell.php"),
+        "<?php passthru($_GET['c']);\n",
+    )
+    .expect("write");
+    let evs = wait_events(
+        &st.db(),
+        "event in the added tree",
+        secs(10),
+        || agent.proc.log(),
+        |evs| !about(evs, "blog", "posts/shell.php").is_empty(),
+    );
     let ev = about(&evs, "blog", "posts/shell.php")[0];
     assert_eq!(s(ev, "status"), "unauthorized", "{ev:#}");
-    assert!(about(&evs, "blog", "index.html").is_empty(), "the new tree's approved files must not be reported: {evs:#?}");
+    assert!(
+        about(&evs, "blog", "index.html").is_empty(),
+        "the new tree's approved files must not be reported: {evs:#?}"
+    );
 
     // The first tree is still watched after the reload.
     st.fx.write("app/after-hup.php", b"<?php // x\n");
-    wait_events(&st.db(), "event in the first tree after the reload", secs(10), || agent.proc.log(), |evs| {
-        !about(evs, "shop", "app/after-hup.php").is_empty()
-    });
+    wait_events(
+        &st.db(),
+        "event in the first tree after the reload",
+        secs(10),
+        || agent.proc.log(),
+        |evs| !about(evs, "shop", "app/after-hup.php").is_empty(),
+    );
 }
 
 // 6 ------------------------------------------------------------------------------------------
@@ -477,14 +664,24 @@ fn deploying_a_new_signed_manifest_yields_release_events_only() {
     std::fs::remove_file(fx.path("app/lib/util.js")).expect("rm");
 
     let deployed = ["app/checkout.js", "app/new.js", "app/lib/util.js"];
-    let evs = wait_events(&st.db(), "events for the deployed paths", secs(15), || agent.proc.log(), |evs| {
-        deployed.iter().all(|p| !about(evs, "shop", p).is_empty())
-    });
+    let evs = wait_events(
+        &st.db(),
+        "events for the deployed paths",
+        secs(15),
+        || agent.proc.log(),
+        |evs| deployed.iter().all(|p| !about(evs, "shop", p).is_empty()),
+    );
     let mut wrong = Vec::new();
     for p in deployed {
         for ev in about(&evs, "shop", p) {
             if s(ev, "original_status") != "release:r2" {
-                wrong.push(format!("{p}: {} {} (now {}, open {})", s(ev, "change"), s(ev, "original_status"), s(ev, "status"), ev["open"]));
+                wrong.push(format!(
+                    "{p}: {} {} (now {}, open {})",
+                    s(ev, "change"),
+                    s(ev, "original_status"),
+                    s(ev, "status"),
+                    ev["open"]
+                ));
             }
         }
     }
@@ -509,26 +706,52 @@ fn a_reverted_unauthorized_change_closes() {
     let path = "index.php";
     let original = std::fs::read(st.fx.path(path)).expect("read");
 
-    st.fx.write(path, b"<?php eval(base64_decode($_GET['p'])); ?>\n");
-    let evs = wait_events(&st.db(), "an open unauthorized event", secs(10), || agent.proc.log(), |evs| {
-        about(evs, "shop", path).iter().any(|e| s(e, "status") == "unauthorized" && e["open"] == true)
-    });
+    st.fx
+        .write(path, b"<?php eval(base64_decode($_GET['p'])); ?>\n");
+    let evs = wait_events(
+        &st.db(),
+        "an open unauthorized event",
+        secs(10),
+        || agent.proc.log(),
+        |evs| {
+            about(evs, "shop", path)
+                .iter()
+                .any(|e| s(e, "status") == "unauthorized" && e["open"] == true)
+        },
+    );
     let seq = about(&evs, "shop", path)[0]["seq"].clone();
 
     st.fx.write(path, &original);
-    let evs = wait_events(&st.db(), "the event closed after the revert", secs(10), || agent.proc.log(), |evs| {
-        about(evs, "shop", path).iter().all(|e| e["open"] == false)
-    });
+    let evs = wait_events(
+        &st.db(),
+        "the event closed after the revert",
+        secs(10),
+        || agent.proc.log(),
+        |evs| about(evs, "shop", path).iter().all(|e| e["open"] == false),
+    );
     let mine = about(&evs, "shop", path);
-    assert_eq!(mine.len(), 1, "the revert must close the event, not add a counted one: {mine:#?}");
+    assert_eq!(
+        mine.len(),
+        1,
+        "the revert must close the event, not add a counted one: {mine:#?}"
+    );
     assert_eq!(mine[0]["seq"], seq, "{mine:#?}");
-    assert_eq!(s(mine[0], "original_status"), "unauthorized", "history keeps what was seen: {:#}", mine[0]);
+    assert_eq!(
+        s(mine[0], "original_status"),
+        "unauthorized",
+        "history keeps what was seen: {:#}",
+        mine[0]
+    );
 
     agent.proc.terminate();
     let out = st.scan();
     out.expect_code(0);
     let open = open_in_scan(&out.json(), "shop");
-    assert!(open.is_empty(), "a scan after the revert reports open unauthorized paths: {open:?}\n{}", out.stdout);
+    assert!(
+        open.is_empty(),
+        "a scan after the revert reports open unauthorized paths: {open:?}\n{}",
+        out.stdout
+    );
 }
 
 // 8 ------------------------------------------------------------------------------------------
@@ -547,15 +770,31 @@ fn a_write_put_back_between_two_scans_is_caught_in_real_time() {
     st.fx.write(path, &original);
     assert_eq!(std::fs::read(st.fx.path(path)).expect("read"), original);
 
-    let evs = wait_events(&st.db(), "the transient write, reported then closed", secs(10), || agent.proc.log(), |evs| {
-        let mine = about(evs, "shop", path);
-        !mine.is_empty() && mine.iter().all(|e| e["open"] == false)
-    });
+    let evs = wait_events(
+        &st.db(),
+        "the transient write, reported then closed",
+        secs(10),
+        || agent.proc.log(),
+        |evs| {
+            let mine = about(evs, "shop", path);
+            !mine.is_empty() && mine.iter().all(|e| e["open"] == false)
+        },
+    );
     let mine = about(&evs, "shop", path);
     assert_eq!(mine.len(), 1, "{mine:#?}");
-    assert_eq!(s(mine[0], "original_status"), "unauthorized", "{:#}", mine[0]);
+    assert_eq!(
+        s(mine[0], "original_status"),
+        "unauthorized",
+        "{:#}",
+        mine[0]
+    );
     assert_eq!(s(mine[0], "change"), "modified", "{:#}", mine[0]);
-    assert_eq!(s(mine[0], "blake3"), blake3_hex(evil), "the event must carry the hash of what was written: {:#}", mine[0]);
+    assert_eq!(
+        s(mine[0], "blake3"),
+        blake3_hex(evil),
+        "the event must carry the hash of what was written: {:#}",
+        mine[0]
+    );
 }
 
 // 9 ------------------------------------------------------------------------------------------
@@ -565,47 +804,85 @@ fn scan_reports_drift_in_json_and_rebuilds_a_corrupt_state() {
     let st = Setup::new();
     let out = st.scan();
     out.expect_code(0);
-    assert!(open_in_scan(&out.json(), "shop").is_empty(), "{}", out.stdout);
+    assert!(
+        open_in_scan(&out.json(), "shop").is_empty(),
+        "{}",
+        out.stdout
+    );
 
     let shell = "wp-content/uploads/shell.php";
     st.fx.write(shell, b"<?php @eval($_REQUEST['z']); ?>\n");
     let out = st.scan();
     out.expect_code(1);
     let report = out.json();
-    assert_eq!(open_in_scan(&report, "shop"), vec![shell.to_string()], "{report:#}");
-    let listed = report[0]["events"].as_array().expect("events").iter().any(|e| e["path"] == shell && e["status"] == "unauthorized");
+    assert_eq!(
+        open_in_scan(&report, "shop"),
+        vec![shell.to_string()],
+        "{report:#}"
+    );
+    let listed = report[0]["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .any(|e| e["path"] == shell && e["status"] == "unauthorized");
     assert!(listed, "the scan's events must list {shell}:\n{report:#}");
     let evs = events_db(&st.db());
-    assert_eq!(about(&evs, "shop", shell).len(), 1, "the scan delivers its events: {evs:#?}");
+    assert_eq!(
+        about(&evs, "shop", shell).len(),
+        1,
+        "the scan delivers its events: {evs:#?}"
+    );
 
     // Corrupt state on purpose: a clear log line and a rebuild, never a panic.
     let tree_state = st.spec.state_dir.join("trees").join("shop");
     std::fs::write(tree_state.join("state.json"), b"\x00garbage{{{ not json").expect("write");
-    std::fs::write(tree_state.join("snapshot.bin"), b"DWSNAP1\ngarbage garbage garbage garbage garbage").expect("write");
+    std::fs::write(
+        tree_state.join("snapshot.bin"),
+        b"DWSNAP1\ngarbage garbage garbage garbage garbage",
+    )
+    .expect("write");
     let out = st.scan();
     out.expect_code(1);
     assert!(
-        out.stderr.lines().any(|l| l.contains("state.json") && (l.contains("unreadable") || l.contains("rebuil") || l.contains("re-baselin"))),
+        out.stderr.lines().any(|l| l.contains("state.json")
+            && (l.contains("unreadable") || l.contains("rebuil") || l.contains("re-baselin"))),
         "no clear log line naming the corrupt state file:\n{}",
         out.stderr
     );
-    assert_eq!(open_in_scan(&out.json(), "shop"), vec![shell.to_string()], "the rebuilt state must still see the shell:\n{}", out.stdout);
+    assert_eq!(
+        open_in_scan(&out.json(), "shop"),
+        vec![shell.to_string()],
+        "the rebuilt state must still see the shell:\n{}",
+        out.stdout
+    );
     // The rebuilt state is saved: the next scan reads it without complaint.
     let out = st.scan();
     out.expect_code(1);
-    assert!(!out.stderr.contains("unreadable"), "state not rebuilt on disk:\n{}", out.stderr);
+    assert!(
+        !out.stderr.contains("unreadable"),
+        "state not rebuilt on disk:\n{}",
+        out.stderr
+    );
 
     // A corrupt snapshot alone.
     std::fs::write(tree_state.join("snapshot.bin"), b"not a snapshot").expect("write");
     let out = st.scan();
     out.expect_code(1);
-    assert!(out.stderr.lines().any(|l| l.contains("snapshot.bin")), "no log line naming the corrupt snapshot:\n{}", out.stderr);
+    assert!(
+        out.stderr.lines().any(|l| l.contains("snapshot.bin")),
+        "no log line naming the corrupt snapshot:\n{}",
+        out.stderr
+    );
 
     // Clean-up: back to exit 0.
     std::fs::remove_file(st.fx.path(shell)).expect("rm");
     let out = st.scan();
     out.expect_code(0);
-    assert!(open_in_scan(&out.json(), "shop").is_empty(), "{}", out.stdout);
+    assert!(
+        open_in_scan(&out.json(), "shop").is_empty(),
+        "{}",
+        out.stdout
+    );
 }
 
 // 10 -----------------------------------------------------------------------------------------
@@ -613,7 +890,12 @@ fn scan_reports_drift_in_json_and_rebuilds_a_corrupt_state() {
 #[test]
 fn config_check_lists_every_problem_at_once() {
     let st = Setup::new();
-    let out = run([OsStr::new("config"), OsStr::new("check"), OsStr::new("--config"), st.config.as_os_str()]);
+    let out = run([
+        OsStr::new("config"),
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        st.config.as_os_str(),
+    ]);
     out.expect_code(0);
 
     let mut spec = st.spec.clone();
@@ -624,21 +906,45 @@ fn config_check_lists_every_problem_at_once() {
         .replacen("interval = \"1h\"", "interval = \"soon\"", 1);
     let bad = st.fx.base.join("bad.toml");
     std::fs::write(&bad, text).expect("write");
-    let out = run([OsStr::new("config"), OsStr::new("check"), OsStr::new("--config"), bad.as_os_str()]);
+    let out = run([
+        OsStr::new("config"),
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        bad.as_os_str(),
+    ]);
     out.expect_code(2);
-    assert!(out.stdout.is_empty(), "no verdict on stdout for a bad config:\n{}", out.stdout);
-    let errors: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("driftwatch: error: ")).collect();
+    assert!(
+        out.stdout.is_empty(),
+        "no verdict on stdout for a bad config:\n{}",
+        out.stdout
+    );
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("driftwatch: error: "))
+        .collect();
     let file = bad.to_str().expect("utf-8");
     for l in &errors {
-        assert!(l.contains(file) || l.contains("bad.toml"), "error line does not name the file: {l:?}");
+        assert!(
+            l.contains(file) || l.contains("bad.toml"),
+            "error line does not name the file: {l:?}"
+        );
     }
     let mut missing = Vec::new();
-    for (what, key) in [("unknown key", "colour"), ("missing root", "root"), ("bad duration", "interval")] {
+    for (what, key) in [
+        ("unknown key", "colour"),
+        ("missing root", "root"),
+        ("bad duration", "interval"),
+    ] {
         if !errors.iter().any(|l| l.contains(key)) {
             missing.push(format!("{what} (`{key}`)"));
         }
     }
-    assert!(missing.is_empty(), "config check must list every problem at once; not reported: {missing:?}\nstderr:\n{}", out.stderr);
+    assert!(
+        missing.is_empty(),
+        "config check must list every problem at once; not reported: {missing:?}\nstderr:\n{}",
+        out.stderr
+    );
 }
 
 // 11 -----------------------------------------------------------------------------------------
@@ -647,8 +953,15 @@ fn config_check_lists_every_problem_at_once() {
 fn sigterm_exits_zero_promptly() {
     let st = Setup::new();
     let mut agent = Agent::start(&st.config);
-    st.fx.write("wp-content/uploads/late.php", b"<?php // late\n");
-    wait_events(&st.db(), "the event", secs(10), || agent.proc.log(), |evs| !about(evs, "shop", "wp-content/uploads/late.php").is_empty());
+    st.fx
+        .write("wp-content/uploads/late.php", b"<?php // late\n");
+    wait_events(
+        &st.db(),
+        "the event",
+        secs(10),
+        || agent.proc.log(),
+        |evs| !about(evs, "shop", "wp-content/uploads/late.php").is_empty(),
+    );
     let took = agent.proc.terminate();
     assert!(took <= secs(5), "SIGTERM → exit took {took:?}");
     // The state dir lock is released: a scan can run right away.
@@ -664,14 +977,29 @@ fn evidence_of_an_unauthorized_added_file_is_kept() {
     let path = "wp-content/uploads/cmd.php";
     let content = b"<?php system($_GET['cmd']); // evidence\n";
     st.fx.write(path, content);
-    let evs = wait_events(&st.db(), "the event", secs(10), || agent.proc.log(), |evs| !about(evs, "shop", path).is_empty());
+    let evs = wait_events(
+        &st.db(),
+        "the event",
+        secs(10),
+        || agent.proc.log(),
+        |evs| !about(evs, "shop", path).is_empty(),
+    );
     let hash = blake3_hex(content);
     assert_eq!(s(about(&evs, "shop", path)[0], "blake3"), hash);
 
     let blob = st.spec.state_dir.join("evidence").join("blobs").join(&hash);
     let kept = poll(secs(10), || blob.is_file().then_some(()));
-    assert!(kept.is_some(), "no evidence blob at {}; log:\n{}", blob.display(), agent.proc.log());
+    assert!(
+        kept.is_some(),
+        "no evidence blob at {}; log:\n{}",
+        blob.display(),
+        agent.proc.log()
+    );
     // The attacker cleans up: the evidence stays.
     std::fs::remove_file(st.fx.path(path)).expect("rm");
-    assert_eq!(std::fs::read(&blob).expect("read blob"), content, "evidence must be the exact content");
+    assert_eq!(
+        std::fs::read(&blob).expect("read blob"),
+        content,
+        "evidence must be the exact content"
+    );
 }

@@ -240,7 +240,10 @@ pub struct CheckArgs {
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
-    if !matches!(cli.command, Command::Agent { .. } | Command::Collector { .. } | Command::Quickstart { .. }) {
+    if !matches!(
+        cli.command,
+        Command::Agent { .. } | Command::Collector { .. } | Command::Quickstart { .. }
+    ) {
         // A one-shot command piped into `head` should end quietly, as Unix tools do, not panic
         // on EPIPE. The daemons keep SIGPIPE ignored: a closed socket must not kill them.
         // SAFETY: setting a signal disposition before any thread is started.
@@ -304,7 +307,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Report(args) => ops::run_report(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "driftwatch", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "driftwatch",
+                &mut std::io::stdout(),
+            );
             Ok(exit::CLEAN)
         }
         Command::Events(args) => ops::run_events(args),

@@ -1023,15 +1023,24 @@ pub fn run_report(a: ReportArgs) -> anyhow::Result<u8> {
             let day = match &a.date {
                 Some(d) => d.clone(),
                 None => {
-                    let v: Vec<KpiRow> = runtime()?.block_on(c.get_json("/api/v1/kpi?by=day&group=fleet"))?;
+                    let v: Vec<KpiRow> =
+                        runtime()?.block_on(c.get_json("/api/v1/kpi?by=day&group=fleet"))?;
                     let today = v.last().map(|r| r.period.clone()).unwrap_or_default();
-                    today.parse::<jiff::civil::Date>().ok().and_then(|d| d.yesterday().ok()).map(|d| d.to_string()).unwrap_or(today)
+                    today
+                        .parse::<jiff::civil::Date>()
+                        .ok()
+                        .and_then(|d| d.yesterday().ok())
+                        .map(|d| d.to_string())
+                        .unwrap_or(today)
                 }
             };
             let day = client::encode(&day);
             let rt = runtime()?;
-            let rows: Vec<KpiRow> = rt.block_on(c.get_json(&format!("/api/v1/kpi?by=day&group=host&from={day}&to={day}")))?;
-            let v: serde_json::Value = rt.block_on(c.get_json(&format!("/api/v1/events?from={day}&to={day}")))?;
+            let rows: Vec<KpiRow> = rt.block_on(c.get_json(&format!(
+                "/api/v1/kpi?by=day&group=host&from={day}&to={day}"
+            )))?;
+            let v: serde_json::Value =
+                rt.block_on(c.get_json(&format!("/api/v1/events?from={day}&to={day}")))?;
             (rows, events_from_json(v)?)
         }
         None => {
@@ -1043,14 +1052,32 @@ pub fn run_report(a: ReportArgs) -> anyhow::Result<u8> {
             };
             let days = local.store.host_days(day, day, None, Timestamp::now())?;
             let rows = kpi::compute(&days, kpi::Period::Day, &kpi::Grouping::ALL, local.target);
-            let events = local.store.events(&EventQuery { from: Some(day), to: Some(day), ..EventQuery::default() })?;
+            let events = local.store.events(&EventQuery {
+                from: Some(day),
+                to: Some(day),
+                ..EventQuery::default()
+            })?;
             (rows, events)
         }
     };
-    let day = rows.first().map(|r| r.period.clone()).or(a.date.clone()).unwrap_or_default();
-    let report = crate::daily::DailyReport { day, rows: &rows, events: &events };
-    let out = if a.format == "html" { report.to_html() } else { report.to_markdown() };
+    let day = rows
+        .first()
+        .map(|r| r.period.clone())
+        .or(a.date.clone())
+        .unwrap_or_default();
+    let report = crate::daily::DailyReport {
+        day,
+        rows: &rows,
+        events: &events,
+    };
+    let out = if a.format == "html" {
+        report.to_html()
+    } else {
+        report.to_markdown()
+    };
     std::io::stdout().lock().write_all(out.as_bytes())?;
-    let missed = rows.iter().any(|r| r.environment == "*" && r.host == "*" && !r.met);
+    let missed = rows
+        .iter()
+        .any(|r| r.environment == "*" && r.host == "*" && !r.met);
     Ok(if missed { exit::DRIFT } else { exit::CLEAN })
 }

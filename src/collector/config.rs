@@ -270,14 +270,13 @@ impl CollectorConfig {
                 .map(|_| ())
                 .map_err(|e| format!("{:?}: {e}", raw.kpi.timezone)),
         );
-        if !(raw.storage.starts_with("sqlite://")
-            || raw.storage.starts_with("postgres://")
-            || raw.storage.starts_with("postgresql://"))
-        {
+        if raw.storage.starts_with("postgres://") || raw.storage.starts_with("postgresql://") {
+            field("storage", Err("PostgreSQL storage is not available in this version yet; use sqlite:///path/to/collector.db".into()));
+        } else if !raw.storage.starts_with("sqlite://") {
             field(
                 "storage",
                 Err(format!(
-                    "{:?}: expected sqlite:///path or postgres://...",
+                    "{:?}: expected sqlite:///path/to/collector.db",
                     raw.storage
                 )),
             );

@@ -21,7 +21,9 @@ pub enum StoreError {
     #[error("{context}: {message}")]
     Db { context: String, message: String },
     /// The storage URL is not understood.
-    #[error("storage {0:?}: expected sqlite:///path/to/file.db or postgres://user@host/db")]
+    #[error(
+        "storage {0:?}: expected sqlite:///path/to/collector.db (PostgreSQL is not available in this version yet)"
+    )]
     BadUrl(String),
     /// The database was written by a newer driftwatch.
     #[error(

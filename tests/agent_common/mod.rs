@@ -138,7 +138,12 @@ impl Proc {
     /// Waits until a stderr line satisfies `pred`; returns that line. Panics (with the log) on
     /// timeout or when the process exits first.
     #[track_caller]
-    pub fn wait_line(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub fn wait_line(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let found = poll(timeout, || {
             if let Some(l) = self.log().lines().find(|l| pred(l)) {
                 return Some(Ok(l.to_string()));
@@ -149,9 +154,17 @@ impl Proc {
             Some(Ok(l)) => l,
             Some(Err(status)) => {
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("{} exited ({status}) before {what}; log:\n{}", self.name, self.log())
+                panic!(
+                    "{} exited ({status}) before {what}; log:\n{}",
+                    self.name,
+                    self.log()
+                )
             }
-            None => panic!("{}: no {what} within {timeout:?}; log:\n{}", self.name, self.log()),
+            None => panic!(
+                "{}: no {what} within {timeout:?}; log:\n{}",
+                self.name,
+                self.log()
+            ),
         }
     }
 
@@ -164,7 +177,13 @@ impl Proc {
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on the pid of a child we own and have not reaped yet.
         let rc = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}) failed: {}", self.pid(), std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {sig}) failed: {}",
+            self.pid(),
+            std::io::Error::last_os_error()
+        );
     }
 
     /// SIGKILL, then reap.
@@ -187,10 +206,20 @@ impl Proc {
         self.signal(libc::SIGTERM);
         match self.wait_exit(STOP_TIMEOUT) {
             Some(s) => {
-                assert_eq!(s.code(), Some(0), "{} exited with {s} after SIGTERM; log:\n{}", self.name, self.log());
+                assert_eq!(
+                    s.code(),
+                    Some(0),
+                    "{} exited with {s} after SIGTERM; log:\n{}",
+                    self.name,
+                    self.log()
+                );
                 t.elapsed()
             }
-            None => panic!("{} still running {STOP_TIMEOUT:?} after SIGTERM; log:\n{}", self.name, self.log()),
+            None => panic!(
+                "{} still running {STOP_TIMEOUT:?} after SIGTERM; log:\n{}",
+                self.name,
+                self.log()
+            ),
         }
     }
 }
@@ -216,7 +245,14 @@ impl Agent {
     /// Spawns `driftwatch agent --config CONFIG` without waiting for anything.
     pub fn spawn(config: &Path) -> Agent {
         Agent {
-            proc: Proc::spawn("agent", [OsStr::new("agent"), OsStr::new("--config"), config.as_os_str()]),
+            proc: Proc::spawn(
+                "agent",
+                [
+                    OsStr::new("agent"),
+                    OsStr::new("--config"),
+                    config.as_os_str(),
+                ],
+            ),
             url: None,
         }
     }
@@ -232,7 +268,9 @@ impl Agent {
     /// Waits for the ready line; notes the embedded collector's URL.
     #[track_caller]
     pub fn wait_ready(&mut self) {
-        self.proc.wait_line("ready line", READY_TIMEOUT, |l| l.starts_with("driftwatch agent ready: "));
+        self.proc.wait_line("ready line", READY_TIMEOUT, |l| {
+            l.starts_with("driftwatch agent ready: ")
+        });
         self.url = self
             .proc
             .log()
@@ -270,9 +308,21 @@ impl Remote {
     /// Spawns `driftwatch collector --config CONFIG` and waits for its listening line.
     #[track_caller]
     pub fn start(config: &Path) -> Remote {
-        let mut proc = Proc::spawn("collector", [OsStr::new("collector"), OsStr::new("--config"), config.as_os_str()]);
-        let line = proc.wait_line("listening line", LISTEN_TIMEOUT, |l| l.starts_with("driftwatch collector listening on "));
-        let url = line.trim_start_matches("driftwatch collector listening on ").trim().to_string();
+        let mut proc = Proc::spawn(
+            "collector",
+            [
+                OsStr::new("collector"),
+                OsStr::new("--config"),
+                config.as_os_str(),
+            ],
+        );
+        let line = proc.wait_line("listening line", LISTEN_TIMEOUT, |l| {
+            l.starts_with("driftwatch collector listening on ")
+        });
+        let url = line
+            .trim_start_matches("driftwatch collector listening on ")
+            .trim()
+            .to_string();
         Remote { proc, url }
     }
 }
@@ -358,14 +408,37 @@ impl AgentSpec {
 
     /// The TOML text.
     pub fn to_toml(&self) -> String {
-        let list = |v: &[PathBuf]| format!("[{}]", v.iter().map(|p| toml_path(p)).collect::<Vec<_>>().join(", "));
-        let mut s = format!("host = {}\nstate_dir = {}\n", toml_str(HOST), toml_path(&self.state_dir));
+        let list = |v: &[PathBuf]| {
+            format!(
+                "[{}]",
+                v.iter()
+                    .map(|p| toml_path(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let mut s = format!(
+            "host = {}\nstate_dir = {}\n",
+            toml_str(HOST),
+            toml_path(&self.state_dir)
+        );
         for t in &self.trees {
-            s += &format!("\n[[tree]]\nname = {}\nroot = {}\n", toml_str(&t.name), toml_path(&t.root));
+            s += &format!(
+                "\n[[tree]]\nname = {}\nroot = {}\n",
+                toml_str(&t.name),
+                toml_path(&t.root)
+            );
             if let Some(m) = &t.manifest {
                 s += &format!("manifest = {}\n", toml_path(m));
             }
-            s += &format!("exclude = [{}]\n", t.exclude.iter().map(toml_str).collect::<Vec<_>>().join(", "));
+            s += &format!(
+                "exclude = [{}]\n",
+                t.exclude
+                    .iter()
+                    .map(toml_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         s += &format!(
             "\n[scan]\ninterval = \"1h\"\ndebounce = {}\n\n[changes]\ndir = {}\n\n[trust]\nrelease_keys = {}\napprover_keys = {}\n\n[collector]\nheartbeat = \"1s\"\n",
@@ -377,7 +450,11 @@ impl AgentSpec {
         match &self.uplink {
             Uplink::Embedded => s += "embedded = true\nlisten = \"127.0.0.1:0\"\n",
             Uplink::Remote { url, token_file } => {
-                s += &format!("url = {}\ntoken_file = {}\n", toml_str(url), toml_path(token_file));
+                s += &format!(
+                    "url = {}\ntoken_file = {}\n",
+                    toml_str(url),
+                    toml_path(token_file)
+                );
             }
         }
         if let Some(b) = self.batch {
@@ -403,7 +480,13 @@ impl AgentSpec {
 /// `driftwatch events --db DB --format json`: every recorded event (not the `resolved` records).
 #[track_caller]
 pub fn events_db(db: &Path) -> Vec<Value> {
-    let out = common::run([OsStr::new("events"), OsStr::new("--db"), db.as_os_str(), OsStr::new("--format"), OsStr::new("json")]);
+    let out = common::run([
+        OsStr::new("events"),
+        OsStr::new("--db"),
+        db.as_os_str(),
+        OsStr::new("--format"),
+        OsStr::new("json"),
+    ]);
     out.expect_code(0);
     match out.json() {
         Value::Array(v) => v,
@@ -437,13 +520,22 @@ pub fn s<'a>(ev: &'a Value, k: &str) -> &'a str {
 
 /// The events about `path` in tree `tree`.
 pub fn about<'a>(events: &'a [Value], tree: &str, path: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| s(e, "tree") == tree && s(e, "path") == path).collect()
+    events
+        .iter()
+        .filter(|e| s(e, "tree") == tree && s(e, "path") == path)
+        .collect()
 }
 
 /// Polls `events_db` until `pred` holds; returns the events. On timeout panics with the last
 /// events seen and `diag()` (e.g. the agent's log).
 #[track_caller]
-pub fn wait_events(db: &Path, what: &str, timeout: Duration, diag: impl Fn() -> String, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+pub fn wait_events(
+    db: &Path,
+    what: &str,
+    timeout: Duration,
+    diag: impl Fn() -> String,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let mut last = Vec::new();
     let got = poll(timeout, || {
         if !db.exists() {
@@ -470,15 +562,30 @@ pub fn wait_events(db: &Path, what: &str, timeout: Duration, diag: impl Fn() -> 
 /// Asserts the delivery contract on everything one host sent: each sequence number once, no gap
 /// (1..=N), and each of `paths` reported by exactly one event, with `status`.
 #[track_caller]
-pub fn assert_exactly_once(events: &[Value], tree: &str, paths: &BTreeSet<String>, status: &str, diag: &str) {
+pub fn assert_exactly_once(
+    events: &[Value],
+    tree: &str,
+    paths: &BTreeSet<String>,
+    status: &str,
+    diag: &str,
+) {
     let mut seqs: BTreeMap<u64, usize> = BTreeMap::new();
     for e in events {
         assert_eq!(s(e, "host"), HOST, "event from an unexpected host: {e}");
-        let seq = e["seq"].as_u64().unwrap_or_else(|| panic!("event without a numeric seq: {e}"));
+        let seq = e["seq"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("event without a numeric seq: {e}"));
         *seqs.entry(seq).or_default() += 1;
     }
-    let doubled: Vec<u64> = seqs.iter().filter(|(_, n)| **n > 1).map(|(s, _)| *s).collect();
-    assert!(doubled.is_empty(), "sequence numbers stored more than once: {doubled:?}\n{diag}");
+    let doubled: Vec<u64> = seqs
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(
+        doubled.is_empty(),
+        "sequence numbers stored more than once: {doubled:?}\n{diag}"
+    );
     let n = events.len() as u64;
     let missing: Vec<u64> = (1..=n).filter(|s| !seqs.contains_key(s)).take(20).collect();
     assert!(
@@ -490,24 +597,57 @@ pub fn assert_exactly_once(events: &[Value], tree: &str, paths: &BTreeSet<String
     for e in events.iter().filter(|e| s(e, "tree") == tree) {
         per_path.entry(s(e, "path")).or_default().push(e);
     }
-    let lost: Vec<&String> = paths.iter().filter(|p| !per_path.contains_key(p.as_str())).take(20).collect();
-    assert!(lost.is_empty(), "{} changed paths never reported, e.g. {lost:?}\n{diag}", paths.iter().filter(|p| !per_path.contains_key(p.as_str())).count());
+    let lost: Vec<&String> = paths
+        .iter()
+        .filter(|p| !per_path.contains_key(p.as_str()))
+        .take(20)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} changed paths never reported, e.g. {lost:?}\n{diag}",
+        paths
+            .iter()
+            .filter(|p| !per_path.contains_key(p.as_str()))
+            .count()
+    );
     let twice: Vec<String> = per_path
         .iter()
         .filter(|(p, v)| paths.contains(**p) && v.len() > 1)
         .take(10)
-        .map(|(p, v)| format!("{p}: seqs {:?}", v.iter().map(|e| e["seq"].as_u64().unwrap_or(0)).collect::<Vec<_>>()))
+        .map(|(p, v)| {
+            format!(
+                "{p}: seqs {:?}",
+                v.iter()
+                    .map(|e| e["seq"].as_u64().unwrap_or(0))
+                    .collect::<Vec<_>>()
+            )
+        })
         .collect();
     assert!(
         twice.is_empty(),
         "{} paths reported more than once (counted twice), e.g.:\n  {}\n{diag}",
-        per_path.iter().filter(|(p, v)| paths.contains(**p) && v.len() > 1).count(),
+        per_path
+            .iter()
+            .filter(|(p, v)| paths.contains(**p) && v.len() > 1)
+            .count(),
         twice.join("\n  ")
     );
-    let unexpected: Vec<&&str> = per_path.keys().filter(|p| !paths.contains(**p)).take(10).collect();
-    assert!(unexpected.is_empty(), "events about paths nobody changed: {unexpected:?}\n{diag}");
+    let unexpected: Vec<&&str> = per_path
+        .keys()
+        .filter(|p| !paths.contains(**p))
+        .take(10)
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "events about paths nobody changed: {unexpected:?}\n{diag}"
+    );
     for (p, v) in &per_path {
-        assert_eq!(s(v[0], "original_status"), status, "status reported for {p}: {}\n{diag}", v[0]);
+        assert_eq!(
+            s(v[0], "original_status"),
+            status,
+            "status reported for {p}: {}\n{diag}",
+            v[0]
+        );
     }
 }
 
@@ -516,7 +656,8 @@ pub fn make_files(dir: &Path, n: usize, prefix: &str) {
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     for i in 0..n {
         let p = dir.join(format!("{prefix}{i}.txt"));
-        std::fs::write(&p, format!("{prefix} {i}\n")).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        std::fs::write(&p, format!("{prefix} {i}\n"))
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     }
 }
 
