@@ -774,7 +774,7 @@ fn seed(a: SeedArgs) -> anyhow::Result<()> {
             host_days += 1;
         }
         i += 1;
-        if i % 30 == 0 || day == end {
+        if i.is_multiple_of(30) || day == end {
             let s = t0.elapsed().as_secs_f64();
             eprintln!(
                 "seed: {i}/{} days, {host_days} host-days reported, {events} events, {:.1} s ({:.0} host-days/s)",

@@ -205,20 +205,20 @@ fn remote_collector_down_then_back_gets_every_event_exactly_once() {
     let mut paths = BTreeSet::new();
 
     // While the collector is up.
-    fx.write("evil/before.php", b"<?php // before\n");
-    paths.insert("evil/before.php".to_string());
+    fx.write("wp-content/uploads/before.php", b"<?php // before\n");
+    paths.insert("wp-content/uploads/before.php".to_string());
     wait_events(
         &site.db,
         "the first event",
         secs(15),
         || agent.proc.log(),
-        |evs| !about(evs, "shop", "evil/before.php").is_empty(),
+        |evs| !about(evs, "shop", "wp-content/uploads/before.php").is_empty(),
     );
 
     // Collector down: changes made meanwhile are spooled.
     collector.proc.terminate();
     for i in 0..20 {
-        let p = format!("evil/during{i}.php");
+        let p = format!("wp-content/uploads/during{i}.php");
         fx.write(&p, format!("<?php // during {i}\n").as_bytes());
         paths.insert(p);
     }
@@ -285,7 +285,7 @@ fn big_tree_with_changes(fx: &Fx, n: usize) -> BTreeSet<String> {
     fx.build_manifest();
     let mut changed = BTreeSet::new();
     for i in 0..n {
-        let shell = format!("uploads/s{i}.php");
+        let shell = format!("d{}/s{i}.php", i % 40);
         fx.write(
             &shell,
             format!("<?php system($_GET['c{i}']); ?>\n").as_bytes(),
@@ -904,6 +904,10 @@ fn config_check_lists_every_problem_at_once() {
         .to_toml()
         .replacen("state_dir = ", "colour = \"red\"\nstate_dir = ", 1)
         .replacen("interval = \"1h\"", "interval = \"soon\"", 1);
+    assert!(
+        text.contains("colour") && text.contains("\"soon\""),
+        "fixture edit failed:\n{text}"
+    );
     let bad = st.fx.base.join("bad.toml");
     std::fs::write(&bad, text).expect("write");
     let out = run([

@@ -156,7 +156,7 @@ impl Engine {
         let cache = if rehash {
             None
         } else {
-            t.state.snapshot.clone().map(Arc::new)
+            t.state.snapshot.clone()
         };
         let opts = ScanOptions {
             walk: WalkOptions {
@@ -169,6 +169,8 @@ impl Engine {
             ..ScanOptions::default()
         };
         let snap = snapshot::scan(&t.cfg.root, &opts).map_err(|e| e.to_string())?;
+        // Release the cache's reference so committing does not copy the snapshot.
+        drop(opts);
         let scanned = (snap.stats.files, snap.stats.dirs, snap.stats.bytes);
         let mut paths: BTreeMap<RelPath, Option<Entry>> = BTreeMap::new();
         if let Some(prev) = &t.state.snapshot {
@@ -184,7 +186,13 @@ impl Engine {
             paths.insert(e.path.clone(), Some(e));
         }
         let now = Timestamp::now();
-        let mut result = self.pass(i, paths.into_iter().collect(), now, deploy.as_deref())?;
+        let mut result = self.pass(
+            i,
+            paths.into_iter().collect(),
+            now,
+            deploy.as_deref(),
+            false,
+        )?;
         let t = &mut self.trees[i];
         t.state.last_scan = Some(now);
         if rehash {
@@ -264,7 +272,7 @@ impl Engine {
             paths.insert(rel, entry);
         }
         let now = Timestamp::now();
-        let result = self.pass(i, paths.into_iter().collect(), now, None)?;
+        let result = self.pass(i, paths.into_iter().collect(), now, None, true)?;
         let t = &mut self.trees[i];
         t.state
             .save(&t.dir)
@@ -279,13 +287,20 @@ impl Engine {
         observed: Vec<(RelPath, Option<Entry>)>,
         now: Timestamp,
         deploy: Option<&str>,
+        realtime: bool,
     ) -> Result<PassResult, String> {
         let t = &self.trees[i];
-        let t0 = t
+        let mut t0 = t
             .state
             .last_scan
             .or(t.manifest.as_ref().map(|m| m.created_at))
             .unwrap_or(now);
+        if realtime {
+            // inotify reported the change within the debounce: the window is that short, so a
+            // change entry whose window closed an hour ago cannot cover a write made now.
+            let recent = now - (self.cfg.debounce * 2 + std::time::Duration::from_secs(1));
+            t0 = t0.max(recent);
+        }
         let tracker = Tracker {
             tree: &t.cfg,
             host: &self.cfg.host,

@@ -100,8 +100,9 @@ pub struct TreeState {
     pub overlay: BTreeMap<RelPath, Option<State>>,
     /// Unauthorized changes still open, by path.
     pub open: BTreeMap<RelPath, Vec<OpenChange>>,
-    /// The last observed snapshot (`None` before the first scan).
-    pub snapshot: Option<BTreeMap<RelPath, Entry>>,
+    /// The last observed snapshot (`None` before the first scan); shared with the scanner as its
+    /// stat cache, so it is never copied.
+    pub snapshot: Option<std::sync::Arc<BTreeMap<RelPath, Entry>>>,
 }
 
 /// Where a tree's state files live.
@@ -149,10 +150,10 @@ impl TreeState {
         }
         let snap_path = dir.join("snapshot.bin");
         let snapshot = match std::fs::read(&snap_path) {
-            Ok(bytes) => Some(
+            Ok(bytes) => Some(std::sync::Arc::new(
                 decode_snapshot(&bytes)
                     .ok_or_else(|| format!("{}: corrupt snapshot", snap_path.display()))?,
-            ),
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(format!("{}: {e}", snap_path.display())),
         };
@@ -408,7 +409,7 @@ mod tests {
             }],
         );
         s.overlay.insert(p.clone(), None);
-        s.snapshot = Some(BTreeMap::new());
+        s.snapshot = Some(std::sync::Arc::new(BTreeMap::new()));
         s.save(dir.path()).unwrap();
         let back = TreeState::load(dir.path()).unwrap();
         assert_eq!(back.release.as_deref(), Some("r1"));

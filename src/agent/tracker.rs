@@ -289,7 +289,7 @@ impl Tracker<'_> {
         let mut paths = 0u64;
         let mut vetted = 0u64;
         if let Some(snap) = snap {
-            for (p, e) in snap {
+            for (p, e) in snap.iter() {
                 if excluded(p) {
                     continue;
                 }
@@ -320,7 +320,7 @@ impl Tracker<'_> {
 
 /// Applies a pending item whose events were spooled with the given sequence numbers.
 pub fn commit(state: &mut TreeState, p: Pending, seqs: &[u64]) {
-    let snap = state.snapshot.get_or_insert_with(BTreeMap::new);
+    let snap = std::sync::Arc::make_mut(state.snapshot.get_or_insert_with(Default::default));
     match p.entry {
         Some(e) => {
             snap.insert(p.path.clone(), e);

@@ -378,6 +378,8 @@ pub struct AgentSpec {
     pub uplink: Uplink,
     /// `[collector] batch`, when set.
     pub batch: Option<usize>,
+    /// `[scan] interval`.
+    pub interval: String,
     /// `[scan] debounce`.
     pub debounce: String,
     /// Extra TOML appended verbatim (whole tables).
@@ -401,6 +403,7 @@ impl AgentSpec {
             approver_keys: vec![fx.cab.public.clone()],
             uplink: Uplink::Embedded,
             batch: None,
+            interval: "1h".into(),
             debounce: "100ms".into(),
             extra: String::new(),
         }
@@ -441,7 +444,8 @@ impl AgentSpec {
             );
         }
         s += &format!(
-            "\n[scan]\ninterval = \"1h\"\ndebounce = {}\n\n[changes]\ndir = {}\n\n[trust]\nrelease_keys = {}\napprover_keys = {}\n\n[collector]\nheartbeat = \"1s\"\n",
+            "\n[scan]\ninterval = {}\ndebounce = {}\n\n[changes]\ndir = {}\n\n[trust]\nrelease_keys = {}\napprover_keys = {}\n\n[collector]\nheartbeat = \"1s\"\n",
+            toml_str(&self.interval),
             toml_str(&self.debounce),
             toml_path(&self.changes),
             list(&self.release_keys),
