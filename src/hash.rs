@@ -108,6 +108,11 @@ fn hash_reader(mut file: &File, size_hint: u64) -> io::Result<([u8; 32], u64)> {
                 hasher.update(&buf[..n]);
             }
             total += n as u64;
+            // At the size fstat gave, stop without the extra read that would return 0: if the
+            // file grew meanwhile, the fstat after hashing shows it and the hash is redone.
+            if total == size_hint && n < buf.len() {
+                break;
+            }
         }
         Ok((*hasher.finalize().as_bytes(), total))
     })
