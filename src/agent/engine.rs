@@ -150,8 +150,12 @@ impl Engine {
     /// A full scan of one tree (`rehash` ignores the stat cache).
     pub fn full_scan(&mut self, i: usize, rehash: bool) -> Result<PassResult, String> {
         self.load_changes();
-        let started = Instant::now();
         let deploy = self.refresh_manifest(i);
+        self.scan_tree(i, rehash, deploy)
+    }
+
+    fn scan_tree(&mut self, i: usize, rehash: bool, deploy: Option<String>) -> Result<PassResult, String> {
+        let started = Instant::now();
         let t = &self.trees[i];
         let cache = if rehash {
             None
@@ -220,6 +224,12 @@ impl Engine {
         i: usize,
         abs_paths: &BTreeSet<PathBuf>,
     ) -> Result<PassResult, String> {
+        // A manifest or ticket may arrive between scans: a new release found now turns this
+        // update into a full scan, so every deployed path is judged against it.
+        self.load_changes();
+        if let Some(deploy) = self.refresh_manifest(i) {
+            return self.scan_tree(i, false, Some(deploy));
+        }
         let t = &self.trees[i];
         if t.state.snapshot.is_none() {
             return self.full_scan(i, false);
@@ -326,7 +336,8 @@ impl Engine {
         } else {
             tracker.observe(&t.state, observed, t0, now, deploy)
         };
-        pending.extend(tracker.reconsider_open(&t.state, now));
+let observed_paths: std::collections::BTreeSet<RelPath> = pending.iter().map(|p| p.path.clone()).collect();
+        pending.extend(tracker.reconsider_open(&t.state, now, deploy, &observed_paths));
         let all: Vec<ChangeEvent> = pending
             .iter()
             .flat_map(|p| p.events.iter().cloned())

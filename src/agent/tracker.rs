@@ -193,17 +193,59 @@ impl Tracker<'_> {
         }
     }
 
-    /// Re-checks open changes against the change log: an entry approved after the fact closes them
-    /// as `retroactive:<id>` (or `change:<id>`) and makes the current state approved.
-    pub fn reconsider_open(&self, state: &TreeState, now: Timestamp) -> Vec<Pending> {
+    /// Re-checks open changes of paths not observed in this pass. An open path now in its
+    /// approved state is closed: as `release:<id>` when a deploy made it so (a pipeline that wrote
+    /// files before their manifest), else as `resolved`. An entry approved after the fact closes
+    /// it as `retroactive:<id>` (or `change:<id>`) and makes the current state approved.
+    pub fn reconsider_open(
+        &self,
+        state: &TreeState,
+        now: Timestamp,
+        deploy: Option<&str>,
+        observed: &std::collections::BTreeSet<RelPath>,
+    ) -> Vec<Pending> {
         let mut out = Vec::new();
         let Some(snap) = &state.snapshot else {
             return out;
         };
+        let index = self.index();
         for (path, open) in &state.open {
             let Some(first) = open.first() else { continue };
+            if observed.contains(path) {
+                continue;
+            }
             let entry = snap.get(path).cloned();
             let actual = entry.as_ref().map(State::of);
+            let change = Change {
+                path: path.clone(),
+                kind: if entry.is_none() { ChangeKind::Removed } else { ChangeKind::Modified },
+                expected: None,
+                actual: actual.clone(),
+                problem: None,
+                ctime_ns: None,
+            };
+            let mut p = Pending {
+                path: path.clone(),
+                entry: entry.clone(),
+                events: vec![],
+                status: None,
+                change: None,
+                overlay: None,
+                closes: false,
+                opens: None,
+            };
+            let approved = self.approved(state, &index, path);
+            let at_approved = match (&approved, &actual) {
+                (None, None) => true,
+                (Some(a), Some(b)) => diff::compare(a, b).is_none(),
+                _ => false,
+            } && entry.as_ref().is_none_or(|e| e.problem.is_none());
+            if at_approved {
+                let by = deploy.map(|r| Status::Release(r.to_string()));
+                self.close_open(state, &change, &mut p, now, by.as_ref());
+                out.push(p);
+                continue;
+            }
             let c = classify::StoredChangeRef {
                 host: self.host,
                 tree: &self.tree.name,
@@ -213,36 +255,11 @@ impl Tracker<'_> {
                 t0: first.t0,
                 observed_at: first.observed_at,
             };
-            let Some(status) = self
-                .entries
-                .iter()
-                .filter_map(|e| classify::reclassify(&c, e, now))
-                .min()
+            let Some(status) = self.entries.iter().filter_map(|e| classify::reclassify(&c, e, now)).min()
             else {
                 continue;
             };
-            let change = Change {
-                path: path.clone(),
-                kind: if entry.is_none() {
-                    ChangeKind::Removed
-                } else {
-                    ChangeKind::Modified
-                },
-                expected: None,
-                actual: actual.clone(),
-                problem: None,
-                ctime_ns: None,
-            };
-            let mut p = Pending {
-                path: path.clone(),
-                entry,
-                events: vec![],
-                status: None,
-                change: None,
-                overlay: Some(actual),
-                closes: false,
-                opens: None,
-            };
+            p.overlay = Some(actual);
             self.close_open(state, &change, &mut p, now, Some(&status));
             out.push(p);
         }

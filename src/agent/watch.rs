@@ -74,13 +74,24 @@ pub fn start(cfg: &AgentConfig, engine: Sender<Command>) -> Watchers {
             });
             continue;
         }
+        // A manifest kept outside the tree is watched too: its arrival is what makes a deploy.
+        let mut own = Vec::new();
+        if let Some(m) = &tree.manifest {
+            own = vec![m.clone(), crate::sign::sig_path(m)];
+            if !m.starts_with(&tree.root)
+                && let Some(dir) = m.parent()
+                && let Err(e) = w.watch(dir, RecursiveMode::NonRecursive)
+            {
+                tracing::warn!(tree = %name, dir = %dir.display(), error = %e, "cannot watch the manifest's directory; new releases are picked up by the next scan");
+            }
+        }
         watchers.push(w);
         let debounce = cfg.debounce;
         let root = tree.root.clone();
         let exclude = tree.exclude.clone();
         let engine = engine.clone();
         threads.push(std::thread::spawn(move || {
-            debounce_loop(name, root, exclude, debounce, rx, engine)
+            debounce_loop(name, root, own, exclude, debounce, rx, engine)
         }));
     }
     Watchers {
@@ -92,6 +103,7 @@ pub fn start(cfg: &AgentConfig, engine: Sender<Command>) -> Watchers {
 fn debounce_loop(
     tree: String,
     root: PathBuf,
+    manifest: Vec<PathBuf>,
     exclude: globset::GlobSet,
     debounce: Duration,
     rx: std::sync::mpsc::Receiver<Msg>,
@@ -109,7 +121,7 @@ fn debounce_loop(
                         .strip_prefix(&root)
                         .map(|r| exclude.is_match(r))
                         .unwrap_or(true);
-                    if !excluded {
+                    if !excluded || manifest.contains(&p) {
                         paths.insert(p);
                     }
                 }

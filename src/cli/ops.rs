@@ -150,6 +150,9 @@ pub enum TokenCommand {
         /// Collector config.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Or the store itself (e.g. an agent's embedded STATE_DIR/collector.db).
+        #[arg(long, value_name = "PATH|URL", conflicts_with = "config")]
+        db: Option<String>,
         /// Role.
         #[arg(long, value_enum)]
         role: Role,
@@ -165,12 +168,18 @@ pub enum TokenCommand {
         /// Collector config.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Or the store itself (e.g. an agent's embedded STATE_DIR/collector.db).
+        #[arg(long, value_name = "PATH|URL", conflicts_with = "config")]
+        db: Option<String>,
     },
     /// Revoke a token by id; a host whose last agent token is revoked is no longer expected.
     Revoke {
         /// Collector config.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Or the store itself (e.g. an agent's embedded STATE_DIR/collector.db).
+        #[arg(long, value_name = "PATH|URL", conflicts_with = "config")]
+        db: Option<String>,
         /// Token id (from `token list`).
         id: i64,
     },
@@ -178,13 +187,15 @@ pub enum TokenCommand {
 
 /// `driftwatch token ...`.
 pub fn run_token(cmd: TokenCommand) -> anyhow::Result<u8> {
-    let cfg_src = |config: Option<PathBuf>| SourceArgs {
+    let cfg_src = |config: Option<PathBuf>, db: Option<String>| SourceArgs {
         config,
+        db,
         ..SourceArgs::default()
     };
     match cmd {
         TokenCommand::Create {
             config,
+            db,
             role,
             host,
             label,
@@ -195,7 +206,7 @@ pub fn run_token(cmd: TokenCommand) -> anyhow::Result<u8> {
             if role != Role::Agent && host.is_some() {
                 bail!("--host: only agent tokens are bound to a host");
             }
-            let local = open_local(&cfg_src(config))?;
+            let local = open_local(&cfg_src(config, db))?;
             let (token, secret) =
                 local
                     .store
@@ -207,8 +218,8 @@ pub fn run_token(cmd: TokenCommand) -> anyhow::Result<u8> {
             );
             println!("{secret}");
         }
-        TokenCommand::List { config } => {
-            let local = open_local(&cfg_src(config))?;
+        TokenCommand::List { config, db } => {
+            let local = open_local(&cfg_src(config, db))?;
             let mut out = String::from(
                 "ID  ROLE    HOST                 CREATED               REVOKED               LABEL\n",
             );
@@ -225,8 +236,8 @@ pub fn run_token(cmd: TokenCommand) -> anyhow::Result<u8> {
             }
             print!("{out}");
         }
-        TokenCommand::Revoke { config, id } => {
-            let local = open_local(&cfg_src(config))?;
+        TokenCommand::Revoke { config, db, id } => {
+            let local = open_local(&cfg_src(config, db))?;
             let t = local.store.revoke_token(id, Timestamp::now())?;
             eprintln!(
                 "revoked {} token {}{}",
@@ -301,19 +312,7 @@ pub fn run_events(a: EventsArgs) -> anyhow::Result<u8> {
                 q.push("open=true".into());
             }
             let path = format!("/api/v1/events?{}", q.join("&"));
-            if a.format == TableFormat::Csv {
-                print!(
-                    "{}",
-                    runtime()?.block_on(c.get_text(&format!("{path}&format=csv")))?
-                );
-                return Ok(exit::CLEAN);
-            }
-            let v: serde_json::Value = runtime()?.block_on(c.get_json(&path))?;
-            if a.format == TableFormat::Json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(exit::CLEAN);
-            }
-            events_from_json(v)?
+            events_from_json(runtime()?.block_on(c.get_json(&path))?)?
         }
         None => open_local(&a.source)?.store.events(&query)?,
     };
@@ -425,19 +424,9 @@ pub fn run_kpi(a: KpiArgs) -> anyhow::Result<u8> {
                     q.push(format!("{k}={}", client::encode(v)));
                 }
             }
+            // Rendered here from the JSON rows, so every format gets the same exit code.
             let path = format!("/api/v1/kpi?{}", q.join("&"));
-            if a.format == TableFormat::Csv {
-                print!(
-                    "{}",
-                    runtime()?.block_on(c.get_text(&format!("{path}&format=csv")))?
-                );
-                return Ok(exit::CLEAN);
-            }
             let v: serde_json::Value = runtime()?.block_on(c.get_json(&path))?;
-            if a.format == TableFormat::Json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(exit::CLEAN);
-            }
             serde_json::from_value(v).context("collector returned an unexpected KPI table")?
         }
         None => {
@@ -858,14 +847,32 @@ pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<u8> {
             key,
             source,
         } => {
-            let local = open_local(&source)?;
-            let key = key
-                .or_else(|| local.cfg.as_ref().and_then(|c| c.audit_key.clone()))
-                .ok_or_else(|| anyhow!("--key: no key to sign the checkpoint with (or set audit.key in the collector config)"))?;
-            let report = local.store.verify_chain(None)?;
-            if let Some(bad) = &report.first_bad {
+            // Over the API an auditor seals with their own key, off the collector's box.
+            let (key, records, head, first_bad) = match remote(&source)? {
+                Some(c) => {
+                    let key = key.ok_or_else(|| anyhow!("--key: the key to sign the checkpoint with"))?;
+                    let v = match runtime()?.block_on(c.get_json::<serde_json::Value>("/api/v1/audit/verify")) {
+                        Ok(v) => v,
+                        Err(client::ClientError::Status { status: 409, message, .. }) => bail!("refusing to seal a broken history: {message}"),
+                        Err(e) => return Err(e.into()),
+                    };
+                    let r = &v["report"];
+                    let head = r["head"].as_str().ok_or_else(|| anyhow!("collector returned no chain head"))?.to_string();
+                    (key, r["records"].as_u64().unwrap_or(0), head, r["first_bad"].as_str().map(String::from))
+                }
+                None => {
+                    let local = open_local(&source)?;
+                    let key = key
+                        .or_else(|| local.cfg.as_ref().and_then(|c| c.audit_key.clone()))
+                        .ok_or_else(|| anyhow!("--key: no key to sign the checkpoint with (or set audit.key in the collector config)"))?;
+                    let r = local.store.verify_chain(None)?;
+                    (key, r.records, r.head, r.first_bad)
+                }
+            };
+            if let Some(bad) = &first_bad {
                 bail!("refusing to seal a broken history: {bad}");
             }
+            let report = crate::store::ChainHead { records, head };
             let doc = json!({
                 "format": CHECKPOINT_FORMAT,
                 "records": report.records,
