@@ -281,7 +281,7 @@ fn change_json(c: &ReportedChange) -> Value {
 }
 
 /// Columns of `events --format csv` (DESIGN §7).
-pub const EVENTS_CSV_HEADER: &str = "id,host,environment,tree,path,path_bytes,change,status,original_status,open,observed_at,window_start,received_at,blake3,previous_blake3,size";
+pub const EVENTS_CSV_HEADER: &str = "id,host,seq,environment,tree,path,path_bytes,change,status,original_status,open,observed_at,window_start,received_at,blake3,previous_blake3,size";
 
 /// Events as CSV with the same fields as the JSON.
 pub fn events_csv(events: &[crate::store::StoredEvent]) -> String {
@@ -291,6 +291,7 @@ pub fn events_csv(events: &[crate::store::StoredEvent]) -> String {
         let fields = [
             e.id.to_string(),
             e.host.clone(),
+            e.seq.to_string(),
             e.environment.clone(),
             e.tree.clone(),
             e.path.clone(),

@@ -555,9 +555,13 @@ pub fn batch(host: &str, events: Vec<Value>) -> Value {
     json!({"host": host, "environment": "production", "events": events})
 }
 
-/// Events seq `1..=n` for `host`'s tree, each an unauthorized addition `prefix-N.php`.
+/// `n` events numbered from `first`, each an unauthorized addition `PREFIX-SEQ.php` in `shop`.
+///
+/// The observation time is fixed for the whole test process, so building the same events twice
+/// gives byte-identical events (a re-send, not a replay).
 pub fn simple_events(first: u64, n: u64, prefix: &str) -> Vec<Value> {
-    let now = common::rfc3339(-60);
+    static OBSERVED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let now = OBSERVED.get_or_init(|| common::rfc3339(-60));
     (first..first + n)
         .map(|seq| {
             event(
@@ -565,7 +569,7 @@ pub fn simple_events(first: u64, n: u64, prefix: &str) -> Vec<Value> {
                 &format!("{prefix}-{seq}.php"),
                 "added",
                 "unauthorized",
-                &now,
+                now,
             )
         })
         .collect()
