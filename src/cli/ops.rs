@@ -104,6 +104,12 @@ struct Local {
 
 fn open_local(src: &SourceArgs) -> anyhow::Result<Local> {
     if let Some(db) = &src.db {
+        // Reading commands must not create an empty store from a typo and call it compliant.
+        let path = db.strip_prefix("sqlite://").unwrap_or(db);
+        let is_sqlite = !db.contains("://") || db.starts_with("sqlite://");
+        if is_sqlite && !Path::new(path).is_file() {
+            bail!("{path}: no such database (a collector or embedded agent creates it)");
+        }
         let url = if db.contains("://") {
             db.clone()
         } else {
