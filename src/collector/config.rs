@@ -271,12 +271,20 @@ impl CollectorConfig {
                 .map_err(|e| format!("{:?}: {e}", raw.kpi.timezone)),
         );
         if raw.storage.starts_with("postgres://") || raw.storage.starts_with("postgresql://") {
-            field("storage", Err("PostgreSQL storage is not available in this version yet; use sqlite:///path/to/collector.db".into()));
+            if let Err(e) = crate::store::postgres::check_url(&raw.storage) {
+                field(
+                    "storage",
+                    Err(format!(
+                        "{:?}: {e}",
+                        crate::store::postgres::redact(&raw.storage)
+                    )),
+                );
+            }
         } else if !raw.storage.starts_with("sqlite://") {
             field(
                 "storage",
                 Err(format!(
-                    "{:?}: expected sqlite:///path/to/collector.db",
+                    "{:?}: expected sqlite:///path/to/collector.db or postgres://user@host/db",
                     raw.storage
                 )),
             );
@@ -381,6 +389,31 @@ mod tests {
         }
         let errs = CollectorConfig::parse("lisen = \"x\"\n", Path::new("c.toml")).unwrap_err();
         assert!(errs[0].contains("lisen"), "{errs:?}");
+    }
+
+    #[test]
+    fn storage_urls() {
+        let parse = |storage: &str| {
+            CollectorConfig::parse(
+                &format!("storage = \"{storage}\"\n[trust]\nrequire_signatures = false\n"),
+                Path::new("c.toml"),
+            )
+        };
+        for ok in [
+            "sqlite:///var/lib/driftwatch/collector.db",
+            "postgres://driftwatch@db.internal:5432/driftwatch",
+            "postgresql://driftwatch@db.internal/driftwatch?connect_timeout=5",
+        ] {
+            assert_eq!(parse(ok).unwrap().storage, ok);
+        }
+        let errs = parse("mysql://db/driftwatch").unwrap_err();
+        assert!(
+            errs[0].contains("storage") && errs[0].contains("postgres://"),
+            "{errs:?}"
+        );
+        let errs = parse("postgres://dw:s3cret@db/driftwatch?no_such_option=1").unwrap_err();
+        assert!(errs[0].contains("storage"), "{errs:?}");
+        assert!(!errs[0].contains("s3cret"), "{errs:?}");
     }
 
     #[test]

@@ -1,10 +1,14 @@
-//! The collector's storage: one interface, SQLite behind it by default.
+//! The collector's storage: one interface, SQLite behind it by default, PostgreSQL for a fleet
+//! whose collector instances share one database.
 //!
-//! The API layer only sees [`Store`]; a PostgreSQL implementation plugs in behind the same trait.
+//! The API layer only sees [`Store`]; both backends hash and count through [`records`], so the
+//! same history gives the same chain whichever database holds it.
 //! History is tamper-evident: events, re-classifications and sealed daily KPI rows form one hash
 //! chain (see [`chain`]); `verify_chain` names the first record that does not fit.
 
 pub mod chain;
+pub mod postgres;
+pub mod records;
 pub mod sqlite;
 
 use jiff::Timestamp;
@@ -21,9 +25,7 @@ pub enum StoreError {
     #[error("{context}: {message}")]
     Db { context: String, message: String },
     /// The storage URL is not understood.
-    #[error(
-        "storage {0:?}: expected sqlite:///path/to/collector.db (PostgreSQL is not available in this version yet)"
-    )]
+    #[error("storage {0:?}: expected sqlite:///path/to/collector.db or postgres://user@host/db")]
     BadUrl(String),
     /// The database was written by a newer driftwatch.
     #[error(
@@ -292,6 +294,9 @@ pub fn open(url: &str, tz: jiff::tz::TimeZone) -> Result<Box<dyn Store>, StoreEr
             std::path::Path::new(path),
             tz,
         )?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Box::new(postgres::PgStore::open(url, tz)?));
     }
     Err(StoreError::BadUrl(url.to_string()))
 }

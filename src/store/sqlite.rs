@@ -1,6 +1,6 @@
 //! SQLite store: one file, WAL, migrations at open. The embedded default.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -11,6 +11,11 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::{Value, json};
 
 use super::chain::{self, GENESIS};
+pub use super::records::token_hash;
+use super::records::{
+    DayFacts, Projection, Record, Walk, content_hash, event_body, event_body_of, from_micros,
+    is_violation, kpi_body, live_from, micros, new_secret, reclass_body, seal_range,
+};
 use super::{
     ChainHead, ChainReport, EventQuery, HostInfo, Role, Store, StoreError, StoredChange,
     StoredEvent, StoredManifest, Token,
@@ -80,23 +85,6 @@ fn db<E: std::fmt::Display>(context: &str) -> impl FnOnce(E) -> StoreError + '_ 
 }
 
 type Res<T> = Result<T, StoreError>;
-
-/// Hash of a token secret: the store never sees the secret again.
-pub fn token_hash(secret: &str) -> String {
-    blake3::hash(secret.as_bytes()).to_hex().to_string()
-}
-
-fn micros(t: Timestamp) -> i64 {
-    t.as_microsecond()
-}
-
-fn from_micros(m: i64) -> String {
-    timefmt::format_timestamp(Timestamp::from_microsecond(m).unwrap_or(Timestamp::UNIX_EPOCH))
-}
-
-fn is_violation(status: &str) -> bool {
-    status == "unauthorized" || status == "unverifiable"
-}
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
@@ -194,89 +182,6 @@ impl ChainCursor {
     }
 }
 
-/// The hashed fields of an event row, in chain order.
-#[allow(clippy::too_many_arguments)]
-fn event_body(
-    host: &str,
-    seq: i64,
-    environment: &str,
-    e: (&str, &str, Option<&str>, &str, &str, &str, &str),
-    received_at: i64,
-    day: &str,
-    hashes: (Option<&str>, Option<&str>, Option<i64>, Option<i64>),
-) -> String {
-    let (tree, path, path_bytes, change, status, observed_at, window_start) = e;
-    let (b3, prev_b3, size, resolves) = hashes;
-    chain::body(&[
-        json!(host),
-        json!(seq),
-        json!(environment),
-        json!(tree),
-        json!(path),
-        json!(path_bytes),
-        json!(change),
-        json!(status),
-        json!(observed_at),
-        json!(window_start),
-        json!(received_at),
-        json!(day),
-        json!(b3),
-        json!(prev_b3),
-        json!(size),
-        json!(resolves),
-    ])
-}
-
-fn reclass_body(
-    event_id: i64,
-    old: &str,
-    new: &str,
-    open_after: bool,
-    reason: &str,
-    at: &str,
-) -> String {
-    chain::body(&[
-        json!(event_id),
-        json!(old),
-        json!(new),
-        json!(open_after),
-        json!(reason),
-        json!(at),
-    ])
-}
-
-fn kpi_body(d: &HostDay, version: i64, sealed_at: &str) -> String {
-    let (vetted, paths) = d
-        .vetted_paths
-        .map_or((None, None), |(v, p)| (Some(v), Some(p)));
-    chain::body(&[
-        json!(d.day.to_string()),
-        json!(d.host),
-        json!(d.environment),
-        json!(version),
-        json!(d.expected),
-        json!(d.reported),
-        json!(d.changes),
-        json!(d.authorized),
-        json!(d.retroactive),
-        json!(d.unauthorized),
-        json!(d.unverifiable),
-        json!(vetted),
-        json!(paths),
-        json!(sealed_at),
-    ])
-}
-
-fn content_hash(e: &ChangeEvent) -> String {
-    blake3::hash(
-        serde_json::to_string(e)
-            .expect("events serialize")
-            .as_bytes(),
-    )
-    .to_hex()
-    .to_string()
-}
-
 fn upsert_host(tx: &Transaction<'_>, host: &str, env: &str, now: i64, day: &str) -> Res<()> {
     tx.execute(
         "INSERT INTO hosts (name, environment, first_seen, first_day, last_seen) VALUES (?1, ?2, ?3, ?4, ?3)
@@ -300,9 +205,7 @@ impl Store for SqliteStore {
         label: &str,
         now: Timestamp,
     ) -> Res<(Token, String)> {
-        let mut raw = [0u8; 32];
-        getrandom(&mut raw)?;
-        let secret = format!("dw_{}", hex::encode(raw));
+        let secret = new_secret()?;
         let created = timefmt::format_timestamp(now);
         let conn = self.conn();
         conn.execute(
@@ -453,28 +356,8 @@ impl Store for SqliteStore {
                         last_seq = last_seq.max(seq);
                         let size = e.size.map(|s| s as i64);
                         let resolves = e.resolves.map(|s| s as i64);
-                        let body = event_body(
-                            &batch.host,
-                            seq,
-                            &batch.environment,
-                            (
-                                &e.tree,
-                                &e.path,
-                                e.path_bytes.as_deref(),
-                                &e.change,
-                                &e.status,
-                                &e.observed_at,
-                                &e.window_start,
-                            ),
-                            received,
-                            &day,
-                            (
-                                e.blake3.as_deref(),
-                                e.previous_blake3.as_deref(),
-                                size,
-                                resolves,
-                            ),
-                        );
+                        let body =
+                            event_body_of(&batch.host, &batch.environment, e, received, &day);
                         let (cseq, prev, hash) = cursor.next("event", &body);
                         insert
                             .execute(params![
@@ -716,7 +599,7 @@ impl Store for SqliteStore {
                 out.push(r.map_err(db("kpi"))?);
             }
         }
-        let live_from = sealed_through.map_or(from, |s| s.tomorrow().unwrap_or(s).max(from));
+        let live_from = live_from(sealed_through, from);
         if live_from <= to {
             out.extend(compute_days(&tx, live_from, to.min(today), host)?);
         }
@@ -836,13 +719,6 @@ fn row_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<Token> {
     })
 }
 
-fn getrandom(buf: &mut [u8]) -> Res<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .map_err(db("/dev/urandom"))
-}
-
 fn meta_get(tx: &Transaction<'_>, key: &str) -> Res<Option<String>> {
     tx.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()
@@ -925,24 +801,15 @@ fn append_kpi(
 
 /// Seals every finished day (before `today`) not sealed yet into versioned, chained KPI rows.
 fn seal_until(tx: &Transaction<'_>, today: Date, now: &str) -> Res<()> {
-    let yesterday = match today.yesterday() {
-        Ok(d) => d,
-        Err(_) => return Ok(()),
-    };
     let sealed: Option<Date> = meta_get(tx, "sealed_through")?.and_then(|s| s.parse().ok());
     let first: Option<String> = tx
         .query_row("SELECT MIN(first_day) FROM hosts", [], |r| r.get(0))
         .map_err(db("kpi"))?;
-    let Some(first) = first.and_then(|f| f.parse::<Date>().ok()) else {
+    let Some((start, yesterday)) =
+        seal_range(today, sealed, first.and_then(|f| f.parse::<Date>().ok()))
+    else {
         return Ok(());
     };
-    let start = sealed
-        .and_then(|s| s.tomorrow().ok())
-        .unwrap_or(first)
-        .max(first);
-    if start > yesterday {
-        return Ok(());
-    }
     let mut cursor = ChainCursor::load(tx)?;
     for d in compute_days(tx, start, yesterday, None)? {
         append_kpi(tx, &mut cursor, &d, now)?;
@@ -1023,58 +890,18 @@ fn compute_days(
         let (k, v) = r.map_err(db("kpi"))?;
         vetted.insert(k, v);
     }
-    let mut out = BTreeMap::new();
-    for (name, env, first_day, retired) in &hosts {
-        let mut d = from;
-        while d <= to {
-            let ds = d.to_string();
-            let expected = *first_day <= ds && retired.as_ref().is_none_or(|r| ds < *r);
-            let key = (name.clone(), ds.clone());
-            let c = counts.get(&key).copied();
-            if expected || c.is_some() {
-                let [changes, authorized, retroactive, unauthorized, unverifiable] =
-                    c.unwrap_or_default();
-                out.insert(
-                    (ds.clone(), name.clone()),
-                    HostDay {
-                        day: d,
-                        host: name.clone(),
-                        environment: env.clone(),
-                        expected,
-                        reported: presence.contains(&key),
-                        changes,
-                        authorized,
-                        retroactive,
-                        unauthorized,
-                        unverifiable,
-                        vetted_paths: vetted.get(&key).copied(),
-                    },
-                );
-            }
-            match d.tomorrow() {
-                Ok(n) => d = n,
-                Err(_) => break,
-            }
-        }
+    Ok(DayFacts {
+        hosts,
+        presence,
+        counts,
+        vetted,
     }
-    Ok(out.into_values().collect())
-}
-
-/// One chained record as read back for verification.
-struct Record {
-    table: &'static str,
-    id: i64,
-    what: String,
-    prev: String,
-    hash: String,
-    body: String,
-    kind: &'static str,
+    .days(from, to))
 }
 
 fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
     let ctx = format!("{path}: audit");
-    let mut records: BTreeMap<i64, Record> = BTreeMap::new();
-    let mut bad: Vec<(i64, String)> = Vec::new();
+    let mut walk = Walk::new();
     {
         let mut st = conn
             .prepare(
@@ -1110,29 +937,13 @@ fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
                 );
                 Ok((
                     r.get::<_, i64>(0)?,
-                    Record {
-                        table: "events",
-                        id: r.get(1)?,
-                        what: format!("event {host}#{seq}"),
-                        prev: r.get(18)?,
-                        hash: r.get(19)?,
-                        body,
-                        kind: "event",
-                    },
+                    Record::event(r.get(1)?, &host, seq, r.get(18)?, r.get(19)?, body),
                 ))
             })
             .map_err(db(&ctx))?;
         for row in rows {
             let (k, rec) = row.map_err(db(&ctx))?;
-            if let Some(dup) = records.insert(k, rec) {
-                bad.push((
-                    k,
-                    format!(
-                        "chain position {k} used twice ({} id {})",
-                        dup.table, dup.id
-                    ),
-                ));
-            }
+            walk.add(k, rec);
         }
     }
     {
@@ -1152,29 +963,13 @@ fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
                 );
                 Ok((
                     r.get::<_, i64>(0)?,
-                    Record {
-                        table: "reclassifications",
-                        id: r.get(1)?,
-                        what: format!("re-classification of event id {event_id}"),
-                        prev: r.get(8)?,
-                        hash: r.get(9)?,
-                        body,
-                        kind: "reclassification",
-                    },
+                    Record::reclassification(r.get(1)?, event_id, r.get(8)?, r.get(9)?, body),
                 ))
             })
             .map_err(db(&ctx))?;
         for row in rows {
             let (k, rec) = row.map_err(db(&ctx))?;
-            if let Some(dup) = records.insert(k, rec) {
-                bad.push((
-                    k,
-                    format!(
-                        "chain position {k} used twice ({} id {})",
-                        dup.table, dup.id
-                    ),
-                ));
-            }
+            walk.add(k, rec);
         }
     }
     {
@@ -1207,29 +1002,19 @@ fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
                 let body = kpi_body(&d, version, &r.get::<_, String>(15)?);
                 Ok((
                     r.get::<_, i64>(0)?,
-                    Record {
-                        table: "kpi_days",
-                        id: r.get(1)?,
-                        what: format!("KPI row {day} {host} v{version}"),
-                        prev: r.get(16)?,
-                        hash: r.get(17)?,
+                    Record::kpi_day(
+                        r.get(1)?,
+                        (&day, &host, version),
+                        r.get(16)?,
+                        r.get(17)?,
                         body,
-                        kind: "kpi_day",
-                    },
+                    ),
                 ))
             })
             .map_err(db(&ctx))?;
         for row in rows {
             let (k, rec) = row.map_err(db(&ctx))?;
-            if let Some(dup) = records.insert(k, rec) {
-                bad.push((
-                    k,
-                    format!(
-                        "chain position {k} used twice ({} id {})",
-                        dup.table, dup.id
-                    ),
-                ));
-            }
+            walk.add(k, rec);
         }
     }
     let meta = |k: &str| -> Res<String> {
@@ -1238,55 +1023,7 @@ fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
     };
     let meta_len: u64 = meta("chain_len")?.parse().unwrap_or(0);
     let meta_head = meta("chain_head")?;
-    let mut prev = GENESIS.to_string();
-    let mut hash_at = None;
-    for (expected_seq, (seq, rec)) in (1i64..).zip(records.iter()) {
-        if bad.iter().any(|(k, _)| k == seq) {
-            break;
-        }
-        let describe = |why: &str| {
-            format!(
-                "{} (table {}, id {}, chain position {seq}): {why}",
-                rec.what, rec.table, rec.id
-            )
-        };
-        if *seq != expected_seq {
-            bad.push((
-                *seq,
-                format!(
-                    "chain position {expected_seq} is missing (deleted record) before {}",
-                    describe("next present record")
-                ),
-            ));
-            break;
-        }
-        if rec.prev != prev {
-            bad.push((*seq, describe("does not link to its predecessor (a record before it was deleted, inserted or rewritten)")));
-            break;
-        }
-        if chain::link(&prev, rec.kind, &rec.body) != rec.hash {
-            bad.push((*seq, describe("its content was edited after it was stored")));
-            break;
-        }
-        prev = rec.hash.clone();
-        if at == Some(*seq as u64) {
-            hash_at = Some((*seq as u64, prev.clone()));
-        }
-    }
-    let count = records.len() as u64;
-    if bad.is_empty() && (meta_len != count || meta_head != prev) {
-        bad.push((count as i64, format!("the chain ends at record {count} but the store's head says {meta_len} records: records were deleted from the end or the head was rewritten")));
-    }
-    if bad.is_empty() {
-        bad.extend(projection_problems(conn, &ctx)?);
-    }
-    bad.sort_by_key(|(k, _)| *k);
-    Ok(ChainReport {
-        records: count,
-        head: prev,
-        first_bad: bad.into_iter().next().map(|(_, m)| m),
-        hash_at,
-    })
+    walk.finish(at, meta_len, &meta_head, || projection_problems(conn, &ctx))
 }
 
 /// The mutable `current_status`/`open` columns must equal what the chained history says.
@@ -1301,29 +1038,21 @@ fn projection_problems(conn: &Connection, ctx: &str) -> Res<Vec<(i64, String)>> 
         .map_err(db(ctx))?;
     let rows = st
         .query_map([], |r| {
-            let status: String = r.get(3)?;
-            let current: String = r.get(4)?;
-            let open: bool = r.get(5)?;
-            let last: Option<String> = r.get(6)?;
-            let last_open: Option<bool> = r.get(7)?;
-            let want_status = last.unwrap_or_else(|| status.clone());
-            let want_open = last_open.unwrap_or(is_violation(&status));
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                current != want_status || open != want_open,
-                current,
-                want_status,
-            ))
+            Ok(Projection {
+                chain_seq: r.get(0)?,
+                host: r.get(1)?,
+                seq: r.get(2)?,
+                status: r.get(3)?,
+                current: r.get(4)?,
+                open: r.get(5)?,
+                last_status: r.get(6)?,
+                last_open: r.get(7)?,
+            })
         })
         .map_err(db(ctx))?;
     let mut out = Vec::new();
     for row in rows {
-        let (k, host, seq, wrong, current, want) = row.map_err(db(ctx))?;
-        if wrong {
-            out.push((k, format!("event {host}#{seq} (chain position {k}): current status {current:?} was edited; the history says {want:?}")));
-        }
+        out.extend(row.map_err(db(ctx))?.problem());
     }
     Ok(out)
 }
