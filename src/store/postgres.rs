@@ -24,6 +24,7 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
 use super::chain::{self, GENESIS};
+use super::records;
 use super::records::{
     DayFacts, Projection, Record, Walk, content_hash, event_body, event_body_of, from_micros,
     is_violation, kpi_body, live_from, micros, new_secret, reclass_body, seal_range, token_hash,
@@ -64,6 +65,7 @@ CREATE TABLE IF NOT EXISTS hosts (
   first_day TEXT COLLATE "C" NOT NULL, last_seen BIGINT NOT NULL, agent_version TEXT NOT NULL DEFAULT '',
   last_seq BIGINT NOT NULL DEFAULT 0, missing_seqs BIGINT NOT NULL DEFAULT 0, replays BIGINT NOT NULL DEFAULT 0,
   spool_dropped BIGINT NOT NULL DEFAULT 0, retired_day TEXT COLLATE "C");
+CREATE TABLE IF NOT EXISTS retirements (host TEXT COLLATE "C" NOT NULL, from_day TEXT COLLATE "C" NOT NULL, to_day TEXT COLLATE "C");
 CREATE TABLE IF NOT EXISTS presence (
   host TEXT COLLATE "C" NOT NULL, day TEXT COLLATE "C" NOT NULL, PRIMARY KEY (host, day));
 CREATE TABLE IF NOT EXISTS scans (
@@ -78,6 +80,8 @@ CREATE TABLE IF NOT EXISTS events (
   resolves BIGINT, content_hash TEXT NOT NULL, current_status TEXT COLLATE "C" NOT NULL, open BOOLEAN NOT NULL,
   prev_hash TEXT NOT NULL, hash TEXT NOT NULL, UNIQUE (host, seq));
 CREATE INDEX IF NOT EXISTS events_day ON events (day, host);
+CREATE INDEX IF NOT EXISTS presence_day ON presence (day, host);
+CREATE INDEX IF NOT EXISTS scans_day ON scans (day, host);
 CREATE INDEX IF NOT EXISTS events_open ON events (host) WHERE open;
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at, host, seq);
 CREATE TABLE IF NOT EXISTS reclassifications (
@@ -550,14 +554,31 @@ fn compute_days(
 ) -> Res<Vec<HostDay>> {
     let (f, t) = (from.to_string(), to.to_string());
     let host_filter = host.unwrap_or("");
+    let mut retirements: HashMap<String, Vec<(String, Option<String>)>> = HashMap::new();
+    for r in tx
+        .query(
+            "SELECT host, from_day, to_day FROM retirements WHERE $1 = '' OR host = $1",
+            &[&host_filter],
+        )
+        .map_err(db("kpi"))?
+    {
+        retirements
+            .entry(r.get(0))
+            .or_default()
+            .push((r.get(1), r.get(2)));
+    }
     let hosts = tx
         .query(
-            "SELECT name, environment, first_day, retired_day FROM hosts WHERE $1 = '' OR name = $1",
+            "SELECT name, environment, first_day FROM hosts WHERE $1 = '' OR name = $1",
             &[&host_filter],
         )
         .map_err(db("kpi"))?
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .map(|r| {
+            let name: String = r.get(0);
+            let spans = retirements.get(&name).cloned().unwrap_or_default();
+            (name, r.get(1), r.get(2), spans)
+        })
         .collect();
     let presence: HashSet<(String, String)> = tx
         .query(
@@ -578,7 +599,7 @@ fn compute_days(
                COUNT(*) FILTER (WHERE current_status ILIKE 'retroactive:%'),
                COUNT(*) FILTER (WHERE current_status = 'unauthorized'),
                COUNT(*) FILTER (WHERE current_status = 'unverifiable')
-             FROM events WHERE day >= $1 AND day <= $2 GROUP BY host, day",
+             FROM events WHERE day >= $1 AND day <= $2 AND resolves IS NULL GROUP BY host, day",
             &[&f, &t],
         )
         .map_err(db("kpi"))?
@@ -743,6 +764,7 @@ impl Store for PgStore {
     ) -> Res<(Token, String)> {
         let secret = new_secret()?;
         let created = timefmt::format_timestamp(now);
+        let today = self.day_of(now).to_string();
         let id = self.with(|c| {
             let mut tx = c.transaction().map_err(db("tokens"))?;
             // Token changes queue up, so a create and a revoke for one host cannot cross.
@@ -756,9 +778,15 @@ impl Store for PgStore {
                 .map_err(db("tokens"))?
                 .get(0);
             if let Some(h) = host {
-                // A new agent token brings a retired host back into the expected set.
+                // A new agent token brings a retired host back into the expected set from today
+                // on; the days it was retired stay retired.
                 tx.execute("UPDATE hosts SET retired_day = NULL WHERE name = $1", &[&h])
                     .map_err(db("hosts"))?;
+                tx.execute(
+                    "UPDATE retirements SET to_day = $1 WHERE host = $2 AND to_day IS NULL",
+                    &[&today, &h],
+                )
+                .map_err(db("hosts"))?;
             }
             tx.commit().map_err(db("tokens"))?;
             Ok(id)
@@ -836,6 +864,13 @@ impl Store for PgStore {
                     tx.execute(
                         "UPDATE hosts SET retired_day = $1 WHERE name = $2",
                         &[&day, host],
+                    )
+                    .map_err(db("hosts"))?;
+                    let start = records::retirement_start(self.day_of(now));
+                    tx.execute(
+                        "INSERT INTO retirements (host, from_day)
+                         SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM retirements WHERE host = $1 AND to_day IS NULL)",
+                        &[host, &start],
                     )
                     .map_err(db("hosts"))?;
                 }
@@ -936,7 +971,7 @@ impl Store for PgStore {
                     last_seq = last_seq.max(seq);
                     result.stored += 1;
                     if let Some(r) = resolves {
-                        resolve.push(r);
+                        resolve.push((r, e.status.clone()));
                     }
                 } else {
                     // Already stored (by an earlier batch, or another instance a moment ago).
@@ -953,7 +988,7 @@ impl Store for PgStore {
                 }
                 result.acked_seq = result.acked_seq.max(e.seq);
             }
-            for r in resolve {
+            for (r, record_status) in resolve {
                 let target = tx
                     .query_opt(
                         "SELECT id, current_status FROM events WHERE host = $1 AND seq = $2 AND open",
@@ -962,16 +997,8 @@ impl Store for PgStore {
                     .map_err(db("ingest"))?;
                 if let Some(row) = target {
                     let (id, status): (i64, String) = (row.get(0), row.get(1));
-                    append_reclass(
-                        &mut tx,
-                        &mut cursor,
-                        id,
-                        &status,
-                        &status,
-                        false,
-                        "resolved: path back to its approved state",
-                        &at,
-                    )?;
+                    let (new, reason) = records::closing(&status, &record_status);
+                    append_reclass(&mut tx, &mut cursor, id, &status, &new, false, &reason, &at)?;
                 }
             }
             for s in &batch.scans {
@@ -1010,7 +1037,7 @@ impl Store for PgStore {
     fn events(&self, q: &EventQuery) -> Res<Vec<StoredEvent>> {
         let mut sql = String::from(
             "SELECT id, host, seq, environment, tree, path, path_bytes, change, current_status, status, open, observed_at,
-               window_start, received_at, blake3, previous_blake3, size FROM events WHERE status != 'resolved'",
+               window_start, received_at, blake3, previous_blake3, size FROM events WHERE resolves IS NULL",
         );
         let mut args: Vec<String> = Vec::new();
         let mut arg = |sql: &mut String, clause: &str, v: String| {

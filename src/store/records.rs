@@ -183,6 +183,39 @@ pub fn seal_range(
     (start <= yesterday).then_some((start, yesterday))
 }
 
+/// How a record closing an open change (`resolves` set) changes the change it closes: the new
+/// status and the reason kept in the history. An authorizing status from the agent (an approval
+/// after the fact, or a deploy that made the path approved) re-classifies an unauthorized change;
+/// `resolved` (the path went back to its approved state) only closes it. The closing record is
+/// itself never counted.
+pub fn closing(target_status: &str, record_status: &str) -> (String, String) {
+    let authorizing = ["release:", "change:", "retroactive:"]
+        .iter()
+        .any(|p| record_status.starts_with(p));
+    if authorizing && is_violation(target_status) {
+        (
+            record_status.to_string(),
+            format!("approved after the fact: the agent reports {record_status}"),
+        )
+    } else if record_status == "resolved" {
+        (
+            target_status.to_string(),
+            "resolved: path back to its approved state".to_string(),
+        )
+    } else {
+        (
+            target_status.to_string(),
+            format!("closed: the agent reports {record_status}"),
+        )
+    }
+}
+
+/// The first day of a retirement that starts with a revocation on `day`: the revocation day
+/// itself stays expected, so revoking a token cannot hide that day's result.
+pub fn retirement_start(day: Date) -> String {
+    day.tomorrow().unwrap_or(day).to_string()
+}
+
 /// The first day `host_days` computes live (not read from sealed rows).
 pub fn live_from(sealed_through: Option<Date>, from: Date) -> Date {
     sealed_through.map_or(from, |s| s.tomorrow().unwrap_or(s).max(from))
@@ -191,8 +224,9 @@ pub fn live_from(sealed_through: Option<Date>, from: Date) -> Date {
 /// What the KPI is computed from, as fetched for a range of days.
 #[derive(Debug, Default)]
 pub struct DayFacts {
-    /// `(name, environment, first_day, retired_day)` of each host.
-    pub hosts: Vec<(String, String, String, Option<String>)>,
+    /// `(name, environment, first_day, retirements)` of each host; a retirement is the span of
+    /// days `[from, to)` (open-ended without `to`) in which it had no live agent token.
+    pub hosts: Vec<(String, String, String, Vec<(String, Option<String>)>)>,
     /// `(host, day)` pairs with a heartbeat or report.
     pub presence: HashSet<(String, String)>,
     /// `(host, day)` → `[changes, authorized, retroactive, unauthorized, unverifiable]`.
@@ -210,7 +244,10 @@ impl DayFacts {
             let mut d = from;
             while d <= to {
                 let ds = d.to_string();
-                let expected = *first_day <= ds && retired.as_ref().is_none_or(|r| ds < *r);
+                let retired_now = retired
+                    .iter()
+                    .any(|(f, t)| *f <= ds && t.as_ref().is_none_or(|t| ds < *t));
+                let expected = *first_day <= ds && !retired_now;
                 let key = (name.clone(), ds.clone());
                 let c = self.counts.get(&key).copied();
                 if expected || c.is_some() {

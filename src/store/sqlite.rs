@@ -11,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::{Value, json};
 
 use super::chain::{self, GENESIS};
+use super::records;
 pub use super::records::token_hash;
 use super::records::{
     DayFacts, Projection, Record, Walk, content_hash, event_body, event_body_of, from_micros,
@@ -38,10 +39,13 @@ CREATE TABLE IF NOT EXISTS hosts (
   missing_seqs INTEGER NOT NULL DEFAULT 0, replays INTEGER NOT NULL DEFAULT 0,
   spool_dropped INTEGER NOT NULL DEFAULT 0, retired_day TEXT);
 CREATE TABLE IF NOT EXISTS presence (host TEXT NOT NULL, day TEXT NOT NULL, PRIMARY KEY (host, day)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS presence_day ON presence (day, host);
+CREATE TABLE IF NOT EXISTS retirements (host TEXT NOT NULL, from_day TEXT NOT NULL, to_day TEXT);
 CREATE TABLE IF NOT EXISTS scans (
   host TEXT NOT NULL, tree TEXT NOT NULL, day TEXT NOT NULL, finished_at TEXT NOT NULL, received_at INTEGER NOT NULL,
   paths INTEGER NOT NULL, vetted INTEGER NOT NULL, release TEXT, seconds REAL NOT NULL,
   PRIMARY KEY (host, tree, day)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS scans_day ON scans (day, host);
 CREATE TABLE IF NOT EXISTS events (
   id INTEGER PRIMARY KEY, chain_seq INTEGER NOT NULL UNIQUE, host TEXT NOT NULL, seq INTEGER NOT NULL,
   environment TEXT NOT NULL, tree TEXT NOT NULL, path TEXT NOT NULL, path_bytes TEXT, change TEXT NOT NULL,
@@ -215,9 +219,15 @@ impl Store for SqliteStore {
         .map_err(db("tokens"))?;
         let id = conn.last_insert_rowid();
         if let Some(h) = host {
-            // A new agent token brings a retired host back into the expected set.
+            // A new agent token brings a retired host back into the expected set from today on;
+            // the days it was retired stay retired.
             conn.execute("UPDATE hosts SET retired_day = NULL WHERE name = ?1", [h])
                 .map_err(db("hosts"))?;
+            conn.execute(
+                "UPDATE retirements SET to_day = ?1 WHERE host = ?2 AND to_day IS NULL",
+                params![self.day_of(now).to_string(), h],
+            )
+            .map_err(db("hosts"))?;
         }
         let token = Token {
             id,
@@ -284,6 +294,12 @@ impl Store for SqliteStore {
                 tx.execute(
                     "UPDATE hosts SET retired_day = ?1 WHERE name = ?2",
                     params![day, host],
+                )
+                .map_err(db("hosts"))?;
+                tx.execute(
+                    "INSERT INTO retirements (host, from_day)
+                     SELECT ?1, ?2 WHERE NOT EXISTS (SELECT 1 FROM retirements WHERE host = ?1 AND to_day IS NULL)",
+                    params![host, records::retirement_start(self.day_of(now))],
                 )
                 .map_err(db("hosts"))?;
             }
@@ -386,14 +402,14 @@ impl Store for SqliteStore {
                             .map_err(db("ingest"))?;
                         result.stored += 1;
                         if let Some(r) = e.resolves {
-                            resolve.push(r as i64);
+                            resolve.push((r as i64, e.status.clone()));
                         }
                     }
                 }
                 result.acked_seq = result.acked_seq.max(e.seq);
             }
             let at = timefmt::format_timestamp(now);
-            for r in resolve {
+            for (r, record_status) in resolve {
                 let target: Option<(i64, String)> = tx
                     .query_row("SELECT id, current_status FROM events WHERE host = ?1 AND seq = ?2 AND open = 1", params![batch.host, r], |row| {
                         Ok((row.get(0)?, row.get(1)?))
@@ -401,16 +417,8 @@ impl Store for SqliteStore {
                     .optional()
                     .map_err(db("ingest"))?;
                 if let Some((id, status)) = target {
-                    append_reclass(
-                        &tx,
-                        &mut cursor,
-                        id,
-                        &status,
-                        &status,
-                        false,
-                        "resolved: path back to its approved state",
-                        &at,
-                    )?;
+                    let (new, reason) = records::closing(&status, &record_status);
+                    append_reclass(&tx, &mut cursor, id, &status, &new, false, &reason, &at)?;
                 }
             }
         }
@@ -438,7 +446,7 @@ impl Store for SqliteStore {
     fn events(&self, q: &EventQuery) -> Res<Vec<StoredEvent>> {
         let mut sql = String::from(
             "SELECT id, host, seq, environment, tree, path, path_bytes, change, current_status, status, open, observed_at,
-               window_start, received_at, blake3, previous_blake3, size FROM events WHERE status != 'resolved'",
+               window_start, received_at, blake3, previous_blake3, size FROM events WHERE resolves IS NULL",
         );
         let mut args: Vec<Value> = Vec::new();
         if let Some(f) = q.from {
@@ -760,22 +768,24 @@ fn append_kpi(
     d: &HostDay,
     sealed_at: &str,
 ) -> Res<()> {
+    // Cached statements: sealing a backlog appends hundreds of thousands of rows.
     let version: i64 = tx
-        .query_row(
+        .prepare_cached(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM kpi_days WHERE day = ?1 AND host = ?2",
-            params![d.day.to_string(), d.host],
-            |r| r.get(0),
         )
+        .and_then(|mut st| st.query_row(params![d.day.to_string(), d.host], |r| r.get(0)))
         .map_err(db("kpi"))?;
     let (cseq, prev, hash) = cursor.next("kpi_day", &kpi_body(d, version, sealed_at));
     let (vetted, paths) = d
         .vetted_paths
         .map_or((None, None), |(v, p)| (Some(v as i64), Some(p as i64)));
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO kpi_days (chain_seq, day, host, environment, version, expected, reported, changes, authorized,
            retroactive, unauthorized, unverifiable, vetted, paths, sealed_at, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-        params![
+    )
+    .map_err(db("kpi"))?
+    .execute(params![
             cseq,
             d.day.to_string(),
             d.host,
@@ -832,12 +842,27 @@ fn compute_days(
 ) -> Res<Vec<HostDay>> {
     let (f, t) = (from.to_string(), to.to_string());
     let host_filter = host.unwrap_or("");
-    let mut hosts_st = tx
-        .prepare("SELECT name, environment, first_day, retired_day FROM hosts WHERE ?1 = '' OR name = ?1")
+    let mut retirements: HashMap<String, Vec<(String, Option<String>)>> = HashMap::new();
+    let mut st = tx
+        .prepare_cached("SELECT host, from_day, to_day FROM retirements WHERE ?1 = '' OR host = ?1")
         .map_err(db("kpi"))?;
-    let hosts: Vec<(String, String, String, Option<String>)> = hosts_st
+    let rows = st
         .query_map([host_filter], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(db("kpi"))?;
+    for r in rows {
+        let (h, from_day, to_day) = r.map_err(db("kpi"))?;
+        retirements.entry(h).or_default().push((from_day, to_day));
+    }
+    let mut hosts_st = tx
+        .prepare_cached("SELECT name, environment, first_day FROM hosts WHERE ?1 = '' OR name = ?1")
+        .map_err(db("kpi"))?;
+    let hosts: Vec<(String, String, String, Vec<(String, Option<String>)>)> = hosts_st
+        .query_map([host_filter], |r| {
+            let name: String = r.get(0)?;
+            let spans = retirements.get(&name).cloned().unwrap_or_default();
+            Ok((name, r.get(1)?, r.get(2)?, spans))
         })
         .map_err(db("kpi"))?
         .collect::<Result<_, _>>()
@@ -861,7 +886,7 @@ fn compute_days(
                SUM(current_status LIKE 'retroactive:%'),
                SUM(current_status = 'unauthorized'),
                SUM(current_status = 'unverifiable')
-             FROM events WHERE day >= ?1 AND day <= ?2 GROUP BY host, day",
+             FROM events WHERE day >= ?1 AND day <= ?2 AND resolves IS NULL GROUP BY host, day",
         )
         .map_err(db("kpi"))?;
     let rows = st
