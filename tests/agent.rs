@@ -434,6 +434,102 @@ fn sigkill_during_a_send_loses_nothing_and_doubles_nothing() {
     assert_exactly_once(&evs, "shop", &changed, "unauthorized", &diag());
 }
 
+/// The same contract when the kill lands in the uplink only: the events are judged and the
+/// state is saved while a remote collector is down; the agent is killed right after the
+/// collector acknowledged the first batch of the backlog.
+#[test]
+fn sigkill_during_a_send_to_a_remote_collector_loses_nothing_and_doubles_nothing() {
+    let fx = Fx::new();
+    fx.build_manifest();
+    let site = remote_site(&fx);
+    let mut spec = AgentSpec::for_fx(&fx);
+    spec.uplink = Uplink::Remote {
+        url: site.url.clone(),
+        token_file: site.agent_token.clone(),
+    };
+    spec.batch = Some(10);
+    let config = fx.base.join("agent.toml");
+    spec.write(&config);
+    let state = spec.state_dir.clone();
+
+    let mut collector = Remote::start(&site.config);
+    let mut a = Agent::start(&config);
+    collector.proc.terminate();
+    let mut changed = BTreeSet::new();
+    for i in 0..300 {
+        let p = format!("wp-content/uploads/y{i}.php");
+        fx.write(&p, format!("<?php // {i}\n").as_bytes());
+        changed.insert(p);
+    }
+    let judged = poll(secs(120), || {
+        changed
+            .iter()
+            .all(|p| !a.drift_lines(p).is_empty())
+            .then_some(())
+    });
+    assert!(
+        judged.is_some(),
+        "the agent did not judge every change; log:\n{}",
+        a.proc.log()
+    );
+    let failed = poll(secs(30), || {
+        a.proc.logged("collector unreachable").then_some(())
+    });
+    assert!(
+        failed.is_some(),
+        "no failed send logged; log:\n{}",
+        a.proc.log()
+    );
+    // The pass that logged the last event saves the state right after: give it a moment.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = acked(&state);
+    assert_eq!(
+        before, 0,
+        "nothing can be acknowledged while the collector is down"
+    );
+
+    let collector = Remote::start(&site.config);
+    let deadline = Instant::now() + secs(90);
+    while acked(&state) == 0 && a.proc.exited().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    a.proc.kill9();
+    let acked_at_kill = acked(&state);
+    assert!(
+        acked_at_kill > 0,
+        "the backlog was never sent; log:\n{}",
+        a.proc.log()
+    );
+    eprintln!("killed with {acked_at_kill} of 300+ events acknowledged");
+    let log1 = a.proc.log();
+    drop(a);
+
+    let agent = Agent::start(&config);
+    let diag = || {
+        format!(
+            "acked at kill: {acked_at_kill}\n--- run 1 log:\n{log1}\n--- run 2 log:\n{}\n--- collector log:\n{}",
+            agent.proc.log(),
+            collector.proc.log()
+        )
+    };
+    let evs = wait_events(
+        &site.db,
+        "every change after the restart",
+        secs(120),
+        diag,
+        |evs| changed.iter().all(|p| !about(evs, "shop", p).is_empty()),
+    );
+    let max = evs
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let settled = poll(secs(30), || (acked(&state) >= max).then_some(()));
+    assert!(settled.is_some(), "the spool never drained; {}", diag());
+    let evs = events_db(&site.db);
+    assert_exactly_once(&evs, "shop", &changed, "unauthorized", &diag());
+}
+
 // 4 ------------------------------------------------------------------------------------------
 
 #[test]
@@ -459,9 +555,11 @@ fn event_flood_beyond_the_inotify_queue_ends_in_a_correct_state() {
         N * 2 > queue,
         "the flood ({N} files) must exceed the inotify queue ({queue})"
     );
+    let t = Instant::now();
     agent.proc.signal(libc::SIGSTOP);
     make_files(&fx.path("flood"), N, "f");
     agent.proc.signal(libc::SIGCONT);
+    eprintln!("flood: {N} files made in {:?}", t.elapsed());
 
     let paths: BTreeSet<String> = (0..N).map(|i| format!("flood/f{i}.txt")).collect();
     let spooled = poll(secs(300), || {
@@ -474,6 +572,7 @@ fn event_flood_beyond_the_inotify_queue_ends_in_a_correct_state() {
         agent.proc.log().matches(" drift ").count(),
         tail(&agent.proc.log(), 30)
     );
+    eprintln!("flood: all observed after {:?}", t.elapsed());
     let log = agent.proc.log();
     assert!(
         log.contains("real-time events lost"),
@@ -490,6 +589,13 @@ fn event_flood_beyond_the_inotify_queue_ends_in_a_correct_state() {
         "only {} of {N} events reached the collector; log tail:\n{}",
         evs.len(),
         tail(&agent.proc.log(), 30)
+    );
+    let log = agent.proc.log();
+    eprintln!(
+        "flood: all at the collector after {:?}; {} full scans, {} overflow notices",
+        t.elapsed(),
+        log.matches("scan finished").count(),
+        log.matches("real-time events lost").count()
     );
     // Nothing more arrives afterwards (no late duplicates).
     std::thread::sleep(Duration::from_millis(1500));
@@ -614,21 +720,21 @@ fn sighup_adds_a_tree_and_its_writes_are_reported() {
 
 // 6 ------------------------------------------------------------------------------------------
 
-#[test]
-fn deploying_a_new_signed_manifest_yields_release_events_only() {
-    let st = Setup::new();
-    let agent = Agent::start(&st.config);
-    let fx = &st.fx;
+/// Release r2 of the standard tree: `app/checkout.js` changed, `app/new.js` added,
+/// `app/lib/util.js` removed.
+const CHECKOUT_V2: &[u8] = b"function pay(total) { return Math.round(total * 100 + 0.5) / 100; }\n";
+const NEW_JS: &[u8] = b"export const version = 2;\n";
+const DEPLOYED: [&str; 3] = ["app/checkout.js", "app/new.js", "app/lib/util.js"];
 
-    // The release pipeline builds r2 from an updated copy of the tree.
+/// The release pipeline builds r2 from an updated copy of the tree (created_at one second later
+/// than r1's: it has whole seconds); returns the signed manifest.
+fn build_r2(fx: &Fx) -> PathBuf {
     let next = fx.base.join("next");
     copy_tree(&fx.root, &next);
-    let checkout_v2 = b"function pay(total) { return Math.round(total * 100 + 0.5) / 100; }\n";
-    let new_js = b"export const version = 2;\n";
-    std::fs::write(next.join("app/checkout.js"), checkout_v2).expect("write");
-    std::fs::write(next.join("app/new.js"), new_js).expect("write");
+    std::fs::write(next.join("app/checkout.js"), CHECKOUT_V2).expect("write");
+    std::fs::write(next.join("app/new.js"), NEW_JS).expect("write");
     std::fs::remove_file(next.join("app/lib/util.js")).expect("rm");
-    std::thread::sleep(Duration::from_millis(1100)); // created_at has whole seconds: r2 is newer
+    std::thread::sleep(Duration::from_millis(1100));
     let m2 = fx.base.join("m2.json");
     run([
         OsStr::new("manifest"),
@@ -647,52 +753,114 @@ fn deploying_a_new_signed_manifest_yields_release_events_only() {
         m2.as_os_str(),
     ])
     .expect_code(0);
+    m2
+}
 
-    // Publish the manifest (signature, then manifest, each by rename), then deploy the files
-    // (each moved in by rename from a staging dir outside the tree).
+/// Publishes a manifest at the configured path (signature, then manifest, each by rename).
+fn publish_manifest(fx: &Fx, m2: &Path) {
     let sig = |p: &Path| PathBuf::from(format!("{}.minisig", p.display()));
-    let staging = fx.base.join("staging");
+    let staging = fx.base.join("staging-manifest");
     std::fs::create_dir_all(&staging).expect("mkdir");
-    std::fs::copy(sig(&m2), staging.join("m.minisig")).expect("copy");
-    std::fs::copy(&m2, staging.join("m.json")).expect("copy");
+    std::fs::copy(sig(m2), staging.join("m.minisig")).expect("copy");
+    std::fs::copy(m2, staging.join("m.json")).expect("copy");
     std::fs::rename(staging.join("m.minisig"), sig(&fx.manifest)).expect("rename");
     std::fs::rename(staging.join("m.json"), &fx.manifest).expect("rename");
-    std::fs::write(staging.join("checkout.js"), checkout_v2).expect("write");
-    std::fs::write(staging.join("new.js"), new_js).expect("write");
+}
+
+/// Deploys r2's files into the tree (each moved in by rename from a staging dir outside it).
+fn deploy_r2_files(fx: &Fx) {
+    let staging = fx.base.join("staging-files");
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    std::fs::write(staging.join("checkout.js"), CHECKOUT_V2).expect("write");
+    std::fs::write(staging.join("new.js"), NEW_JS).expect("write");
     std::fs::rename(staging.join("checkout.js"), fx.path("app/checkout.js")).expect("rename");
     std::fs::rename(staging.join("new.js"), fx.path("app/new.js")).expect("rename");
     std::fs::remove_file(fx.path("app/lib/util.js")).expect("rm");
+}
 
-    let deployed = ["app/checkout.js", "app/new.js", "app/lib/util.js"];
+fn describe(evs: &[&Value]) -> Vec<String> {
+    evs.iter()
+        .map(|e| {
+            format!(
+                "{}: {} {} (now {}, open {})",
+                s(e, "path"),
+                s(e, "change"),
+                s(e, "original_status"),
+                s(e, "status"),
+                e["open"]
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn deploying_a_new_signed_manifest_yields_release_events_only() {
+    let st = Setup::new();
+    let agent = Agent::start(&st.config);
+    let m2 = build_r2(&st.fx);
+    // The pipeline publishes the manifest first, then deploys the files.
+    publish_manifest(&st.fx, &m2);
+    deploy_r2_files(&st.fx);
+
     let evs = wait_events(
         &st.db(),
         "events for the deployed paths",
         secs(15),
         || agent.proc.log(),
-        |evs| deployed.iter().all(|p| !about(evs, "shop", p).is_empty()),
+        |evs| DEPLOYED.iter().all(|p| !about(evs, "shop", p).is_empty()),
     );
-    let mut wrong = Vec::new();
-    for p in deployed {
-        for ev in about(&evs, "shop", p) {
-            if s(ev, "original_status") != "release:r2" {
-                wrong.push(format!(
-                    "{p}: {} {} (now {}, open {})",
-                    s(ev, "change"),
-                    s(ev, "original_status"),
-                    s(ev, "status"),
-                    ev["open"]
-                ));
-            }
-        }
-    }
-    let unauthorized: Vec<String> = evs
+    let wrong: Vec<&Value> = evs
+        .iter()
+        .filter(|e| DEPLOYED.contains(&s(e, "path")) && s(e, "original_status") != "release:r2")
+        .collect();
+    let unauthorized: Vec<&Value> = evs
         .iter()
         .filter(|e| s(e, "original_status") == "unauthorized" || s(e, "status") == "unauthorized")
-        .map(|e| format!("{} {} {}", s(e, "path"), s(e, "change"), s(e, "status")))
         .collect();
     assert!(
         wrong.is_empty() && unauthorized.is_empty(),
-        "a deploy matching its signed manifest must give release:r2 events only\n  not release:r2: {wrong:#?}\n  unauthorized: {unauthorized:#?}\n--- agent log:\n{}",
+        "a deploy matching its signed manifest must give release:r2 events only\n  not release:r2: {:#?}\n  unauthorized: {:#?}\n--- agent log:\n{}",
+        describe(&wrong),
+        describe(&unauthorized),
+        agent.proc.log()
+    );
+}
+
+/// Extra (DESIGN §6: an unauthorized change stays open "until the path returns to its approved
+/// state"): files that land before their signed manifest are unauthorized at first, and must
+/// close once the manifest that approves exactly them comes into force (here at the next
+/// scheduled scan).
+#[test]
+fn open_changes_close_when_a_newer_manifest_approves_them() {
+    let st = Setup::with(|s| s.interval = "2s".into());
+    let agent = Agent::start(&st.config);
+    let m2 = build_r2(&st.fx);
+    deploy_r2_files(&st.fx);
+    wait_events(
+        &st.db(),
+        "unauthorized events for files deployed ahead of their manifest",
+        secs(15),
+        || agent.proc.log(),
+        |evs| {
+            DEPLOYED
+                .iter()
+                .all(|p| about(evs, "shop", p).iter().any(|e| e["open"] == true))
+        },
+    );
+    publish_manifest(&st.fx, &m2);
+    let mut last = Vec::new();
+    let closed = poll(secs(20), || {
+        last = events_db(&st.db());
+        DEPLOYED
+            .iter()
+            .all(|p| about(&last, "shop", p).iter().all(|e| e["open"] == false))
+            .then_some(())
+    });
+    let still_open: Vec<&Value> = last.iter().filter(|e| e["open"] == true).collect();
+    assert!(
+        closed.is_some(),
+        "r2 is in force and the files match it, yet these stay open unauthorized:\n{:#?}\n--- agent log:\n{}",
+        describe(&still_open),
         agent.proc.log()
     );
 }
@@ -1006,4 +1174,43 @@ fn evidence_of_an_unauthorized_added_file_is_kept() {
         content,
         "evidence must be the exact content"
     );
+}
+
+// Extra --------------------------------------------------------------------------------------
+
+/// Extra (DESIGN §9 real time; §11 p99 < 1 s): a burst of unauthorized files (each one copied
+/// as evidence) must not blind the agent to the next change for long. The bound (10 s) is ten
+/// times the real-time target, so this is not a benchmark: it fails only when the agent stalls.
+#[test]
+fn real_time_stays_responsive_after_a_burst_of_unauthorized_files() {
+    const N: usize = 5_000;
+    let st = Setup::new();
+    let agent = Agent::start(&st.config);
+    make_files(&st.fx.path("wp-content/uploads/dump"), N, "leak");
+    // The burst is being handled once its first events are logged.
+    let started = poll(secs(60), || {
+        (agent.proc.log().matches(" drift ").count() > 0).then_some(())
+    });
+    assert!(
+        started.is_some(),
+        "the burst was never observed; log:\n{}",
+        agent.proc.log()
+    );
+
+    let t = Instant::now();
+    st.fx.append("index.php", b"<?php // and one more\n");
+    let mut last = 0;
+    let seen = poll(secs(10), || {
+        let evs = events_db(&st.db());
+        last = evs.len();
+        (!about(&evs, "shop", "index.php").is_empty()).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "a write made just after a burst of {N} files was not reported within 10 s ({last} events recorded by then; \
+         {} drift lines logged); log tail:\n{}",
+        agent.proc.log().matches(" drift ").count(),
+        tail(&agent.proc.log(), 8)
+    );
+    eprintln!("write after the burst reported in {:?}", t.elapsed());
 }

@@ -87,6 +87,7 @@ impl Engine {
             cfg,
         };
         e.sync_trees();
+        e.recover_outboxes()?;
         Ok(e)
     }
 
@@ -282,12 +283,8 @@ impl Engine {
             paths.insert(rel, entry);
         }
         let now = Timestamp::now();
-        let result = self.pass(i, paths.into_iter().collect(), now, None, true)?;
-        let t = &mut self.trees[i];
-        t.state
-            .save(&t.dir)
-            .map_err(|e| format!("{}: {e}", t.dir.display()))?;
-        Ok(result)
+        // `pass` saved the state.
+        self.pass(i, paths.into_iter().collect(), now, None, true)
     }
 
     /// Classifies observations, spools their events, commits what was spooled, keeps evidence.
@@ -336,30 +333,33 @@ impl Engine {
         } else {
             tracker.observe(&t.state, observed, t0, now, deploy)
         };
-let observed_paths: std::collections::BTreeSet<RelPath> = pending.iter().map(|p| p.path.clone()).collect();
-        pending.extend(tracker.reconsider_open(&t.state, now, deploy, &observed_paths));
-        let all: Vec<ChangeEvent> = pending
-            .iter()
-            .flat_map(|p| p.events.iter().cloned())
-            .collect();
-        let wanted = all.len();
-        let kept = if all.is_empty() {
-            Vec::new()
-        } else {
-            self.spool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .append(all)
-                .map_err(|e| e.to_string())?
-        };
-        let dropped = (wanted - kept.len()) as u64;
+// Paths that changed in this pass are judged by `observe`; open changes of every other path
+        // (unchanged since the last look) are re-checked against the approved state and the log.
+        let changed: BTreeSet<RelPath> =
+            pending.iter().filter(|p| p.change.is_some()).map(|p| p.path.clone()).collect();
+        // First, so that the fresh entries observed in this pass are committed after (over) the
+        // snapshot entries these items carry.
+        let mut reconsidered = tracker.reconsider_open(&t.state, now, deploy, &changed);
+        reconsidered.append(&mut pending);
+        let pending = reconsidered;
+        // 1. Number the events and find how many fit in the spool (nothing written yet).
+        let mut all: Vec<ChangeEvent> = pending.iter().flat_map(|p| p.events.iter().cloned()).collect();
+        let fit = self.spool.lock().unwrap_or_else(|e| e.into_inner()).number(&mut all);
+        let dropped = (all.len() - fit) as u64;
+        all.truncate(fit);
+        let kept = all;
         if dropped > 0 {
+            self.spool.lock().unwrap_or_else(|e| e.into_inner()).dropped += dropped;
             tracing::error!(tree = %t.cfg.name, dropped, "spool full: events dropped; their paths will be reported again by the next scan");
         }
-        let mut next = 0usize;
-        let mut overflow = false;
+        // 2. Commit what fits to the tree state, the events in its outbox, and save: that is the
+        //    commit point. A crash before it re-observes the changes (nothing was sent); a crash
+        //    after it spools the outbox at the next start (nothing is observed twice).
         let tree_root = t.cfg.root.clone();
         let t = &mut self.trees[i];
+        let mut next = 0usize;
+        let mut overflow = false;
+        let mut evidence = Vec::new();
         for p in pending {
             let n = p.events.len();
             if overflow || next + n > kept.len() {
@@ -369,30 +369,49 @@ let observed_paths: std::collections::BTreeSet<RelPath> = pending.iter().map(|p|
             }
             let seqs: Vec<u64> = kept[next..next + n].iter().map(|e| e.seq).collect();
             if let (Some(Status::Unauthorized), Some(ev)) = (&p.status, kept.get(next))
-                && self.cfg.evidence
                 && (ev.change == "added" || ev.change == "modified")
                 && ev.blake3.is_some()
             {
-                let abs = tree_root.join(p.path.as_path());
-                match self.evidence.capture(&tree_root, &abs, &self.cfg.host, ev) {
-                    Ok(blob) => {
-                        tracing::info!(path = %p.path, blob = %blob.display(), "evidence kept")
-                    }
-                    Err(why) => tracing::warn!(path = %p.path, %why, "no evidence kept"),
-                }
-            }
-            for ev in &kept[next..next + n] {
-                log_event(&self.cfg.host, ev);
+                evidence.push((p.path.clone(), ev.clone()));
             }
             next += n;
             tracker::commit(&mut t.state, p, &seqs);
         }
-        Ok(PassResult {
-            events: kept,
-            dropped,
-            summary: None,
-            scanned: (0, 0, 0),
-        })
+        t.state.outbox = kept.clone();
+        t.state.save(&t.dir).map_err(|e| format!("{}: {e}", t.dir.display()))?;
+        // 3. Spool (fsync), then log.
+        if !kept.is_empty() {
+            self.spool.lock().unwrap_or_else(|e| e.into_inner()).append_numbered(&kept).map_err(|e| e.to_string())?;
+        }
+        for ev in &kept {
+            log_event(&self.cfg.host, ev);
+        }
+        // 4. Evidence last: slow, best-effort, and never in the way of the commit.
+        if self.cfg.evidence {
+            for (path, ev) in evidence {
+                let abs = tree_root.join(path.as_path());
+                match self.evidence.capture(&tree_root, &abs, &self.cfg.host, &ev) {
+                    Ok(blob) => tracing::info!(path = %path, blob = %blob.display(), "evidence kept"),
+                    Err(why) => tracing::warn!(path = %path, %why, "no evidence kept"),
+                }
+            }
+        }
+        Ok(PassResult { events: kept, dropped, summary: None, scanned: (0, 0, 0) })
+    }
+
+    /// Spools the saved outbox events the spool does not have: the agent died between saving a
+    /// tree's state and appending its events.
+    fn recover_outboxes(&mut self) -> Result<(), SpoolError> {
+        let mut spool = self.spool.lock().unwrap_or_else(|e| e.into_inner());
+        let last = spool.last_seq();
+        let mut missing: Vec<ChangeEvent> =
+            self.trees.iter().flat_map(|t| t.state.outbox.iter().filter(|e| e.seq > last).cloned()).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        missing.sort_by_key(|e| e.seq);
+        tracing::warn!(events = missing.len(), "spooling events saved just before a crash");
+        spool.append_numbered(&missing)
     }
 
     /// Loads the configured manifest; adopts it when it is the first or newer. Returns the

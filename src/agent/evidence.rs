@@ -17,6 +17,9 @@ pub struct Evidence {
     dir: PathBuf,
     max_file: u64,
     max_total: u64,
+    /// Bytes in the store, counted once and then kept up to date (listing it per capture is
+    /// quadratic in a burst of new files).
+    used: std::cell::Cell<Option<u64>>,
 }
 
 impl Evidence {
@@ -26,10 +29,20 @@ impl Evidence {
             dir: state_dir.join("evidence"),
             max_file,
             max_total,
+            used: std::cell::Cell::new(None),
         }
     }
 
     fn used(&self) -> u64 {
+        if let Some(u) = self.used.get() {
+            return u;
+        }
+        let u = self.count_used();
+        self.used.set(Some(u));
+        u
+    }
+
+    fn count_used(&self) -> u64 {
         std::fs::read_dir(self.dir.join("blobs"))
             .map(|rd| {
                 rd.filter_map(|e| e.ok()?.metadata().ok())
@@ -67,6 +80,7 @@ impl Evidence {
             }
             std::fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
             super::spool::write_atomic(&blob, &data).map_err(|e| e.to_string())?;
+            self.used.set(Some(self.used() + data.len() as u64));
             if let Some(prev) = &ev.previous_blake3 {
                 let old = blobs.join(prev);
                 if let (Ok(a), true) = (std::fs::read(&old), is_text(&data))
@@ -77,10 +91,7 @@ impl Evidence {
                         &String::from_utf8_lossy(&data),
                         &ev.path,
                     );
-                    let _ = super::spool::write_atomic(
-                        &blobs.join(format!("{want}.diff")),
-                        diff.as_bytes(),
-                    );
+                    let _ = write_renamed(&blobs.join(format!("{want}.diff")), diff.as_bytes());
                 }
             }
         }
@@ -91,13 +102,21 @@ impl Evidence {
         });
         let notes = self.dir.join("notes");
         std::fs::create_dir_all(&notes).map_err(|e| e.to_string())?;
-        super::spool::write_atomic(
-            &notes.join(format!("{}-{}.json", ev.tree, ev.seq)),
-            note.to_string().as_bytes(),
-        )
-        .map_err(|e| e.to_string())?;
+        write_renamed(&notes.join(format!("{}-{}.json", ev.tree, ev.seq)), note.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
         Ok(blob)
     }
+}
+
+/// Whole-or-nothing write without fsync: notes and diffs can be rebuilt from the blobs and the
+/// collector's events; only the blob (the content itself) is worth an fsync.
+fn write_renamed(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 fn read_no_follow(abs: &Path, max: u64) -> std::io::Result<Vec<u8>> {

@@ -127,32 +127,52 @@ impl Spool {
     /// Numbers and appends events (one fsync for the lot); returns the ones kept, numbered: always
     /// a prefix of `events`. Once one does not fit, it and the rest are counted in `dropped` and not
     /// numbered (no gap at the collector).
-    pub fn append(&mut self, events: Vec<ChangeEvent>) -> Result<Vec<ChangeEvent>, SpoolError> {
-        let mut buf = Vec::new();
-        let mut kept = Vec::new();
-        let total = events.len();
-        for mut ev in events {
-            ev.seq = self.next_seq;
-            let payload = serde_json::to_vec(&ev).expect("events serialize");
-            let rec = HEADER + payload.len();
-            if self.size + (buf.len() + rec) as u64 > self.max {
-                self.dropped += (total - kept.len()) as u64;
-                break;
+    pub fn append(&mut self, mut events: Vec<ChangeEvent>) -> Result<Vec<ChangeEvent>, SpoolError> {
+        let fit = self.number(&mut events);
+        self.dropped += (events.len() - fit) as u64;
+        events.truncate(fit);
+        self.append_numbered(&events)?;
+        Ok(events)
+    }
+
+    /// Numbers `events` from the next sequence number on; returns how many of them (a prefix)
+    /// fit in the spool. Nothing is written: see [`Spool::append_numbered`].
+    pub fn number(&self, events: &mut [ChangeEvent]) -> usize {
+        let mut size = self.size;
+        for (i, ev) in events.iter_mut().enumerate() {
+            ev.seq = self.next_seq + i as u64;
+            size += (HEADER + serde_json::to_vec(&*ev).expect("events serialize").len()) as u64;
+            if size > self.max {
+                return i;
             }
+        }
+        events.len()
+    }
+
+    /// The highest sequence number ever spooled.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Appends events already numbered (by [`Spool::number`], or recovered from a saved outbox),
+    /// one fsync for the lot. Numbers continue after the highest one appended.
+    pub fn append_numbered(&mut self, events: &[ChangeEvent]) -> Result<(), SpoolError> {
+        let mut buf = Vec::new();
+        for ev in events {
+            let payload = serde_json::to_vec(ev).expect("events serialize");
             buf.extend_from_slice(MAGIC);
             buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             buf.extend_from_slice(&checksum(&payload));
             buf.extend_from_slice(&payload);
-            self.next_seq += 1;
-            kept.push(ev);
+            self.next_seq = self.next_seq.max(ev.seq + 1);
         }
         if !buf.is_empty() {
             self.file.write_all(&buf).map_err(err(&self.log))?;
             self.file.sync_data().map_err(err(&self.log))?;
             self.size += buf.len() as u64;
-            self.pending.extend(kept.iter().cloned());
+            self.pending.extend(events.iter().cloned());
         }
-        Ok(kept)
+        Ok(())
     }
 
     /// Up to `n` events waiting to be sent, oldest first.

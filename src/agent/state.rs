@@ -83,6 +83,16 @@ struct Persisted {
     last_full_rehash: Option<Timestamp>,
     overlay: Vec<(String, Option<StateDto>)>,
     open: Vec<(String, Vec<OpenChange>)>,
+    /// The snapshot file generation this state builds on.
+    #[serde(default)]
+    generation: u64,
+    /// Snapshot changes since that file was written: path → encoded entry (hex), or gone.
+    #[serde(default)]
+    delta: Vec<(String, Option<String>)>,
+    /// The events of the last committed pass, spooled after this state was saved: a restart
+    /// spools the ones the spool does not have yet (a crash between the two writes).
+    #[serde(default)]
+    outbox: Vec<crate::event::ChangeEvent>,
 }
 
 /// Everything the agent tracks for one tree.
@@ -103,7 +113,16 @@ pub struct TreeState {
     /// The last observed snapshot (`None` before the first scan); shared with the scanner as its
     /// stat cache, so it is never copied.
     pub snapshot: Option<std::sync::Arc<BTreeMap<RelPath, Entry>>>,
+    /// Snapshot changes not yet in `snapshot.bin` (saved in `state.json`).
+    pub delta: BTreeMap<RelPath, Option<Entry>>,
+    /// Generation of `snapshot.bin`.
+    pub generation: u64,
+    /// Events of the last committed pass (see [`Persisted::outbox`]).
+    pub outbox: Vec<crate::event::ChangeEvent>,
 }
+
+/// Above this many snapshot changes, a save rewrites `snapshot.bin` instead of growing the delta.
+const COMPACT_AT: usize = 4096;
 
 /// Where a tree's state files live.
 pub fn tree_dir(state_dir: &Path, tree: &str) -> PathBuf {
@@ -112,34 +131,49 @@ pub fn tree_dir(state_dir: &Path, tree: &str) -> PathBuf {
 
 impl TreeState {
     /// Loads a tree's state; `Err` carries why it had to be rebuilt (the caller logs it).
+    ///
+    /// Every save writes exactly one file: `state.json` (small: the delta since the snapshot
+    /// file) or `snapshot.bin` (everything, when the delta grew large). The newer one wins.
     pub fn load(dir: &Path) -> Result<TreeState, String> {
         let json_path = dir.join("state.json");
-        let text = match std::fs::read_to_string(&json_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TreeState::default()),
+        let snap_path = dir.join("snapshot.bin");
+        let json: Option<Persisted> = match std::fs::read_to_string(&json_path) {
+            Ok(t) => Some(serde_json::from_str(&t).map_err(|e| format!("{}: {e}", json_path.display()))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(format!("{}: {e}", json_path.display())),
         };
-        let p: Persisted =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json_path.display()))?;
-        if p.version != 1 {
-            return Err(format!(
-                "{}: state version {} is not 1",
-                json_path.display(),
-                p.version
-            ));
-        }
-        let path = |h: &str| {
-            hex::decode(h)
-                .map(RelPath::from_bytes)
-                .map_err(|e| format!("{}: {e}", json_path.display()))
+        let bin = match std::fs::read(&snap_path) {
+            Ok(bytes) => {
+                Some(decode_file(&bytes).ok_or_else(|| format!("{}: corrupt snapshot", snap_path.display()))?)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{}: {e}", snap_path.display())),
         };
+        let (p, entries) = match (json, bin) {
+            (None, None) => return Ok(TreeState::default()),
+            (Some(p), None) if p.generation == 0 => (p, None),
+            (Some(_), None) => return Err(format!("{}: snapshot.bin is missing", json_path.display())),
+            (None, Some((persisted, entries))) => (persisted, Some(entries)),
+            (Some(p), Some((persisted, entries))) => {
+                if persisted.generation > p.generation {
+                    // Crash after the snapshot file was written, before state.json followed it.
+                    (persisted, Some(entries))
+                } else if persisted.generation == p.generation {
+                    (p, Some(entries))
+                } else {
+                    return Err(format!("{}: generation {} is ahead of snapshot.bin", json_path.display(), p.generation));
+                }
+            }
+        };
+        if p.version != 1 {
+            return Err(format!("{}: state version {} is not 1", json_path.display(), p.version));
+        }
+        let bad = |what: &str| format!("{}: bad {what}", json_path.display());
+        let path = |h: &str| hex::decode(h).map(RelPath::from_bytes).map_err(|_| bad("path"));
         let mut overlay = BTreeMap::new();
         for (k, v) in p.overlay {
             let state = match v {
-                Some(d) => Some(
-                    d.to_state()
-                        .ok_or_else(|| format!("{}: bad overlay entry", json_path.display()))?,
-                ),
+                Some(d) => Some(d.to_state().ok_or_else(|| bad("overlay entry"))?),
                 None => None,
             };
             overlay.insert(path(&k)?, state);
@@ -148,14 +182,34 @@ impl TreeState {
         for (k, v) in p.open {
             open.insert(path(&k)?, v);
         }
-        let snap_path = dir.join("snapshot.bin");
-        let snapshot = match std::fs::read(&snap_path) {
-            Ok(bytes) => Some(std::sync::Arc::new(
-                decode_snapshot(&bytes)
-                    .ok_or_else(|| format!("{}: corrupt snapshot", snap_path.display()))?,
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("{}: {e}", snap_path.display())),
+        let mut delta = BTreeMap::new();
+        for (k, v) in p.delta {
+            let entry = match v {
+                Some(h) => {
+                    let bytes = hex::decode(h).map_err(|_| bad("delta entry"))?;
+                    let mut r = Reader { b: &bytes, pos: 0 };
+                    Some(decode_entry(&mut r).ok_or_else(|| bad("delta entry"))?)
+                }
+                None => None,
+            };
+            delta.insert(path(&k)?, entry);
+        }
+        let snapshot = match entries {
+            Some(mut m) => {
+                for (k, v) in &delta {
+                    match v {
+                        Some(e) => m.insert(k.clone(), e.clone()),
+                        None => m.remove(k),
+                    };
+                }
+                Some(std::sync::Arc::new(m))
+            }
+            None if !delta.is_empty() => {
+                let m: BTreeMap<RelPath, Entry> =
+                    delta.iter().filter_map(|(k, v)| v.clone().map(|e| (k.clone(), e))).collect();
+                Some(std::sync::Arc::new(m))
+            }
+            None => None,
         };
         Ok(TreeState {
             release: p.release,
@@ -165,39 +219,90 @@ impl TreeState {
             overlay,
             open,
             snapshot,
+            delta,
+            generation: p.generation,
+            outbox: p.outbox,
         })
     }
 
-    /// Saves atomically (snapshot first, then the JSON that refers to it).
-    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        if let Some(s) = &self.snapshot {
-            super::spool::write_atomic(&dir.join("snapshot.bin"), &encode_snapshot(s))?;
-        }
-        let p = Persisted {
+    fn persisted(&self, with_delta: bool) -> Persisted {
+        Persisted {
             version: 1,
             release: self.release.clone(),
             manifest_created_at: self.manifest_created_at,
             last_scan: self.last_scan,
             last_full_rehash: self.last_full_rehash,
-            overlay: self
-                .overlay
-                .iter()
-                .map(|(k, v)| (hex::encode(k.as_bytes()), v.as_ref().map(StateDto::from)))
-                .collect(),
-            open: self
-                .open
-                .iter()
-                .map(|(k, v)| (hex::encode(k.as_bytes()), v.clone()))
-                .collect(),
-        };
-        super::spool::write_atomic(
-            &dir.join("state.json"),
-            serde_json::to_string(&p)
-                .expect("state serializes")
-                .as_bytes(),
-        )
+            overlay: self.overlay.iter().map(|(k, v)| (hex::encode(k.as_bytes()), v.as_ref().map(StateDto::from))).collect(),
+            open: self.open.iter().map(|(k, v)| (hex::encode(k.as_bytes()), v.clone())).collect(),
+            generation: self.generation,
+            delta: if with_delta {
+                self.delta
+                    .iter()
+                    .map(|(k, v)| {
+                        let enc = v.as_ref().map(|e| {
+                            let mut out = Vec::new();
+                            encode_entry(&mut out, e);
+                            hex::encode(out)
+                        });
+                        (hex::encode(k.as_bytes()), enc)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            outbox: self.outbox.clone(),
+        }
     }
+
+    /// Records a snapshot change (also applied to `snapshot` by the caller).
+    pub fn note(&mut self, path: &RelPath, entry: Option<&Entry>) {
+        self.delta.insert(path.clone(), entry.cloned());
+    }
+
+    /// Saves atomically: one file per save (see [`TreeState::load`]).
+    pub fn save(&mut self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let never_written = self.generation == 0 && self.snapshot.is_some();
+        if self.delta.len() > COMPACT_AT || never_written {
+            self.generation += 1;
+            let snap = self.snapshot.clone().unwrap_or_default();
+            let p = self.persisted(false);
+            super::spool::write_atomic(&dir.join("snapshot.bin"), &encode_file(self.generation, &p, &snap))?;
+            self.delta.clear();
+        }
+        let p = self.persisted(true);
+        super::spool::write_atomic(&dir.join("state.json"), serde_json::to_string(&p).expect("state serializes").as_bytes())
+    }
+}
+
+const FILE_MAGIC: &[u8; 8] = b"DWSNAP2\n";
+
+/// The snapshot file: magic | generation | state JSON (length-prefixed) | snapshot | BLAKE3.
+fn encode_file(generation: u64, p: &Persisted, snap: &BTreeMap<RelPath, Entry>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(snap.len() * 100 + 4096);
+    out.extend_from_slice(FILE_MAGIC);
+    out.extend_from_slice(&generation.to_le_bytes());
+    put_bytes(&mut out, serde_json::to_string(p).expect("state serializes").as_bytes());
+    out.extend_from_slice(&encode_snapshot(snap));
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    out
+}
+
+fn decode_file(bytes: &[u8]) -> Option<(Persisted, BTreeMap<RelPath, Entry>)> {
+    if bytes.len() < 16 + 32 || &bytes[..8] != FILE_MAGIC {
+        return None;
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if blake3::hash(body).as_bytes() != sum {
+        return None;
+    }
+    let mut r = Reader { b: body, pos: 8 };
+    let generation = r.u64()?;
+    let mut p: Persisted = serde_json::from_slice(&r.bytes()?).ok()?;
+    p.generation = generation;
+    let snap = decode_snapshot(&body[r.pos..])?;
+    Some((p, snap))
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -230,37 +335,40 @@ fn code_kind(c: u8) -> Option<Kind> {
     })
 }
 
+fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
+    put_bytes(out, e.path.as_bytes());
+    let m = &e.meta;
+    out.push(kind_code(m.kind));
+    for v in [m.size, m.ino, m.dev, m.nlink] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [m.mode, m.uid, m.gid] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [m.mtime_ns, m.ctime_ns] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    let flags =
+        u8::from(e.blake3.is_some()) | (u8::from(e.target.is_some()) << 1) | (u8::from(e.problem.is_some()) << 2);
+    out.push(flags);
+    if let Some(h) = &e.blake3 {
+        out.extend_from_slice(h);
+    }
+    if let Some(t) = &e.target {
+        put_bytes(out, t);
+    }
+    if let Some(p) = &e.problem {
+        put_bytes(out, p.as_bytes());
+    }
+}
+
 /// Encodes a snapshot compactly, with a BLAKE3 trailer over everything before it.
 pub fn encode_snapshot(s: &BTreeMap<RelPath, Entry>) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len() * 100);
     out.extend_from_slice(SNAP_MAGIC);
     out.extend_from_slice(&(s.len() as u64).to_le_bytes());
     for e in s.values() {
-        put_bytes(&mut out, e.path.as_bytes());
-        let m = &e.meta;
-        out.push(kind_code(m.kind));
-        for v in [m.size, m.ino, m.dev, m.nlink] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        for v in [m.mode, m.uid, m.gid] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        for v in [m.mtime_ns, m.ctime_ns] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        let flags = u8::from(e.blake3.is_some())
-            | (u8::from(e.target.is_some()) << 1)
-            | (u8::from(e.problem.is_some()) << 2);
-        out.push(flags);
-        if let Some(h) = &e.blake3 {
-            out.extend_from_slice(h);
-        }
-        if let Some(t) = &e.target {
-            put_bytes(&mut out, t);
-        }
-        if let Some(p) = &e.problem {
-            put_bytes(&mut out, p.as_bytes());
-        }
+        encode_entry(&mut out, e);
     }
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
@@ -293,6 +401,20 @@ impl Reader<'_> {
     }
 }
 
+fn decode_entry(r: &mut Reader<'_>) -> Option<Entry> {
+    let path = RelPath::from_bytes(r.bytes()?);
+    let kind = code_kind(r.take(1)?[0])?;
+    let (size, ino, dev, nlink) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+    let (mode, uid, gid) = (r.u32()?, r.u32()?, r.u32()?);
+    let (mtime_ns, ctime_ns) = (r.i64()?, r.i64()?);
+    let flags = r.take(1)?[0];
+    let blake3 = if flags & 1 != 0 { Some(r.take(32)?.try_into().ok()?) } else { None };
+    let target = if flags & 2 != 0 { Some(r.bytes()?) } else { None };
+    let problem = if flags & 4 != 0 { Some(String::from_utf8(r.bytes()?).ok()?) } else { None };
+    let meta = Meta { kind, size, mode, uid, gid, mtime_ns, ctime_ns, ino, dev, nlink };
+    Some(Entry { path, meta, blake3, target, problem })
+}
+
 /// Decodes a snapshot; `None` when the magic, the structure or the checksum is wrong.
 pub fn decode_snapshot(bytes: &[u8]) -> Option<BTreeMap<RelPath, Entry>> {
     if bytes.len() < SNAP_MAGIC.len() + 8 + 32 || &bytes[..8] != SNAP_MAGIC {
@@ -306,49 +428,8 @@ pub fn decode_snapshot(bytes: &[u8]) -> Option<BTreeMap<RelPath, Entry>> {
     let n = r.u64()?;
     let mut out = BTreeMap::new();
     for _ in 0..n {
-        let path = RelPath::from_bytes(r.bytes()?);
-        let kind = code_kind(r.take(1)?[0])?;
-        let (size, ino, dev, nlink) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
-        let (mode, uid, gid) = (r.u32()?, r.u32()?, r.u32()?);
-        let (mtime_ns, ctime_ns) = (r.i64()?, r.i64()?);
-        let flags = r.take(1)?[0];
-        let blake3 = if flags & 1 != 0 {
-            Some(r.take(32)?.try_into().ok()?)
-        } else {
-            None
-        };
-        let target = if flags & 2 != 0 {
-            Some(r.bytes()?)
-        } else {
-            None
-        };
-        let problem = if flags & 4 != 0 {
-            Some(String::from_utf8(r.bytes()?).ok()?)
-        } else {
-            None
-        };
-        let meta = Meta {
-            kind,
-            size,
-            mode,
-            uid,
-            gid,
-            mtime_ns,
-            ctime_ns,
-            ino,
-            dev,
-            nlink,
-        };
-        out.insert(
-            path.clone(),
-            Entry {
-                path,
-                meta,
-                blake3,
-                target,
-                problem,
-            },
-        );
+        let e = decode_entry(&mut r)?;
+        out.insert(e.path.clone(), e);
     }
     (r.pos == body.len()).then_some(out)
 }
@@ -417,5 +498,39 @@ mod tests {
         assert_eq!(back.overlay[&p], None);
         std::fs::write(dir.path().join("state.json"), "{not json").unwrap();
         assert!(TreeState::load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn delta_saves_and_compaction_survive_a_crash_between_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = entry(b"a", Some([1; 32]));
+        let mut s = TreeState::default();
+        s.snapshot = Some(std::sync::Arc::new([(a.path.clone(), a.clone())].into_iter().collect()));
+        s.save(dir.path()).unwrap();
+        assert_eq!(s.generation, 1, "the first save writes the snapshot file");
+        // A small change goes to state.json only.
+        let b = entry(b"b", None);
+        std::sync::Arc::make_mut(s.snapshot.as_mut().unwrap()).insert(b.path.clone(), b.clone());
+        s.note(&b.path, Some(&b));
+        s.outbox = vec![];
+        s.save(dir.path()).unwrap();
+        assert_eq!(s.generation, 1);
+        let back = TreeState::load(dir.path()).unwrap();
+        assert_eq!(back.snapshot.as_deref(), s.snapshot.as_deref());
+        // A crash after a compaction wrote snapshot.bin but before state.json followed: the newer
+        // snapshot file wins, with the state embedded in it.
+        let old_json = std::fs::read(dir.path().join("state.json")).unwrap();
+        s.release = Some("r9".into());
+        for i in 0..(COMPACT_AT + 1) {
+            let e = entry(format!("x{i}").as_bytes(), None);
+            std::sync::Arc::make_mut(s.snapshot.as_mut().unwrap()).insert(e.path.clone(), e.clone());
+            s.note(&e.path, Some(&e));
+        }
+        s.save(dir.path()).unwrap();
+        assert_eq!(s.generation, 2);
+        std::fs::write(dir.path().join("state.json"), old_json).unwrap();
+        let back = TreeState::load(dir.path()).unwrap();
+        assert_eq!(back.release.as_deref(), Some("r9"));
+        assert_eq!(back.snapshot.as_deref(), s.snapshot.as_deref());
     }
 }

@@ -338,13 +338,17 @@ impl Tracker<'_> {
 /// Applies a pending item whose events were spooled with the given sequence numbers.
 pub fn commit(state: &mut TreeState, p: Pending, seqs: &[u64]) {
     let snap = std::sync::Arc::make_mut(state.snapshot.get_or_insert_with(Default::default));
-    match p.entry {
+    let changed = snap.get(&p.path) != p.entry.as_ref();
+    match &p.entry {
         Some(e) => {
-            snap.insert(p.path.clone(), e);
+            snap.insert(p.path.clone(), e.clone());
         }
         None => {
             snap.remove(&p.path);
         }
+    }
+    if changed {
+        state.note(&p.path, p.entry.as_ref());
     }
     if let Some(o) = p.overlay {
         state.overlay.insert(p.path.clone(), o);
