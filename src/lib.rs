@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod collector;
 pub mod daily;
+pub mod confkeys;
 pub mod diff;
 pub mod event;
 pub mod exit;

@@ -14,6 +14,21 @@ use crate::timefmt;
 /// Default config path.
 pub const DEFAULT_PATH: &str = "/etc/driftwatch/agent.toml";
 
+/// Every key the agent config accepts (unknown ones are all reported at once).
+const SCHEMA: crate::confkeys::Schema<'static> = crate::confkeys::Schema {
+    top: &["host", "environment", "state_dir", "tree", "scan", "changes", "trust", "collector", "kpi", "evidence", "spool"],
+    tables: &[
+        ("tree", &["name", "root", "manifest", "exclude", "cross_filesystems"]),
+        ("scan", &["interval", "full_rehash", "realtime", "threads", "debounce"]),
+        ("changes", &["dir"]),
+        ("trust", &["release_keys", "approver_keys", "require_signatures", "allow_self_approval"]),
+        ("collector", &["url", "token_file", "heartbeat", "embedded", "listen", "batch"]),
+        ("kpi", &["target", "timezone"]),
+        ("evidence", &["enabled", "max_file_size", "max_total"]),
+        ("spool", &["max_size"]),
+    ],
+};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
@@ -334,9 +349,17 @@ impl AgentConfig {
     /// Validates config text.
     pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, Vec<String>> {
         let p = origin.display().to_string();
-        let raw: Raw = toml::from_str(text)
-            .map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
-        let mut problems: Vec<String> = Vec::new();
+        let mut table: toml::Table =
+            text.parse().map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
+        let mut problems: Vec<String> =
+            crate::confkeys::strip_unknown(&mut table, &SCHEMA).into_iter().map(|m| format!("{p}: {m}")).collect();
+        let raw: Raw = match Raw::deserialize(table) {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("{p}: {}", e.message().trim().replace('\n', " ")));
+                return Err(problems);
+            }
+        };
         let mut bad = |key: &str, msg: String| problems.push(format!("{p}: {key}: {msg}"));
         let dur = |key: &str, v: &str, bad: &mut dyn FnMut(&str, String)| {
             timefmt::parse_duration(v).unwrap_or_else(|m| {

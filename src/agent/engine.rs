@@ -58,9 +58,41 @@ pub struct Engine {
     /// The spool, shared with the uplink.
     pub spool: Arc<Mutex<Spool>>,
     entries: Vec<ChangeEntry>,
-    evidence: Evidence,
+    /// Evidence is copied on its own thread: a burst of new files must not delay real time.
+    evidence: Option<(std::sync::mpsc::Sender<EvidenceJob>, std::thread::JoinHandle<()>)>,
     /// Latest scan summary per tree, sent with the next batch.
     pub summaries: BTreeMap<String, ScanSummary>,
+    /// Woken as soon as events are spooled (the uplink waits on it).
+    pub spooled: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// One file to copy into the evidence store.
+type EvidenceJob = (PathBuf, PathBuf, String, ChangeEvent);
+
+fn start_evidence(ev: Evidence) -> (std::sync::mpsc::Sender<EvidenceJob>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel::<EvidenceJob>();
+    let handle = std::thread::Builder::new()
+        .name("evidence".into())
+        .spawn(move || {
+            for (root, abs, host, e) in rx {
+                match ev.capture(&root, &abs, &host, &e) {
+                    Ok(blob) => tracing::info!(path = %e.path, blob = %blob.display(), "evidence kept"),
+                    Err(why) => tracing::warn!(path = %e.path, %why, "no evidence kept"),
+                }
+            }
+        })
+        .expect("spawn the evidence thread");
+    (tx, handle)
+}
+
+impl Drop for Engine {
+    /// Lets the evidence thread finish what it was given (a one-shot scan exits right after).
+    fn drop(&mut self) {
+        if let Some((tx, handle)) = self.evidence.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
 }
 
 impl Engine {
@@ -82,8 +114,9 @@ impl Engine {
             trees: Vec::new(),
             spool: Arc::new(Mutex::new(spool)),
             entries: Vec::new(),
-            evidence,
+            evidence: Some(start_evidence(evidence)),
             summaries: BTreeMap::new(),
+            spooled: None,
             cfg,
         };
         e.sync_trees();
@@ -382,18 +415,20 @@ impl Engine {
         // 3. Spool (fsync), then log.
         if !kept.is_empty() {
             self.spool.lock().unwrap_or_else(|e| e.into_inner()).append_numbered(&kept).map_err(|e| e.to_string())?;
+            if let Some(n) = &self.spooled {
+                n.notify_one();
+            }
         }
         for ev in &kept {
             log_event(&self.cfg.host, ev);
         }
         // 4. Evidence last: slow, best-effort, and never in the way of the commit.
-        if self.cfg.evidence {
+        if self.cfg.evidence
+            && let Some((tx, _)) = &self.evidence
+        {
             for (path, ev) in evidence {
                 let abs = tree_root.join(path.as_path());
-                match self.evidence.capture(&tree_root, &abs, &self.cfg.host, &ev) {
-                    Ok(blob) => tracing::info!(path = %path, blob = %blob.display(), "evidence kept"),
-                    Err(why) => tracing::warn!(path = %path, %why, "no evidence kept"),
-                }
+                let _ = tx.send((tree_root.clone(), abs, self.cfg.host.clone(), ev));
             }
         }
         Ok(PassResult { events: kept, dropped, summary: None, scanned: (0, 0, 0) })

@@ -221,6 +221,7 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut engine = Engine::new(cfg.clone())?;
     let spool = engine.spool.clone();
     let wake = Arc::new(Notify::new());
+    engine.spooled = Some(wake.clone());
     let summaries: Arc<Mutex<BTreeMap<String, ScanSummary>>> =
         Arc::new(Mutex::new(BTreeMap::new()));
     let last_scan: Arc<Mutex<Option<Timestamp>>> = Arc::new(Mutex::new(None));
