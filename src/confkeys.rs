@@ -16,18 +16,24 @@ pub struct Schema<'a> {
 pub fn strip_unknown(t: &mut toml::Table, schema: &Schema<'_>) -> Vec<String> {
     let mut problems = Vec::new();
     t.retain(|k, _| {
-        let ok = schema.top.iter().any(|x| *x == k);
+        let ok = schema.top.contains(&k);
         if !ok {
-            problems.push(format!("{k}: unknown key (expected one of: {})", schema.top.join(", ")));
+            problems.push(format!(
+                "{k}: unknown key (expected one of: {})",
+                schema.top.join(", ")
+            ));
         }
         ok
     });
     for (name, keys) in schema.tables {
         let mut check = |prefix: String, table: &mut toml::Table| {
             table.retain(|k, _| {
-                let ok = keys.iter().any(|x| *x == k);
+                let ok = keys.contains(&k);
                 if !ok {
-                    problems.push(format!("{prefix}.{k}: unknown key (expected one of: {})", keys.join(", ")));
+                    problems.push(format!(
+                        "{prefix}.{k}: unknown key (expected one of: {})",
+                        keys.join(", ")
+                    ));
                 }
                 ok
             });
@@ -56,7 +62,10 @@ mod tests {
         let mut t: toml::Table = "colour = 1\nname = 2\n[scan]\nintervl = 3\ninterval = 4\n[[tree]]\nname = 5\nroute = 6\n"
             .parse()
             .unwrap();
-        let schema = Schema { top: &["name", "scan", "tree"], tables: &[("scan", &["interval"]), ("tree", &["name"])] };
+        let schema = Schema {
+            top: &["name", "scan", "tree"],
+            tables: &[("scan", &["interval"]), ("tree", &["name"])],
+        };
         let problems = strip_unknown(&mut t, &schema);
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].starts_with("colour:"));

@@ -202,7 +202,9 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Snapshot, ScanError> {
             s.spawn(move |_| {
                 let done: Vec<Entry> = batch
                     .into_iter()
-                    .filter_map(|(abs, rel, is_file)| examine_cached(&abs, rel, cache.as_deref(), is_file))
+                    .filter_map(|(abs, rel, is_file)| {
+                        examine_cached(&abs, rel, cache.as_deref(), is_file)
+                    })
                     .collect();
                 if let Some(p) = progress {
                     p.inc(done.len() as u64);
@@ -229,7 +231,11 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Snapshot, ScanError> {
                     problem,
                 });
             }
-            Found::Other { abs, rel, file_type } => {
+            Found::Other {
+                abs,
+                rel,
+                file_type,
+            } => {
                 batch.push((abs, join(rel), file_type.is_file()));
                 if batch.len() == BATCH {
                     flush(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
@@ -288,11 +294,23 @@ pub fn examine_cached(
     if listed_as_file && cached.is_none() {
         match hash::hash_file(abs) {
             Ok(Hashed::File(meta, h)) => {
-                return Some(Entry { path, meta, blake3: Some(h), target: None, problem: None });
+                return Some(Entry {
+                    path,
+                    meta,
+                    blake3: Some(h),
+                    target: None,
+                    problem: None,
+                });
             }
             Ok(Hashed::Changing(meta)) => {
                 let problem = Some("changed while being hashed".to_string());
-                return Some(Entry { path, meta, blake3: None, target: None, problem });
+                return Some(Entry {
+                    path,
+                    meta,
+                    blake3: None,
+                    target: None,
+                    problem,
+                });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             // No longer a plain readable file (or unreadable): take the careful path below.
@@ -306,10 +324,27 @@ pub fn examine_cached(
     };
     if lstat.kind == Kind::File
         && let Some(old) = cached
-        && (old.meta.size, old.meta.mtime_ns, old.meta.ctime_ns, old.meta.ino, old.meta.dev)
-            == (lstat.size, lstat.mtime_ns, lstat.ctime_ns, lstat.ino, lstat.dev)
+        && (
+            old.meta.size,
+            old.meta.mtime_ns,
+            old.meta.ctime_ns,
+            old.meta.ino,
+            old.meta.dev,
+        ) == (
+            lstat.size,
+            lstat.mtime_ns,
+            lstat.ctime_ns,
+            lstat.ino,
+            lstat.dev,
+        )
     {
-        return Some(Entry { path, meta: lstat, blake3: old.blake3, target: None, problem: None });
+        return Some(Entry {
+            path,
+            meta: lstat,
+            blake3: old.blake3,
+            target: None,
+            problem: None,
+        });
     }
     let mut entry = Entry {
         path,

@@ -16,13 +16,49 @@ pub const DEFAULT_PATH: &str = "/etc/driftwatch/agent.toml";
 
 /// Every key the agent config accepts (unknown ones are all reported at once).
 const SCHEMA: crate::confkeys::Schema<'static> = crate::confkeys::Schema {
-    top: &["host", "environment", "state_dir", "tree", "scan", "changes", "trust", "collector", "kpi", "evidence", "spool"],
+    top: &[
+        "host",
+        "environment",
+        "state_dir",
+        "tree",
+        "scan",
+        "changes",
+        "trust",
+        "collector",
+        "kpi",
+        "evidence",
+        "spool",
+    ],
     tables: &[
-        ("tree", &["name", "root", "manifest", "exclude", "cross_filesystems"]),
-        ("scan", &["interval", "full_rehash", "realtime", "threads", "debounce"]),
+        (
+            "tree",
+            &["name", "root", "manifest", "exclude", "cross_filesystems"],
+        ),
+        (
+            "scan",
+            &["interval", "full_rehash", "realtime", "threads", "debounce"],
+        ),
         ("changes", &["dir"]),
-        ("trust", &["release_keys", "approver_keys", "require_signatures", "allow_self_approval"]),
-        ("collector", &["url", "token_file", "heartbeat", "embedded", "listen", "batch"]),
+        (
+            "trust",
+            &[
+                "release_keys",
+                "approver_keys",
+                "require_signatures",
+                "allow_self_approval",
+            ],
+        ),
+        (
+            "collector",
+            &[
+                "url",
+                "token_file",
+                "heartbeat",
+                "embedded",
+                "listen",
+                "batch",
+            ],
+        ),
         ("kpi", &["target", "timezone"]),
         ("evidence", &["enabled", "max_file_size", "max_total"]),
         ("spool", &["max_size"]),
@@ -349,10 +385,13 @@ impl AgentConfig {
     /// Validates config text.
     pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, Vec<String>> {
         let p = origin.display().to_string();
-        let mut table: toml::Table =
-            text.parse().map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
-        let mut problems: Vec<String> =
-            crate::confkeys::strip_unknown(&mut table, &SCHEMA).into_iter().map(|m| format!("{p}: {m}")).collect();
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
+        let mut problems: Vec<String> = crate::confkeys::strip_unknown(&mut table, &SCHEMA)
+            .into_iter()
+            .map(|m| format!("{p}: {m}"))
+            .collect();
         let raw: Raw = match Raw::deserialize(table) {
             Ok(r) => r,
             Err(e) => {

@@ -59,7 +59,10 @@ pub struct Engine {
     pub spool: Arc<Mutex<Spool>>,
     entries: Vec<ChangeEntry>,
     /// Evidence is copied on its own thread: a burst of new files must not delay real time.
-    evidence: Option<(std::sync::mpsc::Sender<EvidenceJob>, std::thread::JoinHandle<()>)>,
+    evidence: Option<(
+        std::sync::mpsc::Sender<EvidenceJob>,
+        std::thread::JoinHandle<()>,
+    )>,
     /// Latest scan summary per tree, sent with the next batch.
     pub summaries: BTreeMap<String, ScanSummary>,
     /// Woken as soon as events are spooled (the uplink waits on it).
@@ -69,14 +72,21 @@ pub struct Engine {
 /// One file to copy into the evidence store.
 type EvidenceJob = (PathBuf, PathBuf, String, ChangeEvent);
 
-fn start_evidence(ev: Evidence) -> (std::sync::mpsc::Sender<EvidenceJob>, std::thread::JoinHandle<()>) {
+fn start_evidence(
+    ev: Evidence,
+) -> (
+    std::sync::mpsc::Sender<EvidenceJob>,
+    std::thread::JoinHandle<()>,
+) {
     let (tx, rx) = std::sync::mpsc::channel::<EvidenceJob>();
     let handle = std::thread::Builder::new()
         .name("evidence".into())
         .spawn(move || {
             for (root, abs, host, e) in rx {
                 match ev.capture(&root, &abs, &host, &e) {
-                    Ok(blob) => tracing::info!(path = %e.path, blob = %blob.display(), "evidence kept"),
+                    Ok(blob) => {
+                        tracing::info!(path = %e.path, blob = %blob.display(), "evidence kept")
+                    }
                     Err(why) => tracing::warn!(path = %e.path, %why, "no evidence kept"),
                 }
             }
@@ -188,7 +198,12 @@ impl Engine {
         self.scan_tree(i, rehash, deploy)
     }
 
-    fn scan_tree(&mut self, i: usize, rehash: bool, deploy: Option<String>) -> Result<PassResult, String> {
+    fn scan_tree(
+        &mut self,
+        i: usize,
+        rehash: bool,
+        deploy: Option<String>,
+    ) -> Result<PassResult, String> {
         let started = Instant::now();
         let t = &self.trees[i];
         let cache = if rehash {
@@ -366,18 +381,28 @@ impl Engine {
         } else {
             tracker.observe(&t.state, observed, t0, now, deploy)
         };
-// Paths that changed in this pass are judged by `observe`; open changes of every other path
+        // Paths that changed in this pass are judged by `observe`; open changes of every other path
         // (unchanged since the last look) are re-checked against the approved state and the log.
-        let changed: BTreeSet<RelPath> =
-            pending.iter().filter(|p| p.change.is_some()).map(|p| p.path.clone()).collect();
+        let changed: BTreeSet<RelPath> = pending
+            .iter()
+            .filter(|p| p.change.is_some())
+            .map(|p| p.path.clone())
+            .collect();
         // First, so that the fresh entries observed in this pass are committed after (over) the
         // snapshot entries these items carry.
         let mut reconsidered = tracker.reconsider_open(&t.state, now, deploy, &changed);
         reconsidered.append(&mut pending);
         let pending = reconsidered;
         // 1. Number the events and find how many fit in the spool (nothing written yet).
-        let mut all: Vec<ChangeEvent> = pending.iter().flat_map(|p| p.events.iter().cloned()).collect();
-        let fit = self.spool.lock().unwrap_or_else(|e| e.into_inner()).number(&mut all);
+        let mut all: Vec<ChangeEvent> = pending
+            .iter()
+            .flat_map(|p| p.events.iter().cloned())
+            .collect();
+        let fit = self
+            .spool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .number(&mut all);
         let dropped = (all.len() - fit) as u64;
         all.truncate(fit);
         let kept = all;
@@ -411,10 +436,16 @@ impl Engine {
             tracker::commit(&mut t.state, p, &seqs);
         }
         t.state.outbox = kept.clone();
-        t.state.save(&t.dir).map_err(|e| format!("{}: {e}", t.dir.display()))?;
+        t.state
+            .save(&t.dir)
+            .map_err(|e| format!("{}: {e}", t.dir.display()))?;
         // 3. Spool (fsync), then log.
         if !kept.is_empty() {
-            self.spool.lock().unwrap_or_else(|e| e.into_inner()).append_numbered(&kept).map_err(|e| e.to_string())?;
+            self.spool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append_numbered(&kept)
+                .map_err(|e| e.to_string())?;
             if let Some(n) = &self.spooled {
                 n.notify_one();
             }
@@ -431,7 +462,12 @@ impl Engine {
                 let _ = tx.send((tree_root.clone(), abs, self.cfg.host.clone(), ev));
             }
         }
-        Ok(PassResult { events: kept, dropped, summary: None, scanned: (0, 0, 0) })
+        Ok(PassResult {
+            events: kept,
+            dropped,
+            summary: None,
+            scanned: (0, 0, 0),
+        })
     }
 
     /// Spools the saved outbox events the spool does not have: the agent died between saving a
@@ -439,13 +475,19 @@ impl Engine {
     fn recover_outboxes(&mut self) -> Result<(), SpoolError> {
         let mut spool = self.spool.lock().unwrap_or_else(|e| e.into_inner());
         let last = spool.last_seq();
-        let mut missing: Vec<ChangeEvent> =
-            self.trees.iter().flat_map(|t| t.state.outbox.iter().filter(|e| e.seq > last).cloned()).collect();
+        let mut missing: Vec<ChangeEvent> = self
+            .trees
+            .iter()
+            .flat_map(|t| t.state.outbox.iter().filter(|e| e.seq > last).cloned())
+            .collect();
         if missing.is_empty() {
             return Ok(());
         }
         missing.sort_by_key(|e| e.seq);
-        tracing::warn!(events = missing.len(), "spooling events saved just before a crash");
+        tracing::warn!(
+            events = missing.len(),
+            "spooling events saved just before a crash"
+        );
         spool.append_numbered(&missing)
     }
 

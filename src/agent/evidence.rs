@@ -102,8 +102,11 @@ impl Evidence {
         });
         let notes = self.dir.join("notes");
         std::fs::create_dir_all(&notes).map_err(|e| e.to_string())?;
-        write_renamed(&notes.join(format!("{}-{}.json", ev.tree, ev.seq)), note.to_string().as_bytes())
-            .map_err(|e| e.to_string())?;
+        write_renamed(
+            &notes.join(format!("{}-{}.json", ev.tree, ev.seq)),
+            note.to_string().as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(blob)
     }
 }

@@ -138,21 +138,26 @@ impl TreeState {
         let json_path = dir.join("state.json");
         let snap_path = dir.join("snapshot.bin");
         let json: Option<Persisted> = match std::fs::read_to_string(&json_path) {
-            Ok(t) => Some(serde_json::from_str(&t).map_err(|e| format!("{}: {e}", json_path.display()))?),
+            Ok(t) => Some(
+                serde_json::from_str(&t).map_err(|e| format!("{}: {e}", json_path.display()))?,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(format!("{}: {e}", json_path.display())),
         };
         let bin = match std::fs::read(&snap_path) {
-            Ok(bytes) => {
-                Some(decode_file(&bytes).ok_or_else(|| format!("{}: corrupt snapshot", snap_path.display()))?)
-            }
+            Ok(bytes) => Some(
+                decode_file(&bytes)
+                    .ok_or_else(|| format!("{}: corrupt snapshot", snap_path.display()))?,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(format!("{}: {e}", snap_path.display())),
         };
         let (p, entries) = match (json, bin) {
             (None, None) => return Ok(TreeState::default()),
             (Some(p), None) if p.generation == 0 => (p, None),
-            (Some(_), None) => return Err(format!("{}: snapshot.bin is missing", json_path.display())),
+            (Some(_), None) => {
+                return Err(format!("{}: snapshot.bin is missing", json_path.display()));
+            }
             (None, Some((persisted, entries))) => (persisted, Some(entries)),
             (Some(p), Some((persisted, entries))) => {
                 if persisted.generation > p.generation {
@@ -161,15 +166,27 @@ impl TreeState {
                 } else if persisted.generation == p.generation {
                     (p, Some(entries))
                 } else {
-                    return Err(format!("{}: generation {} is ahead of snapshot.bin", json_path.display(), p.generation));
+                    return Err(format!(
+                        "{}: generation {} is ahead of snapshot.bin",
+                        json_path.display(),
+                        p.generation
+                    ));
                 }
             }
         };
         if p.version != 1 {
-            return Err(format!("{}: state version {} is not 1", json_path.display(), p.version));
+            return Err(format!(
+                "{}: state version {} is not 1",
+                json_path.display(),
+                p.version
+            ));
         }
         let bad = |what: &str| format!("{}: bad {what}", json_path.display());
-        let path = |h: &str| hex::decode(h).map(RelPath::from_bytes).map_err(|_| bad("path"));
+        let path = |h: &str| {
+            hex::decode(h)
+                .map(RelPath::from_bytes)
+                .map_err(|_| bad("path"))
+        };
         let mut overlay = BTreeMap::new();
         for (k, v) in p.overlay {
             let state = match v {
@@ -205,8 +222,10 @@ impl TreeState {
                 Some(std::sync::Arc::new(m))
             }
             None if !delta.is_empty() => {
-                let m: BTreeMap<RelPath, Entry> =
-                    delta.iter().filter_map(|(k, v)| v.clone().map(|e| (k.clone(), e))).collect();
+                let m: BTreeMap<RelPath, Entry> = delta
+                    .iter()
+                    .filter_map(|(k, v)| v.clone().map(|e| (k.clone(), e)))
+                    .collect();
                 Some(std::sync::Arc::new(m))
             }
             None => None,
@@ -232,8 +251,16 @@ impl TreeState {
             manifest_created_at: self.manifest_created_at,
             last_scan: self.last_scan,
             last_full_rehash: self.last_full_rehash,
-            overlay: self.overlay.iter().map(|(k, v)| (hex::encode(k.as_bytes()), v.as_ref().map(StateDto::from))).collect(),
-            open: self.open.iter().map(|(k, v)| (hex::encode(k.as_bytes()), v.clone())).collect(),
+            overlay: self
+                .overlay
+                .iter()
+                .map(|(k, v)| (hex::encode(k.as_bytes()), v.as_ref().map(StateDto::from)))
+                .collect(),
+            open: self
+                .open
+                .iter()
+                .map(|(k, v)| (hex::encode(k.as_bytes()), v.clone()))
+                .collect(),
             generation: self.generation,
             delta: if with_delta {
                 self.delta
@@ -267,11 +294,19 @@ impl TreeState {
             self.generation += 1;
             let snap = self.snapshot.clone().unwrap_or_default();
             let p = self.persisted(false);
-            super::spool::write_atomic(&dir.join("snapshot.bin"), &encode_file(self.generation, &p, &snap))?;
+            super::spool::write_atomic(
+                &dir.join("snapshot.bin"),
+                &encode_file(self.generation, &p, &snap),
+            )?;
             self.delta.clear();
         }
         let p = self.persisted(true);
-        super::spool::write_atomic(&dir.join("state.json"), serde_json::to_string(&p).expect("state serializes").as_bytes())
+        super::spool::write_atomic(
+            &dir.join("state.json"),
+            serde_json::to_string(&p)
+                .expect("state serializes")
+                .as_bytes(),
+        )
     }
 }
 
@@ -282,7 +317,12 @@ fn encode_file(generation: u64, p: &Persisted, snap: &BTreeMap<RelPath, Entry>) 
     let mut out = Vec::with_capacity(snap.len() * 100 + 4096);
     out.extend_from_slice(FILE_MAGIC);
     out.extend_from_slice(&generation.to_le_bytes());
-    put_bytes(&mut out, serde_json::to_string(p).expect("state serializes").as_bytes());
+    put_bytes(
+        &mut out,
+        serde_json::to_string(p)
+            .expect("state serializes")
+            .as_bytes(),
+    );
     out.extend_from_slice(&encode_snapshot(snap));
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
@@ -348,8 +388,9 @@ fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
     for v in [m.mtime_ns, m.ctime_ns] {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    let flags =
-        u8::from(e.blake3.is_some()) | (u8::from(e.target.is_some()) << 1) | (u8::from(e.problem.is_some()) << 2);
+    let flags = u8::from(e.blake3.is_some())
+        | (u8::from(e.target.is_some()) << 1)
+        | (u8::from(e.problem.is_some()) << 2);
     out.push(flags);
     if let Some(h) = &e.blake3 {
         out.extend_from_slice(h);
@@ -408,11 +449,40 @@ fn decode_entry(r: &mut Reader<'_>) -> Option<Entry> {
     let (mode, uid, gid) = (r.u32()?, r.u32()?, r.u32()?);
     let (mtime_ns, ctime_ns) = (r.i64()?, r.i64()?);
     let flags = r.take(1)?[0];
-    let blake3 = if flags & 1 != 0 { Some(r.take(32)?.try_into().ok()?) } else { None };
-    let target = if flags & 2 != 0 { Some(r.bytes()?) } else { None };
-    let problem = if flags & 4 != 0 { Some(String::from_utf8(r.bytes()?).ok()?) } else { None };
-    let meta = Meta { kind, size, mode, uid, gid, mtime_ns, ctime_ns, ino, dev, nlink };
-    Some(Entry { path, meta, blake3, target, problem })
+    let blake3 = if flags & 1 != 0 {
+        Some(r.take(32)?.try_into().ok()?)
+    } else {
+        None
+    };
+    let target = if flags & 2 != 0 {
+        Some(r.bytes()?)
+    } else {
+        None
+    };
+    let problem = if flags & 4 != 0 {
+        Some(String::from_utf8(r.bytes()?).ok()?)
+    } else {
+        None
+    };
+    let meta = Meta {
+        kind,
+        size,
+        mode,
+        uid,
+        gid,
+        mtime_ns,
+        ctime_ns,
+        ino,
+        dev,
+        nlink,
+    };
+    Some(Entry {
+        path,
+        meta,
+        blake3,
+        target,
+        problem,
+    })
 }
 
 /// Decodes a snapshot; `None` when the magic, the structure or the checksum is wrong.
@@ -504,8 +574,12 @@ mod tests {
     fn delta_saves_and_compaction_survive_a_crash_between_files() {
         let dir = tempfile::tempdir().unwrap();
         let a = entry(b"a", Some([1; 32]));
-        let mut s = TreeState::default();
-        s.snapshot = Some(std::sync::Arc::new([(a.path.clone(), a.clone())].into_iter().collect()));
+        let mut s = TreeState {
+            snapshot: Some(std::sync::Arc::new(
+                [(a.path.clone(), a.clone())].into_iter().collect(),
+            )),
+            ..TreeState::default()
+        };
         s.save(dir.path()).unwrap();
         assert_eq!(s.generation, 1, "the first save writes the snapshot file");
         // A small change goes to state.json only.
@@ -523,7 +597,8 @@ mod tests {
         s.release = Some("r9".into());
         for i in 0..(COMPACT_AT + 1) {
             let e = entry(format!("x{i}").as_bytes(), None);
-            std::sync::Arc::make_mut(s.snapshot.as_mut().unwrap()).insert(e.path.clone(), e.clone());
+            std::sync::Arc::make_mut(s.snapshot.as_mut().unwrap())
+                .insert(e.path.clone(), e.clone());
             s.note(&e.path, Some(&e));
         }
         s.save(dir.path()).unwrap();

@@ -218,7 +218,11 @@ impl Tracker<'_> {
             let actual = entry.as_ref().map(State::of);
             let change = Change {
                 path: path.clone(),
-                kind: if entry.is_none() { ChangeKind::Removed } else { ChangeKind::Modified },
+                kind: if entry.is_none() {
+                    ChangeKind::Removed
+                } else {
+                    ChangeKind::Modified
+                },
                 expected: None,
                 actual: actual.clone(),
                 problem: None,
@@ -255,7 +259,11 @@ impl Tracker<'_> {
                 t0: first.t0,
                 observed_at: first.observed_at,
             };
-            let Some(status) = self.entries.iter().filter_map(|e| classify::reclassify(&c, e, now)).min()
+            let Some(status) = self
+                .entries
+                .iter()
+                .filter_map(|e| classify::reclassify(&c, e, now))
+                .min()
             else {
                 continue;
             };

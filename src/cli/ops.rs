@@ -856,15 +856,30 @@ pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<u8> {
             // Over the API an auditor seals with their own key, off the collector's box.
             let (key, records, head, first_bad) = match remote(&source)? {
                 Some(c) => {
-                    let key = key.ok_or_else(|| anyhow!("--key: the key to sign the checkpoint with"))?;
-                    let v = match runtime()?.block_on(c.get_json::<serde_json::Value>("/api/v1/audit/verify")) {
+                    let key =
+                        key.ok_or_else(|| anyhow!("--key: the key to sign the checkpoint with"))?;
+                    let v = match runtime()?
+                        .block_on(c.get_json::<serde_json::Value>("/api/v1/audit/verify"))
+                    {
                         Ok(v) => v,
-                        Err(client::ClientError::Status { status: 409, message, .. }) => bail!("refusing to seal a broken history: {message}"),
+                        Err(client::ClientError::Status {
+                            status: 409,
+                            message,
+                            ..
+                        }) => bail!("refusing to seal a broken history: {message}"),
                         Err(e) => return Err(e.into()),
                     };
                     let r = &v["report"];
-                    let head = r["head"].as_str().ok_or_else(|| anyhow!("collector returned no chain head"))?.to_string();
-                    (key, r["records"].as_u64().unwrap_or(0), head, r["first_bad"].as_str().map(String::from))
+                    let head = r["head"]
+                        .as_str()
+                        .ok_or_else(|| anyhow!("collector returned no chain head"))?
+                        .to_string();
+                    (
+                        key,
+                        r["records"].as_u64().unwrap_or(0),
+                        head,
+                        r["first_bad"].as_str().map(String::from),
+                    )
                 }
                 None => {
                     let local = open_local(&source)?;

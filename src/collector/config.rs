@@ -14,11 +14,29 @@ pub const DEFAULT_PATH: &str = "/etc/driftwatch/collector.toml";
 
 /// Every key the collector config accepts (unknown ones are all reported at once).
 const SCHEMA: crate::confkeys::Schema<'static> = crate::confkeys::Schema {
-    top: &["listen", "tls", "storage", "max_body", "silent_after", "kpi", "trust", "limits", "audit"],
+    top: &[
+        "listen",
+        "tls",
+        "storage",
+        "max_body",
+        "silent_after",
+        "kpi",
+        "trust",
+        "limits",
+        "audit",
+    ],
     tables: &[
         ("tls", &["cert", "key"]),
         ("kpi", &["target", "timezone"]),
-        ("trust", &["release_keys", "approver_keys", "require_signatures", "allow_self_approval"]),
+        (
+            "trust",
+            &[
+                "release_keys",
+                "approver_keys",
+                "require_signatures",
+                "allow_self_approval",
+            ],
+        ),
         ("limits", &["requests_per_minute", "request_timeout"]),
         ("audit", &["key", "pubkey"]),
     ],
@@ -232,10 +250,13 @@ impl CollectorConfig {
     /// Validates config text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<CollectorConfig, Vec<String>> {
         let p = origin.display();
-        let mut table: toml::Table =
-            text.parse().map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
-        let mut problems: Vec<String> =
-            crate::confkeys::strip_unknown(&mut table, &SCHEMA).into_iter().map(|m| format!("{p}: {m}")).collect();
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
+        let mut problems: Vec<String> = crate::confkeys::strip_unknown(&mut table, &SCHEMA)
+            .into_iter()
+            .map(|m| format!("{p}: {m}"))
+            .collect();
         let raw: RawConfig = match RawConfig::deserialize(table) {
             Ok(r) => r,
             Err(e) => {

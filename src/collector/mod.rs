@@ -182,9 +182,11 @@ fn tls_acceptor(t: &Tls) -> Result<tokio_rustls::TlsAcceptor, CollectorError> {
 /// (which would kill the process): the collector reads its config once, at start.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         // Without signal handlers we can still be stopped by SIGKILL; never return early.
         std::future::pending::<()>().await;
         return;

@@ -222,11 +222,17 @@ pub fn live_from(sealed_through: Option<Date>, from: Date) -> Date {
 }
 
 /// What the KPI is computed from, as fetched for a range of days.
+/// A retirement span `[from_day, to_day)`; open-ended without `to_day`.
+pub type Retirement = (String, Option<String>);
+
+/// `(name, environment, first_day, retirements)` of a host.
+pub type HostSpan = (String, String, String, Vec<Retirement>);
+
 #[derive(Debug, Default)]
 pub struct DayFacts {
     /// `(name, environment, first_day, retirements)` of each host; a retirement is the span of
     /// days `[from, to)` (open-ended without `to`) in which it had no live agent token.
-    pub hosts: Vec<(String, String, String, Vec<(String, Option<String>)>)>,
+    pub hosts: Vec<HostSpan>,
     /// `(host, day)` pairs with a heartbeat or report.
     pub presence: HashSet<(String, String)>,
     /// `(host, day)` → `[changes, authorized, retroactive, unauthorized, unverifiable]`.

@@ -858,7 +858,7 @@ fn compute_days(
     let mut hosts_st = tx
         .prepare_cached("SELECT name, environment, first_day FROM hosts WHERE ?1 = '' OR name = ?1")
         .map_err(db("kpi"))?;
-    let hosts: Vec<(String, String, String, Vec<(String, Option<String>)>)> = hosts_st
+    let hosts: Vec<records::HostSpan> = hosts_st
         .query_map([host_filter], |r| {
             let name: String = r.get(0)?;
             let spans = retirements.get(&name).cloned().unwrap_or_default();
