@@ -21,7 +21,7 @@ use super::{
     ChainHead, ChainReport, EventQuery, HostInfo, Role, Store, StoreError, StoredChange,
     StoredEvent, StoredManifest, Token,
 };
-use crate::event::{ChangeEvent, EventBatch, Heartbeat, IngestResult};
+use crate::event::{EventBatch, Heartbeat, IngestResult};
 use crate::kpi::HostDay;
 use crate::timefmt;
 
@@ -1080,9 +1080,4 @@ fn projection_problems(conn: &Connection, ctx: &str) -> Res<Vec<(i64, String)>> 
         out.extend(row.map_err(db(ctx))?.problem());
     }
     Ok(out)
-}
-
-/// The `seq` of an event as `u64`, for callers that only have the event.
-pub fn event_seq(e: &ChangeEvent) -> u64 {
-    e.seq
 }
