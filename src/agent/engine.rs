@@ -34,6 +34,24 @@ pub struct TreeRuntime {
     pub manifest: Option<Manifest>,
     dir: PathBuf,
     warned: BTreeSet<String>,
+    /// Stat stamps of the manifest file and its signature when last read: unchanged files are
+    /// not read, verified and parsed again (a large manifest costs real time on every pass).
+    manifest_stamp: Option<[Option<Stamp>; 2]>,
+}
+
+/// Size, mtime, ctime (ns), inode, device: what changes when a file is rewritten or replaced.
+type Stamp = (u64, i64, i64, u64, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.size(),
+        m.mtime_nsec() + m.mtime() * 1_000_000_000,
+        m.ctime_nsec() + m.ctime() * 1_000_000_000,
+        m.ino(),
+        m.dev(),
+    ))
 }
 
 /// What one observation pass produced, for reports.
@@ -67,6 +85,8 @@ pub struct Engine {
     pub summaries: BTreeMap<String, ScanSummary>,
     /// Woken as soon as events are spooled (the uplink waits on it).
     pub spooled: Option<Arc<tokio::sync::Notify>>,
+    /// The change directory's listing with stat stamps when it was last loaded.
+    changes_stamp: Option<Vec<(std::ffi::OsString, Option<Stamp>)>>,
 }
 
 /// One file to copy into the evidence store.
@@ -127,6 +147,7 @@ impl Engine {
             evidence: Some(start_evidence(evidence)),
             summaries: BTreeMap::new(),
             spooled: None,
+            changes_stamp: None,
             cfg,
         };
         e.sync_trees();
@@ -137,6 +158,7 @@ impl Engine {
     /// Replaces the settings (SIGHUP): trees added are loaded, trees removed are dropped.
     pub fn reload(&mut self, cfg: AgentConfig) {
         self.cfg = cfg;
+        self.changes_stamp = None;
         self.sync_trees();
     }
 
@@ -150,6 +172,8 @@ impl Engine {
         for w in wanted {
             if let Some(t) = self.trees.iter_mut().find(|t| t.cfg.name == w.name) {
                 t.cfg = w;
+                // Keys may have changed: judge the manifest again.
+                t.manifest_stamp = None;
                 continue;
             }
             let dir = state::tree_dir(&self.cfg.state_dir, &w.name);
@@ -165,6 +189,7 @@ impl Engine {
                 manifest,
                 dir,
                 warned: BTreeSet::new(),
+                manifest_stamp: None,
             });
         }
     }
@@ -173,6 +198,20 @@ impl Engine {
         let Some(dir) = &self.cfg.changes_dir else {
             return;
         };
+        // Listing and stat'ing the directory is cheap; reading and verifying every entry is not.
+        let listing: Vec<(std::ffi::OsString, Option<Stamp>)> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| (e.file_name(), stamp(&e.path())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut listing = listing;
+        listing.sort();
+        if self.changes_stamp.as_ref() == Some(&listing) {
+            return;
+        }
+        self.changes_stamp = Some(listing);
         match changelog::load_dir(dir, &self.cfg.change_policy()) {
             Ok(log) => {
                 for r in &log.refused {
@@ -225,27 +264,25 @@ impl Engine {
         // Release the cache's reference so committing does not copy the snapshot.
         drop(opts);
         let scanned = (snap.stats.files, snap.stats.dirs, snap.stats.bytes);
-        let mut paths: BTreeMap<RelPath, Option<Entry>> = BTreeMap::new();
-        if let Some(prev) = &t.state.snapshot {
-            for p in prev.keys() {
-                paths.insert(p.clone(), None);
+        let observed = match &t.state.snapshot {
+            // Only what differs from the last observation is judged: a re-scan of an unchanged
+            // tree allocates nothing per path.
+            Some(prev) => differing(prev, snap.entries),
+            None => {
+                let mut paths: BTreeMap<RelPath, Option<Entry>> = BTreeMap::new();
+                if let Some(m) = &t.manifest {
+                    for e in &m.entries {
+                        paths.insert(e.path.clone(), None);
+                    }
+                }
+                for e in snap.entries {
+                    paths.insert(e.path.clone(), Some(e));
+                }
+                paths.into_iter().collect()
             }
-        } else if let Some(m) = &t.manifest {
-            for e in &m.entries {
-                paths.insert(e.path.clone(), None);
-            }
-        }
-        for e in snap.entries {
-            paths.insert(e.path.clone(), Some(e));
-        }
+        };
         let now = Timestamp::now();
-        let mut result = self.pass(
-            i,
-            paths.into_iter().collect(),
-            now,
-            deploy.as_deref(),
-            false,
-        )?;
+        let mut result = self.pass(i, observed, now, deploy.as_deref(), false)?;
         let t = &mut self.trees[i];
         t.state.last_scan = Some(now);
         if rehash {
@@ -262,6 +299,10 @@ impl Engine {
             .save(&t.dir)
             .map_err(|e| format!("{}: {e}", t.dir.display()))?;
         self.summaries.insert(t.cfg.name.clone(), summary.clone());
+        // A full scan frees a whole tree's worth of temporary entries: give them back to the
+        // system instead of keeping the peak as resident memory.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
         result.summary = Some(summary);
         result.scanned = scanned;
         Ok(result)
@@ -498,6 +539,11 @@ impl Engine {
         let keys = self.cfg.release_keys.clone();
         let t = &mut self.trees[i];
         let path = t.cfg.manifest.clone()?;
+        let now_stamp = [stamp(&path), stamp(&sign::sig_path(&path))];
+        if t.manifest_stamp == Some(now_stamp) {
+            return None;
+        }
+        t.manifest_stamp = Some(now_stamp);
         let loaded = (|| -> Result<(Manifest, Vec<u8>), String> {
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             if require || !keys.is_empty() {
@@ -551,6 +597,24 @@ impl Engine {
             }
         }
     }
+}
+
+/// Paths whose entry differs between the previous snapshot and a new scan (both sorted), with
+/// the new entry (`None`: gone). A merge: O(n), nothing built for the paths that are equal.
+fn differing(prev: &BTreeMap<RelPath, Entry>, now: Vec<Entry>) -> Vec<(RelPath, Option<Entry>)> {
+    let mut out = Vec::new();
+    let mut old = prev.iter().peekable();
+    for e in now {
+        while let Some((p, _)) = old.next_if(|(p, _)| **p < e.path) {
+            out.push((p.clone(), None));
+        }
+        match old.next_if(|(p, _)| **p == e.path) {
+            Some((_, o)) if *o == e => {}
+            _ => out.push((e.path.clone(), Some(e))),
+        }
+    }
+    out.extend(old.map(|(p, _)| (p.clone(), None)));
+    out
 }
 
 /// One greppable line per event.

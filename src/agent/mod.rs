@@ -377,8 +377,10 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
         })
     };
 
-    let _ = ready_rx.await;
+    // Watches go up before the first scan ends, so nothing written meanwhile is missed (its
+    // events wait in the engine's queue until the scan is done).
     let mut watchers = watch::start(&cfg, tx.clone());
+    let _ = ready_rx.await;
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&status_line(cfg.trees.len(), &spool)),

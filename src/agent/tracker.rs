@@ -6,7 +6,7 @@
 //! for an item whose events made it into the spool: an event dropped from a full spool leaves its
 //! path unobserved, so the next scan finds the change again (the resync).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
@@ -55,23 +55,19 @@ pub struct Tracker<'a> {
 }
 
 impl Tracker<'_> {
-    /// The approved state of a path: the overlay first, then the manifest.
-    fn approved(
-        &self,
-        state: &TreeState,
-        index: &HashMap<&RelPath, &State>,
-        path: &RelPath,
-    ) -> Option<State> {
+    /// The approved state of a path: the overlay first, then the manifest (its entries are
+    /// sorted by path: a binary search, no index to build per pass).
+    fn approved(&self, state: &TreeState, path: &RelPath) -> Option<State> {
         match state.overlay.get(path) {
             Some(o) => o.clone(),
-            None => index.get(path).map(|s| (*s).clone()),
+            None => {
+                let entries = &self.manifest?.entries;
+                entries
+                    .binary_search_by(|e| e.path.cmp(path))
+                    .ok()
+                    .map(|i| entries[i].state.clone())
+            }
         }
-    }
-
-    fn index(&self) -> HashMap<&RelPath, &State> {
-        self.manifest
-            .map(|m| m.entries.iter().map(|e| (&e.path, &e.state)).collect())
-            .unwrap_or_default()
     }
 
     /// Judges observations of `observed` paths made in the window (t0, now]; `deploy` is the
@@ -84,7 +80,6 @@ impl Tracker<'_> {
         now: Timestamp,
         deploy: Option<&str>,
     ) -> Vec<Pending> {
-        let index = self.index();
         let ctx = Context {
             host: self.host,
             tree: &self.tree.name,
@@ -102,7 +97,7 @@ impl Tracker<'_> {
             // Before the first observation, the previous state is the approved one.
             let before: Option<State> = match &state.snapshot {
                 Some(s) => s.get(&path).map(State::of),
-                None => self.approved(state, &index, &path),
+                None => self.approved(state, &path),
             };
             let after = entry.as_ref().map(State::of);
             let problem = entry.as_ref().and_then(|e| e.problem.clone());
@@ -140,7 +135,7 @@ impl Tracker<'_> {
                 problem,
                 ctime_ns: None,
             };
-            let approved = self.approved(state, &index, &path);
+            let approved = self.approved(state, &path);
             let at_approved = change.problem.is_none()
                 && match (&approved, &after) {
                     (None, None) => true,
@@ -208,7 +203,6 @@ impl Tracker<'_> {
         let Some(snap) = &state.snapshot else {
             return out;
         };
-        let index = self.index();
         for (path, open) in &state.open {
             let Some(first) = open.first() else { continue };
             if observed.contains(path) {
@@ -238,7 +232,7 @@ impl Tracker<'_> {
                 closes: false,
                 opens: None,
             };
-            let approved = self.approved(state, &index, path);
+            let approved = self.approved(state, path);
             let at_approved = match (&approved, &actual) {
                 (None, None) => true,
                 (Some(a), Some(b)) => diff::compare(a, b).is_none(),

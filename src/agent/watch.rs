@@ -1,23 +1,37 @@
-//! Real-time detection with inotify (through notify), debounced per tree.
+//! Real-time detection with inotify, debounced per tree.
 //!
-//! A queue overflow ("rescan needed", possibly with no paths) or a watch-limit failure turns into
-//! a full scan of that tree, logged once per episode (DESIGN §9b): losing events must never mean
-//! silence.
+//! Our own small recursive watcher on the `inotify` crate rather than `notify`: notify always
+//! asks for `IN_OPEN`, so every file the agent itself reads while scanning (and every page a web
+//! server serves) would flood the kernel queue and force a rescan. Here the mask is only what
+//! changes content or names. A queue overflow or a watch-limit failure turns into a full scan of
+//! that tree, logged once per episode (DESIGN §9b): losing events must never mean silence.
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-use notify::{EventKind, RecursiveMode, Watcher};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
 use super::Command;
-use super::config::AgentConfig;
+use super::config::{AgentConfig, TreeConfig};
 
-/// Keeps the watchers alive; dropping it stops them.
+/// Keeps the watchers alive; dropping it stops and joins their threads.
 pub struct Watchers {
-    _watchers: Vec<notify::RecommendedWatcher>,
-    _threads: Vec<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 enum Msg {
@@ -28,75 +42,177 @@ enum Msg {
 /// Starts one watcher per tree (when `scan.realtime`); events reach the engine as
 /// [`Command::Touched`] after `scan.debounce` of quiet, or [`Command::Scan`] on overflow.
 pub fn start(cfg: &AgentConfig, engine: Sender<Command>) -> Watchers {
-    let mut watchers = Vec::new();
+    let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     if !cfg.realtime {
-        return Watchers {
-            _watchers: watchers,
-            _threads: threads,
-        };
+        return Watchers { stop, threads };
     }
     for tree in &cfg.trees {
         let (tx, rx) = std::sync::mpsc::channel::<Msg>();
-        let name = tree.name.clone();
-        let tx2 = tx.clone();
-        let handler = move |res: notify::Result<notify::Event>| match res {
-            Ok(ev) if ev.need_rescan() => {
-                let _ = tx2.send(Msg::Rescan("the kernel's event queue overflowed".into()));
-            }
-            Ok(ev) => {
-                if matches!(
-                    ev.kind,
-                    EventKind::Access(notify::event::AccessKind::Open(_))
-                        | EventKind::Access(notify::event::AccessKind::Read)
-                ) {
-                    return;
-                }
-                let _ = tx2.send(Msg::Paths(ev.paths));
-            }
-            Err(e) => {
-                let _ = tx2.send(Msg::Rescan(format!("watch error: {e}")));
-            }
-        };
-        let mut w = match notify::recommended_watcher(handler) {
+        let mut watcher = match TreeWatcher::new(tree, tx.clone()) {
             Ok(w) => w,
             Err(e) => {
-                tracing::error!(tree = %name, error = %e, "real time unavailable; relying on scheduled scans");
+                tracing::error!(tree = %tree.name, error = %e, "real time unavailable; relying on scheduled scans");
                 continue;
             }
         };
-        if let Err(e) = w.watch(&tree.root, RecursiveMode::Recursive) {
-            tracing::error!(tree = %name, error = %e,
-                "real time unavailable (inotify watch limit? raise fs.inotify.max_user_watches); relying on scheduled scans");
-            let _ = engine.send(Command::Scan {
-                tree: Some(name.clone()),
-                rehash: Some(false),
-            });
-            continue;
-        }
-        // A manifest kept outside the tree is watched too: its arrival is what makes a deploy.
-        let mut own = Vec::new();
-        if let Some(m) = &tree.manifest {
-            own = vec![m.clone(), crate::sign::sig_path(m)];
-            if !m.starts_with(&tree.root)
-                && let Some(dir) = m.parent()
-                && let Err(e) = w.watch(dir, RecursiveMode::NonRecursive)
-            {
-                tracing::warn!(tree = %name, dir = %dir.display(), error = %e, "cannot watch the manifest's directory; new releases are picked up by the next scan");
-            }
-        }
-        watchers.push(w);
-        let debounce = cfg.debounce;
-        let root = tree.root.clone();
-        let exclude = tree.exclude.clone();
+        let stop2 = stop.clone();
+        threads.push(std::thread::spawn(move || watcher.run(&stop2)));
+        let own: Vec<PathBuf> = tree
+            .manifest
+            .iter()
+            .flat_map(|m| [m.clone(), crate::sign::sig_path(m)])
+            .collect();
+        let (name, root, exclude, debounce) = (
+            tree.name.clone(),
+            tree.root.clone(),
+            tree.exclude.clone(),
+            cfg.debounce,
+        );
         let engine = engine.clone();
         threads.push(std::thread::spawn(move || {
             debounce_loop(name, root, own, exclude, debounce, rx, engine)
         }));
     }
-    Watchers {
-        _watchers: watchers,
-        _threads: threads,
+    Watchers { stop, threads }
+}
+
+/// Only what changes content, metadata or names; never opens or reads.
+fn mask() -> WatchMask {
+    WatchMask::ATTRIB
+        | WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::MODIFY
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+        | WatchMask::DONT_FOLLOW
+        | WatchMask::EXCL_UNLINK
+}
+
+struct TreeWatcher {
+    name: String,
+    cross_filesystems: bool,
+    inotify: Inotify,
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    tx: Sender<Msg>,
+    limit_logged: bool,
+}
+
+impl TreeWatcher {
+    fn new(tree: &TreeConfig, tx: Sender<Msg>) -> std::io::Result<TreeWatcher> {
+        let mut w = TreeWatcher {
+            name: tree.name.clone(),
+            cross_filesystems: tree.cross_filesystems,
+            inotify: Inotify::init()?,
+            dirs: HashMap::new(),
+            tx,
+            limit_logged: false,
+        };
+        w.watch_tree(&tree.root);
+        // A manifest kept outside the tree is watched too: its arrival is what makes a deploy.
+        if let Some(m) = &tree.manifest
+            && !m.starts_with(&tree.root)
+            && let Some(dir) = m.parent()
+        {
+            w.add(dir);
+        }
+        Ok(w)
+    }
+
+    fn add(&mut self, dir: &Path) {
+        match self.inotify.watches().add(dir, mask()) {
+            Ok(wd) => {
+                self.dirs.insert(wd, dir.to_path_buf());
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                if !self.limit_logged {
+                    tracing::error!(tree = %self.name, dir = %dir.display(),
+                        "inotify watch limit reached (raise fs.inotify.max_user_watches): parts of the tree rely on scheduled scans");
+                    self.limit_logged = true;
+                    let _ = self
+                        .tx
+                        .send(Msg::Rescan("inotify watch limit reached".into()));
+                }
+            }
+            Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory"),
+        }
+    }
+
+    /// Watches `dir` and every directory below it (never following symlinks).
+    fn watch_tree(&mut self, dir: &Path) {
+        let walker = walkdir::WalkDir::new(dir)
+            .follow_links(false)
+            .same_file_system(!self.cross_filesystems);
+        for e in walker.into_iter().filter_map(|e| e.ok()) {
+            if e.file_type().is_dir() {
+                self.add(e.path());
+            }
+        }
+    }
+
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let fd = self.inotify.as_raw_fd();
+        while !stop.load(Ordering::Relaxed) {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; a timeout lets the thread notice `stop`.
+            let n = unsafe { libc::poll(&mut pfd, 1, 250) };
+            if n <= 0 {
+                continue;
+            }
+            let events: Vec<(WatchDescriptor, EventMask, Option<std::ffi::OsString>)> =
+                match self.inotify.read_events(&mut buf) {
+                    Ok(evs) => evs
+                        .map(|e| (e.wd, e.mask, e.name.map(|n| n.to_os_string())))
+                        .collect(),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => {
+                        let _ = self
+                            .tx
+                            .send(Msg::Rescan(format!("inotify read failed: {e}")));
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+            let mut paths = Vec::new();
+            for (wd, m, name) in events {
+                if m.contains(EventMask::Q_OVERFLOW) {
+                    let _ = self
+                        .tx
+                        .send(Msg::Rescan("the kernel's event queue overflowed".into()));
+                    continue;
+                }
+                if m.contains(EventMask::IGNORED) {
+                    self.dirs.remove(&wd);
+                    continue;
+                }
+                let Some(dir) = self.dirs.get(&wd).cloned() else {
+                    continue;
+                };
+                let path = match name {
+                    Some(n) => dir.join(n),
+                    None => dir,
+                };
+                // A new (or moved-in) directory: watch it and everything already inside it; the
+                // engine re-walks it, so files created before the watch existed are seen too.
+                if m.contains(EventMask::ISDIR)
+                    && (m.contains(EventMask::CREATE) || m.contains(EventMask::MOVED_TO))
+                {
+                    self.watch_tree(&path);
+                }
+                paths.push(path);
+            }
+            if !paths.is_empty() && self.tx.send(Msg::Paths(paths)).is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -110,7 +226,7 @@ fn debounce_loop(
     engine: Sender<Command>,
 ) {
     let mut overflowing = false;
-    // Blocks until the watcher is dropped (the channel closes).
+    // Ends when the watcher thread stops (the channel closes).
     while let Ok(first) = rx.recv() {
         let mut paths = BTreeSet::new();
         let mut rescan: Option<String> = None;
@@ -129,14 +245,23 @@ fn debounce_loop(
             Msg::Rescan(why) => rescan = Some(why),
         };
         take(first, &mut paths);
-        let deadline = std::time::Instant::now() + debounce;
+        // Wait for `debounce` of quiet (a file being written is judged once, when it is done),
+        // but never longer than a bound, so a steady stream of writes is still reported promptly.
+        let start = std::time::Instant::now();
+        let cap = start + (debounce * 5).max(Duration::from_millis(500));
+        let mut deadline = start + debounce;
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline
+                .min(cap)
+                .saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 break;
             }
             match rx.recv_timeout(left) {
-                Ok(m) => take(m, &mut paths),
+                Ok(m) => {
+                    take(m, &mut paths);
+                    deadline = std::time::Instant::now() + debounce;
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             }
