@@ -6,7 +6,6 @@
 //! thrown away and the file hashed again (AIDE's rule). mmap is never used: a file truncated under
 //! a mapping raises SIGBUS and would kill the daemon (DESIGN §9b).
 
-use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -21,10 +20,6 @@ const RAYON_THRESHOLD: u64 = 4 << 20;
 const BUF_SIZE: usize = 256 << 10;
 /// How many times a file that changes under us is re-read before we report it as changing.
 const ATTEMPTS: usize = 3;
-
-thread_local! {
-    static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; BUF_SIZE]);
-}
 
 /// `O_NOATIME` fails with EPERM on files we do not own unless we are root; remember that once.
 static NOATIME_OK: AtomicBool = AtomicBool::new(true);
@@ -91,31 +86,32 @@ fn open_no_follow(path: &Path) -> io::Result<File> {
 
 /// Streams `file` through BLAKE3 and returns the hash and the number of bytes read.
 fn hash_reader(mut file: &File, size_hint: u64) -> io::Result<([u8; 32], u64)> {
-    BUF.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        let mut hasher = blake3::Hasher::new();
-        let mut total = 0u64;
-        loop {
-            let n = match file.read(&mut buf[..]) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if size_hint >= RAYON_THRESHOLD {
-                hasher.update_rayon(&buf[..n]);
-            } else {
-                hasher.update(&buf[..n]);
-            }
-            total += n as u64;
-            // At the size fstat gave, stop without the extra read that would return 0: if the
-            // file grew meanwhile, the fstat after hashing shows it and the hash is redone.
-            if total == size_hint && n < buf.len() {
-                break;
-            }
+    // A buffer per file, sized to the file: small files get a small heap allocation, big ones
+    // BUF_SIZE. (A shared thread-local buffer is not safe here: inside `update_rayon` this
+    // thread may run another file's hashing task while it waits.)
+    let mut buf = vec![0u8; (size_hint as usize).saturating_add(1).min(BUF_SIZE)];
+    let mut hasher = blake3::Hasher::new();
+    let mut total = 0u64;
+    loop {
+        let n = match file.read(&mut buf[..]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if size_hint >= RAYON_THRESHOLD {
+            hasher.update_rayon(&buf[..n]);
+        } else {
+            hasher.update(&buf[..n]);
         }
-        Ok((*hasher.finalize().as_bytes(), total))
-    })
+        total += n as u64;
+        // At the size fstat gave, stop without the extra read that would return 0: if the
+        // file grew meanwhile, the fstat after hashing shows it and the hash is redone.
+        if total == size_hint && n < buf.len() {
+            break;
+        }
+    }
+    Ok((*hasher.finalize().as_bytes(), total))
 }
 
 /// Metadata of a path without following a final symlink.
@@ -175,5 +171,46 @@ mod tests {
             Hashed::NotRegular(m) => assert_eq!(m.kind, Kind::Fifo),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn large_files_hashed_in_parallel_do_not_share_a_buffer() {
+        // Small and large files hashed together on a 2-thread pool, large ones with update_rayon
+        // (whose joins let a worker run other files' tasks): every hash must stay right.
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        for i in 0..40u32 {
+            let len = if i % 10 == 0 {
+                24 << 20
+            } else {
+                1000 + i as usize
+            };
+            let data: Vec<u8> = (0..len).map(|j| (j as u32 ^ i) as u8).collect();
+            let p = dir.path().join(format!("f{i}"));
+            std::fs::write(&p, &data).unwrap();
+            files.push((p, hash_bytes(&data)));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let results = std::sync::Mutex::new(Vec::new());
+        for _ in 0..3 {
+            pool.scope(|s| {
+                for (p, want) in &files {
+                    let results = &results;
+                    s.spawn(move |_| {
+                        let got = match hash_file(p).unwrap() {
+                            Hashed::File(_, h) => h,
+                            other => panic!("{other:?}"),
+                        };
+                        results.lock().unwrap().push(got == *want);
+                    });
+                }
+            });
+        }
+        let r = results.into_inner().unwrap();
+        assert_eq!(r.len(), 3 * files.len());
+        assert!(r.iter().all(|ok| *ok));
     }
 }
