@@ -72,7 +72,6 @@ pub struct CheckOutcome {
 /// Runs a one-shot check. The observation window is (manifest `created_at`, now].
 pub fn run(opts: &CheckOptions) -> Result<CheckOutcome, CheckError> {
     let mut warnings = Vec::new();
-    let (manifest, manifest_signed) = load_manifest(&opts.manifest, &opts.pubkeys, &mut warnings)?;
     let log = load_changes(opts, &mut warnings)?;
     let exclude = glob::path_set(&opts.exclude).map_err(CheckError::Exclude)?;
     let walk = WalkOptions {
@@ -86,7 +85,22 @@ pub fn run(opts: &CheckOptions) -> Result<CheckOutcome, CheckError> {
         progress: opts.progress.clone(),
         ..ScanOptions::default()
     };
-    let snap = snapshot::scan(&opts.root, &scan_opts)?;
+    // Reading, verifying and parsing a large manifest is serial work: do it while the tree is
+    // being hashed instead of before. The scan never looks at the manifest.
+    let (loaded, snap) = std::thread::scope(|s| {
+        let manifest = s.spawn(|| {
+            let mut w = Vec::new();
+            load_manifest(&opts.manifest, &opts.pubkeys, &mut w).map(|m| (m, w))
+        });
+        let snap = snapshot::scan(&opts.root, &scan_opts);
+        let loaded = manifest
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (loaded, snap)
+    });
+    let ((manifest, manifest_signed), manifest_warnings) = loaded?;
+    warnings.splice(0..0, manifest_warnings);
+    let snap = snap?;
     if let Some(p) = &opts.progress {
         p.finish_and_clear();
     }

@@ -18,6 +18,8 @@ use crate::snapshot::{Kind, Meta};
 const RAYON_THRESHOLD: u64 = 4 << 20;
 /// Read buffer size: large enough to amortise syscalls, small enough to stay in L2.
 const BUF_SIZE: usize = 256 << 10;
+/// Read buffer for files hashed with `update_rayon`: bigger pieces split better across cores.
+const BIG_BUF_SIZE: usize = 2 << 20;
 /// How many times a file that changes under us is re-read before we report it as changing.
 const ATTEMPTS: usize = 3;
 
@@ -89,7 +91,12 @@ fn hash_reader(mut file: &File, size_hint: u64) -> io::Result<([u8; 32], u64)> {
     // A buffer per file, sized to the file: small files get a small heap allocation, big ones
     // BUF_SIZE. (A shared thread-local buffer is not safe here: inside `update_rayon` this
     // thread may run another file's hashing task while it waits.)
-    let mut buf = vec![0u8; (size_hint as usize).saturating_add(1).min(BUF_SIZE)];
+    let cap = if size_hint >= RAYON_THRESHOLD {
+        BIG_BUF_SIZE
+    } else {
+        BUF_SIZE
+    };
+    let mut buf = vec![0u8; (size_hint as usize).saturating_add(1).min(cap)];
     let mut hasher = blake3::Hasher::new();
     let mut total = 0u64;
     loop {

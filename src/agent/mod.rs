@@ -244,11 +244,15 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
     // Engine thread: owns the state; everything else talks to it through `tx`.
     let (tx, rx) = mpsc::channel::<Command>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    // Dropped when the engine thread ends, however it ends: a dead engine must stop the agent
+    // (systemd restarts it) rather than leave a process that looks alive and watches nothing.
+    let (alive_tx, mut alive_rx) = tokio::sync::oneshot::channel::<()>();
     let engine_thread = {
         let wake = wake.clone();
         let summaries = summaries.clone();
         let last_scan = last_scan.clone();
         std::thread::Builder::new().name("engine".into()).spawn(move || {
+            let _alive = alive_tx;
             let mut ready = Some(ready_tx);
             let trees: Vec<String> = engine.trees.iter().map(|t| t.cfg.name.clone()).collect();
             for name in trees {
@@ -430,6 +434,10 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = &mut alive_rx => {
+                tracing::error!("the engine thread stopped unexpectedly; exiting so the service manager restarts the agent");
+                anyhow::bail!("engine thread stopped unexpectedly");
+            }
         }
     }
     tracing::info!("stopping: finishing the work in flight");
