@@ -248,7 +248,7 @@ fn debounce_loop(
         // Wait for `debounce` of quiet (a file being written is judged once, when it is done),
         // but never longer than a bound, so a steady stream of writes is still reported promptly.
         let start = std::time::Instant::now();
-        let cap = start + (debounce * 5).max(Duration::from_millis(500));
+        let cap = start + (debounce * 4).max(Duration::from_millis(100));
         let mut deadline = start + debounce;
         loop {
             let left = deadline
