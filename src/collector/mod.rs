@@ -89,6 +89,7 @@ impl Collector {
 
     /// Serves until `shutdown` completes, then lets requests in flight finish (up to 30 s).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let sealer = tokio::spawn(seal_finished_days(self.state.clone()));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // Slow-loris guard: a client must send its headers promptly.
@@ -151,11 +152,32 @@ impl Collector {
                 }
             });
         }
+        sealer.abort();
         if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
             .await
             .is_err()
         {
             tracing::warn!("requests still running after 30 s; closing them");
+        }
+    }
+}
+
+/// Seals each finished day into the chained KPI rows soon after it ends (every 10 minutes it
+/// asks for today's facts, which seals what came before), so no reader ever waits for a backlog.
+async fn seal_finished_days(state: Arc<api::AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let store = state.store.clone();
+        let tz = state.cfg.timezone.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let now = jiff::Timestamp::now();
+            let today = now.to_zoned(tz).date();
+            store.host_days(today, today, None, now).map(|_| ())
+        })
+        .await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "sealing finished days failed; will retry");
         }
     }
 }
