@@ -72,17 +72,7 @@ impl Sink {
             }),
             Sink::Remote(c) => c.post_json("/api/v1/events", &batch).await,
             Sink::Embedded(store) => {
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || store.ingest(&batch, Timestamp::now()))
-                    .await
-                    .map_err(|e| ClientError::Transport {
-                        url: "embedded".into(),
-                        message: e.to_string(),
-                    })?
-                    .map_err(|e| ClientError::Transport {
-                        url: "embedded".into(),
-                        message: e.to_string(),
-                    })
+                in_store(store, move |s| s.ingest(&batch, Timestamp::now())).await
             }
         }
     }
@@ -95,20 +85,26 @@ impl Sink {
                 .await
                 .map(|_| ()),
             Sink::Embedded(store) => {
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || store.record_heartbeat(&hb, Timestamp::now()))
-                    .await
-                    .map_err(|e| ClientError::Transport {
-                        url: "embedded".into(),
-                        message: e.to_string(),
-                    })?
-                    .map_err(|e| ClientError::Transport {
-                        url: "embedded".into(),
-                        message: e.to_string(),
-                    })
+                in_store(store, move |s| s.record_heartbeat(&hb, Timestamp::now())).await
             }
         }
     }
+}
+
+/// Runs store work of the embedded collector off the async runtime, with the uplink's error type.
+async fn in_store<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    f: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ClientError> {
+    let store = store.clone();
+    let err = |message: String| ClientError::Transport {
+        url: "embedded".into(),
+        message,
+    };
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(e.to_string()))
 }
 
 /// The collector settings of the embedded mode, derived from the agent's.
