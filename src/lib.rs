@@ -14,6 +14,7 @@ pub mod daily;
 pub mod diff;
 pub mod event;
 pub mod exit;
+pub mod fsutil;
 pub mod glob;
 pub mod hash;
 pub mod kpi;

@@ -470,18 +470,7 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// Writes a file atomically: temp file in the same directory, fsync, rename.
+/// [`crate::fsutil::write_atomic`] with the path in the error, for commands.
 pub fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).with_context(|| dir.display().to_string())?;
-    tmp.write_all(data)
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| path.display().to_string())?;
-    tmp.persist(path)
-        .with_context(|| path.display().to_string())?;
-    Ok(())
+    crate::fsutil::write_atomic(path, data).with_context(|| path.display().to_string())
 }
