@@ -56,6 +56,64 @@ pub struct TrustedKey {
     pub key: PublicKey,
 }
 
+/// The `[trust]` table shared by the agent and collector configs: which keys are trusted.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustTable {
+    /// Keys release manifests must verify against.
+    #[serde(default)]
+    pub release_keys: Vec<PathBuf>,
+    /// Refuse unsigned manifests and change entries.
+    #[serde(default = "signatures_required")]
+    pub require_signatures: bool,
+    /// Keys change entries must verify against.
+    #[serde(default)]
+    pub approver_keys: Vec<PathBuf>,
+    /// Accept entries approved by their own requester.
+    #[serde(default)]
+    pub allow_self_approval: bool,
+}
+
+fn signatures_required() -> bool {
+    true
+}
+
+// Written out: a derived Default would make a missing [trust] table mean "no signatures needed".
+impl Default for TrustTable {
+    fn default() -> Self {
+        TrustTable {
+            release_keys: Vec::new(),
+            require_signatures: true,
+            approver_keys: Vec::new(),
+            allow_self_approval: false,
+        }
+    }
+}
+
+impl TrustTable {
+    /// Loads the release and approver keys; each unreadable key is reported through `bad`
+    /// (with its config key name) and left out, so every problem is listed at once.
+    pub fn load_keys(
+        &self,
+        bad: &mut dyn FnMut(&str, String),
+    ) -> (Vec<TrustedKey>, Vec<TrustedKey>) {
+        let mut load = |name: &str, paths: &[PathBuf]| -> Vec<TrustedKey> {
+            paths
+                .iter()
+                .filter_map(|k| {
+                    load_public_key(k)
+                        .map_err(|e| bad(name, e.to_string()))
+                        .ok()
+                })
+                .collect()
+        };
+        (
+            load("trust.release_keys", &self.release_keys),
+            load("trust.approver_keys", &self.approver_keys),
+        )
+    }
+}
+
 /// The `.minisig` path for a file.
 pub fn sig_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::collector::config::parse_size;
 use crate::glob;
-use crate::sign::{self, TrustedKey};
+use crate::sign::TrustedKey;
 use crate::timefmt;
 
 /// Default config path.
@@ -80,7 +80,7 @@ struct Raw {
     #[serde(default)]
     changes: RawChanges,
     #[serde(default)]
-    trust: RawTrust,
+    trust: crate::sign::TrustTable,
     #[serde(default)]
     collector: RawCollector,
     #[serde(default)]
@@ -134,30 +134,6 @@ impl Default for RawScan {
 #[serde(deny_unknown_fields)]
 struct RawChanges {
     dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTrust {
-    #[serde(default)]
-    release_keys: Vec<PathBuf>,
-    #[serde(default)]
-    approver_keys: Vec<PathBuf>,
-    #[serde(default = "yes")]
-    require_signatures: bool,
-    #[serde(default)]
-    allow_self_approval: bool,
-}
-
-impl Default for RawTrust {
-    fn default() -> Self {
-        RawTrust {
-            release_keys: vec![],
-            approver_keys: vec![],
-            require_signatures: true,
-            allow_self_approval: false,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -473,18 +449,7 @@ impl AgentConfig {
                 cross_filesystems: t.cross_filesystems,
             });
         }
-        let mut keys = |key: &str, paths: &[PathBuf]| -> Vec<TrustedKey> {
-            paths
-                .iter()
-                .filter_map(|k| {
-                    sign::load_public_key(k)
-                        .map_err(|e| bad(key, e.to_string()))
-                        .ok()
-                })
-                .collect()
-        };
-        let release_keys = keys("trust.release_keys", &raw.trust.release_keys);
-        let approver_keys = keys("trust.approver_keys", &raw.trust.approver_keys);
+        let (release_keys, approver_keys) = raw.trust.load_keys(&mut bad);
         if raw.trust.require_signatures {
             if raw.trust.release_keys.is_empty() {
                 bad(

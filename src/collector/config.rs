@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::sign::{self, TrustedKey};
+use crate::sign::TrustedKey;
 use crate::timefmt;
 
 /// Default config path.
@@ -58,7 +58,7 @@ struct RawConfig {
     #[serde(default)]
     kpi: RawKpi,
     #[serde(default)]
-    trust: RawTrust,
+    trust: crate::sign::TrustTable,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -86,31 +86,6 @@ impl Default for RawKpi {
         RawKpi {
             target: default_target(),
             timezone: default_timezone(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTrust {
-    #[serde(default)]
-    release_keys: Vec<PathBuf>,
-    #[serde(default)]
-    approver_keys: Vec<PathBuf>,
-    #[serde(default = "yes")]
-    require_signatures: bool,
-    #[serde(default)]
-    allow_self_approval: bool,
-}
-
-// Written out: a derived Default would make a missing [trust] table mean "no signatures needed".
-impl Default for RawTrust {
-    fn default() -> Self {
-        RawTrust {
-            release_keys: Vec::new(),
-            approver_keys: Vec::new(),
-            require_signatures: true,
-            allow_self_approval: false,
         }
     }
 }
@@ -165,9 +140,6 @@ fn default_rpm() -> u32 {
 }
 fn default_request_timeout() -> String {
     "30s".into()
-}
-fn yes() -> bool {
-    true
 }
 
 /// TLS certificate and key files.
@@ -330,18 +302,7 @@ impl CollectorConfig {
                 )),
             );
         }
-        let mut keys = |name: &str, paths: &[PathBuf]| -> Vec<TrustedKey> {
-            let mut out = Vec::new();
-            for k in paths {
-                match sign::load_public_key(k) {
-                    Ok(key) => out.push(key),
-                    Err(e) => field(name, Err(e.to_string())),
-                }
-            }
-            out
-        };
-        let release_keys = keys("trust.release_keys", &raw.trust.release_keys);
-        let approver_keys = keys("trust.approver_keys", &raw.trust.approver_keys);
+        let (release_keys, approver_keys) = raw.trust.load_keys(&mut |name, m| field(name, Err(m)));
         if raw.trust.require_signatures && raw.trust.approver_keys.is_empty() {
             field("trust.approver_keys", Err("require_signatures = true needs at least one approver key (or set require_signatures = false)".into()));
         }
