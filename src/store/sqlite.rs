@@ -572,32 +572,15 @@ impl Store for SqliteStore {
         let mut out = Vec::new();
         let sealed_to = sealed_through.map(|s| s.min(to));
         if let Some(st) = sealed_to.filter(|st| *st >= from) {
-            let mut sql = String::from(
-                "SELECT day, host, environment, expected, reported, changes, authorized, retroactive, unauthorized,
-                   unverifiable, vetted, paths, MAX(version) FROM kpi_days WHERE day >= ?1 AND day <= ?2",
+            let mut sql = format!(
+                "SELECT {KPI_COLUMNS}, MAX(version) FROM kpi_days WHERE day >= ?1 AND day <= ?2"
             );
             if host.is_some() {
                 sql.push_str(" AND host = ?3");
             }
             sql.push_str(" GROUP BY day, host");
             let mut stmt = tx.prepare(&sql).map_err(db("kpi"))?;
-            let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<HostDay> {
-                let vetted: Option<i64> = r.get(10)?;
-                let paths: Option<i64> = r.get(11)?;
-                Ok(HostDay {
-                    day: r.get::<_, String>(0)?.parse().unwrap_or(Date::ZERO),
-                    host: r.get(1)?,
-                    environment: r.get(2)?,
-                    expected: r.get(3)?,
-                    reported: r.get(4)?,
-                    changes: r.get::<_, i64>(5)? as u64,
-                    authorized: r.get::<_, i64>(6)? as u64,
-                    retroactive: r.get::<_, i64>(7)? as u64,
-                    unauthorized: r.get::<_, i64>(8)? as u64,
-                    unverifiable: r.get::<_, i64>(9)? as u64,
-                    vetted_paths: vetted.zip(paths).map(|(v, p)| (v as u64, p as u64)),
-                })
-            };
+            let map = |r: &rusqlite::Row<'_>| host_day_at(r, 0);
             let rows = match host {
                 Some(h) => stmt.query_map(params![from.to_string(), st.to_string(), h], map),
                 None => stmt.query_map(params![from.to_string(), st.to_string()], map),
@@ -924,6 +907,30 @@ fn compute_days(
     .days(from, to))
 }
 
+/// The columns of a sealed KPI row that make up a [`HostDay`], in the order [`host_day_at`] reads.
+const KPI_COLUMNS: &str = "day, host, environment, expected, reported, changes, authorized, retroactive, \
+                           unauthorized, unverifiable, vetted, paths";
+
+/// Reads the [`KPI_COLUMNS`] starting at column `at`.
+fn host_day_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<HostDay> {
+    let n = |i: usize| r.get::<_, i64>(at + i).map(|v| v as u64);
+    let vetted: Option<i64> = r.get(at + 10)?;
+    let paths: Option<i64> = r.get(at + 11)?;
+    Ok(HostDay {
+        day: r.get::<_, String>(at)?.parse().unwrap_or(Date::ZERO),
+        host: r.get(at + 1)?,
+        environment: r.get(at + 2)?,
+        expected: r.get(at + 3)?,
+        reported: r.get(at + 4)?,
+        changes: n(5)?,
+        authorized: n(6)?,
+        retroactive: n(7)?,
+        unauthorized: n(8)?,
+        unverifiable: n(9)?,
+        vetted_paths: vetted.zip(paths).map(|(v, p)| (v as u64, p as u64)),
+    })
+}
+
 fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
     let ctx = format!("{path}: audit");
     let mut walk = Walk::new();
@@ -1000,38 +1007,24 @@ fn verify(conn: &Connection, at: Option<u64>, path: &str) -> Res<ChainReport> {
     {
         let mut st = conn
             .prepare(
-                "SELECT chain_seq, id, day, host, environment, version, expected, reported, changes, authorized, retroactive,
-                   unauthorized, unverifiable, vetted, paths, sealed_at, prev_hash, hash FROM kpi_days",
+                &format!("SELECT chain_seq, id, version, sealed_at, prev_hash, hash, {KPI_COLUMNS} FROM kpi_days"),
             )
             .map_err(db(&ctx))?;
         let rows = st
             .query_map([], |r| {
-                let day: String = r.get(2)?;
-                let host: String = r.get(3)?;
-                let vetted: Option<i64> = r.get(13)?;
-                let paths: Option<i64> = r.get(14)?;
-                let d = HostDay {
-                    day: day.parse().unwrap_or(Date::ZERO),
-                    host: host.clone(),
-                    environment: r.get(4)?,
-                    expected: r.get(6)?,
-                    reported: r.get(7)?,
-                    changes: r.get::<_, i64>(8)? as u64,
-                    authorized: r.get::<_, i64>(9)? as u64,
-                    retroactive: r.get::<_, i64>(10)? as u64,
-                    unauthorized: r.get::<_, i64>(11)? as u64,
-                    unverifiable: r.get::<_, i64>(12)? as u64,
-                    vetted_paths: vetted.zip(paths).map(|(v, p)| (v as u64, p as u64)),
-                };
-                let version: i64 = r.get(5)?;
-                let body = kpi_body(&d, version, &r.get::<_, String>(15)?);
+                let d = host_day_at(r, 6)?;
+                // The day as stored (not as parsed) names the record in a report.
+                let day: String = r.get(6)?;
+                let host = d.host.clone();
+                let version: i64 = r.get(2)?;
+                let body = kpi_body(&d, version, &r.get::<_, String>(3)?);
                 Ok((
                     r.get::<_, i64>(0)?,
                     Record::kpi_day(
                         r.get(1)?,
                         (&day, &host, version),
-                        r.get(16)?,
-                        r.get(17)?,
+                        r.get(4)?,
+                        r.get(5)?,
                         body,
                     ),
                 ))
