@@ -6,8 +6,6 @@
 //! for an item whose events made it into the spool: an event dropped from a full spool leaves its
 //! path unobserved, so the next scan finds the change again (the resync).
 
-use std::collections::BTreeMap;
-
 use jiff::Timestamp;
 
 use super::config::TreeConfig;
@@ -58,14 +56,18 @@ impl Tracker<'_> {
     /// The approved state of a path: the overlay first, then the manifest (its entries are
     /// sorted by path: a binary search, no index to build per pass).
     fn approved(&self, state: &TreeState, path: &RelPath) -> Option<State> {
+        self.approved_ref(state, path).cloned()
+    }
+
+    fn approved_ref<'s>(&'s self, state: &'s TreeState, path: &RelPath) -> Option<&'s State> {
         match state.overlay.get(path) {
-            Some(o) => o.clone(),
+            Some(o) => o.as_ref(),
             None => {
                 let entries = &self.manifest?.entries;
                 entries
                     .binary_search_by(|e| e.path.cmp(path))
                     .ok()
-                    .map(|i| entries[i].state.clone())
+                    .map(|i| &entries[i].state)
             }
         }
     }
@@ -294,34 +296,33 @@ impl Tracker<'_> {
 
     /// The scan summary of a tree: vetted paths against the approved state.
     pub fn summary(&self, state: &TreeState, now: Timestamp, seconds: f64) -> ScanSummary {
-        let snap = state.snapshot.as_ref();
-        let mut approved: BTreeMap<&RelPath, Option<&State>> = BTreeMap::new();
-        if let Some(m) = self.manifest {
-            for e in &m.entries {
-                approved.insert(&e.path, Some(&e.state));
-            }
-        }
-        for (p, o) in &state.overlay {
-            approved.insert(p, o.as_ref());
-        }
         let excluded = |p: &RelPath| self.tree.exclude.is_match(p.as_path());
         let mut paths = 0u64;
         let mut vetted = 0u64;
-        if let Some(snap) = snap {
+        if let Some(snap) = &state.snapshot {
             for (p, e) in snap.iter() {
                 if excluded(p) {
                     continue;
                 }
                 paths += 1;
                 let ok = e.problem.is_none()
-                    && match approved.get(p) {
-                        Some(Some(a)) => diff::compare(a, &State::of(e)).is_none(),
-                        _ => self.manifest.is_none() && !state.open.contains_key(p),
+                    && match self.approved_ref(state, p) {
+                        Some(a) => diff::compare(a, &State::of(e)).is_none(),
+                        None => self.manifest.is_none() && !state.open.contains_key(p),
                     };
                 vetted += u64::from(ok);
             }
-            for (p, a) in &approved {
-                if a.is_some() && !snap.contains_key(*p) && !excluded(p) {
+            // Approved paths that are gone count too (never vetted).
+            let manifest_paths = self
+                .manifest
+                .into_iter()
+                .flat_map(|m| m.entries.iter().map(|e| &e.path));
+            let overlay_only = state.overlay.keys().filter(|p| {
+                self.manifest
+                    .is_none_or(|m| m.entries.binary_search_by(|e| e.path.cmp(p)).is_err())
+            });
+            for p in manifest_paths.chain(overlay_only) {
+                if !snap.contains_key(p) && !excluded(p) && self.approved_ref(state, p).is_some() {
                     paths += 1;
                 }
             }
