@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use serde::Serialize;
 
 use crate::pathbytes::RelPath;
-use crate::snapshot::{Entry, Kind};
+use crate::snapshot::{Entry, Kind, Meta};
 
 /// The compared state of one path: what a manifest approves or a scan observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,15 +29,19 @@ pub struct State {
 impl State {
     /// The state of a scanned entry. mtime is deliberately not part of it: a touch is not a change.
     pub fn of(e: &Entry) -> State {
-        let m = &e.meta;
+        State::from_parts(&e.meta, e.blake3, e.target.as_deref())
+    }
+
+    /// The state of an observation given by its parts.
+    pub fn from_parts(m: &Meta, blake3: Option<[u8; 32]>, target: Option<&[u8]>) -> State {
         State {
             kind: m.kind,
             size: (m.kind == Kind::File).then_some(m.size),
             mode: m.mode,
             uid: Some(m.uid),
             gid: Some(m.gid),
-            blake3: e.blake3,
-            target: e.target.clone(),
+            blake3,
+            target: target.map(<[u8]>::to_vec),
         }
     }
 }

@@ -70,6 +70,13 @@ impl RelPath {
     }
 }
 
+/// Lets sorted maps keyed by `RelPath` be searched with raw bytes (same order, same hash).
+impl std::borrow::Borrow<[u8]> for RelPath {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl fmt::Display for RelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.lossy())

@@ -1,6 +1,5 @@
 //! What is in a tree now: walk + parallel hash, sorted by path.
 
-use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -148,6 +147,29 @@ pub struct Snapshot {
     pub stats: ScanStats,
 }
 
+/// What a stat cache remembers of a readable regular file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachedFile {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns.
+    pub mtime_ns: i64,
+    /// Status change time, ns.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub ino: u64,
+    /// Device number.
+    pub dev: u64,
+    /// Content hash seen with that stamp.
+    pub blake3: [u8; 32],
+}
+
+/// Hashes remembered from an earlier scan, by path.
+pub trait StatCache: Send + Sync + std::fmt::Debug {
+    /// The last observation of `path`, if it was a regular file read without problems.
+    fn cached_file(&self, path: &RelPath) -> Option<CachedFile>;
+}
+
 /// How to scan.
 #[derive(Debug, Clone, Default)]
 pub struct ScanOptions {
@@ -157,9 +179,10 @@ pub struct ScanOptions {
     pub threads: usize,
     /// A progress bar to advance (only given on a TTY).
     pub progress: Option<indicatif::ProgressBar>,
-    /// The stat cache: the previous snapshot. A file whose size, mtime, ctime, inode and device
-    /// are unchanged keeps its hash without being read (ctime cannot be set back from user space).
-    pub cache: Option<Arc<BTreeMap<RelPath, Entry>>>,
+    /// The stat cache: what the previous scan saw. A file whose size, mtime, ctime, inode and
+    /// device are unchanged keeps its hash without being read (ctime cannot be set back from user
+    /// space).
+    pub cache: Option<Arc<dyn StatCache>>,
     /// Prefix added to every path (scanning a subtree of a tree).
     pub prefix: Option<RelPath>,
 }
@@ -285,12 +308,10 @@ pub fn examine(abs: &Path, path: RelPath) -> Option<Entry> {
 pub fn examine_cached(
     abs: &Path,
     path: RelPath,
-    cache: Option<&BTreeMap<RelPath, Entry>>,
+    cache: Option<&dyn StatCache>,
     listed_as_file: bool,
 ) -> Option<Entry> {
-    let cached = cache
-        .and_then(|c| c.get(&path))
-        .filter(|old| old.problem.is_none() && old.blake3.is_some() && old.meta.kind == Kind::File);
+    let cached = cache.and_then(|c| c.cached_file(&path));
     if listed_as_file && cached.is_none() {
         match hash::hash_file(abs) {
             Ok(Hashed::File(meta, h)) => {
@@ -324,24 +345,19 @@ pub fn examine_cached(
     };
     if lstat.kind == Kind::File
         && let Some(old) = cached
-        && (
-            old.meta.size,
-            old.meta.mtime_ns,
-            old.meta.ctime_ns,
-            old.meta.ino,
-            old.meta.dev,
-        ) == (
-            lstat.size,
-            lstat.mtime_ns,
-            lstat.ctime_ns,
-            lstat.ino,
-            lstat.dev,
-        )
+        && (old.size, old.mtime_ns, old.ctime_ns, old.ino, old.dev)
+            == (
+                lstat.size,
+                lstat.mtime_ns,
+                lstat.ctime_ns,
+                lstat.ino,
+                lstat.dev,
+            )
     {
         return Some(Entry {
             path,
             meta: lstat,
-            blake3: old.blake3,
+            blake3: Some(old.blake3),
             target: None,
             problem: None,
         });

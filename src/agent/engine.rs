@@ -14,6 +14,7 @@ use super::config::{AgentConfig, TreeConfig};
 use super::evidence::Evidence;
 use super::spool::{Spool, SpoolError};
 use super::state::{self, TreeState};
+use super::table::Table;
 use super::tracker::{self, Pending, Tracker};
 use crate::changelog::{self, ChangeEntry};
 use crate::classify::Status;
@@ -30,13 +31,22 @@ pub struct TreeRuntime {
     pub cfg: TreeConfig,
     /// Its remembered state.
     pub state: TreeState,
-    /// The manifest in force.
-    pub manifest: Option<Manifest>,
+    /// The manifest in force (its approved states are in the state's table).
+    pub manifest: Option<InForce>,
     dir: PathBuf,
     warned: BTreeSet<String>,
     /// Stat stamps of the manifest file and its signature when last read: unchanged files are
     /// not read, verified and parsed again (a large manifest costs real time on every pass).
     manifest_stamp: Option<[Option<Stamp>; 2]>,
+}
+
+/// The manifest in force, apart from its entries.
+#[derive(Debug, Clone)]
+pub struct InForce {
+    /// Its release id.
+    pub release: String,
+    /// When it was built: a first observation window starts there.
+    pub created_at: Timestamp,
 }
 
 /// Size, mtime, ctime (ns), inode, device: what changes when a file is rewritten or replaced.
@@ -177,11 +187,11 @@ impl Engine {
                 continue;
             }
             let dir = state::tree_dir(&self.cfg.state_dir, &w.name);
-            let state = TreeState::load(&dir).unwrap_or_else(|why| {
+            let mut state = TreeState::load(&dir).unwrap_or_else(|why| {
                 tracing::warn!(tree = %w.name, %why, "state unreadable: re-baselining against the manifest");
                 TreeState::default()
             });
-            let manifest = load_in_force(&dir, &state);
+            let manifest = load_in_force(&dir, &mut state);
             tracing::info!(tree = %w.name, root = %w.root.display(), release = ?state.release, "watching tree");
             self.trees.push(TreeRuntime {
                 cfg: w,
@@ -245,10 +255,10 @@ impl Engine {
     ) -> Result<PassResult, String> {
         let started = Instant::now();
         let t = &self.trees[i];
-        let cache = if rehash {
+        let cache: Option<Arc<dyn snapshot::StatCache>> = if rehash || !t.state.observed {
             None
         } else {
-            t.state.snapshot.clone()
+            Some(t.state.table.clone())
         };
         let opts = ScanOptions {
             walk: WalkOptions {
@@ -264,22 +274,23 @@ impl Engine {
         // Release the cache's reference so committing does not copy the snapshot.
         drop(opts);
         let scanned = (snap.stats.files, snap.stats.dirs, snap.stats.bytes);
-        let observed = match &t.state.snapshot {
+        let observed = if t.state.observed {
             // Only what differs from the last observation is judged: a re-scan of an unchanged
             // tree allocates nothing per path.
-            Some(prev) => differing(prev, snap.entries),
-            None => {
-                let mut paths: BTreeMap<RelPath, Option<Entry>> = BTreeMap::new();
-                if let Some(m) = &t.manifest {
-                    for e in &m.entries {
-                        paths.insert(e.path.clone(), None);
-                    }
+            differing(&t.state.table, snap.entries)
+        } else {
+            // The first observation: every approved path is judged, the missing ones too.
+            let mut paths: BTreeMap<RelPath, Option<Entry>> = BTreeMap::new();
+            t.state.table.walk_from(b"", |p, row| {
+                if row.approved.is_some() {
+                    paths.insert(RelPath::from_bytes(p), None);
                 }
-                for e in snap.entries {
-                    paths.insert(e.path.clone(), Some(e));
-                }
-                paths.into_iter().collect()
+                true
+            });
+            for e in snap.entries {
+                paths.insert(e.path.clone(), Some(e));
             }
+            paths.into_iter().collect()
         };
         let now = Timestamp::now();
         let mut result = self.pass(i, observed, now, deploy.as_deref(), false)?;
@@ -292,7 +303,7 @@ impl Engine {
             tree: &t.cfg,
             host: &self.cfg.host,
             entries: &self.entries,
-            manifest: t.manifest.as_ref(),
+            has_manifest: t.manifest.is_some(),
         };
         let summary = tracker.summary(&t.state, now, started.elapsed().as_secs_f64());
         t.state
@@ -321,7 +332,7 @@ impl Engine {
             return self.scan_tree(i, false, Some(deploy));
         }
         let t = &self.trees[i];
-        if t.state.snapshot.is_none() {
+        if !t.state.observed {
             return self.full_scan(i, false);
         }
         let skip = own_files(&t.cfg);
@@ -340,15 +351,9 @@ impl Engine {
                 std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()).to_vec(),
             );
             let entry = snapshot::examine(abs, rel.clone());
-            let prev = t.state.snapshot.as_ref().expect("checked");
             // Whatever was below a path that changed type or vanished is gone unless seen again.
-            let prefix = [rel.as_bytes(), b"/"].concat();
-            for p in prev
-                .range(rel.clone()..)
-                .skip(1)
-                .take_while(|(p, _)| p.as_bytes().starts_with(&prefix))
-            {
-                paths.entry(p.0.clone()).or_insert(None);
+            for p in t.state.table.observed_below(&rel) {
+                paths.entry(p).or_insert(None);
             }
             if let Some(e) = &entry
                 && e.meta.kind == Kind::Dir
@@ -401,9 +406,9 @@ impl Engine {
             tree: &t.cfg,
             host: &self.cfg.host,
             entries: &self.entries,
-            manifest: t.manifest.as_ref(),
+            has_manifest: t.manifest.is_some(),
         };
-        let baseline_without_manifest = t.state.snapshot.is_none() && t.manifest.is_none();
+        let baseline_without_manifest = !t.state.observed && t.manifest.is_none();
         let mut pending = if baseline_without_manifest {
             tracing::warn!(tree = %t.cfg.name, "no manifest: the first scan becomes the baseline; nothing in it is vetted");
             observed
@@ -476,6 +481,8 @@ impl Engine {
             next += n;
             tracker::commit(&mut t.state, p, &seqs);
         }
+        // Many changed rows are merged into the compact base, so lookups stay binary searches.
+        Arc::make_mut(&mut t.state.table).settle();
         t.state.outbox = kept.clone();
         t.state
             .save(&t.dir)
@@ -592,28 +599,37 @@ impl Engine {
                 t.state.release = Some(m.release.clone());
                 t.state.manifest_created_at = Some(m.created_at);
                 t.state.overlay.clear();
-                t.manifest = Some(m);
+                t.manifest = Some(InForce {
+                    release: m.release,
+                    created_at: m.created_at,
+                });
+                Arc::make_mut(&mut t.state.table).replace_approved(m.entries);
                 deploy
             }
         }
     }
 }
 
-/// Paths whose entry differs between the previous snapshot and a new scan (both sorted), with
-/// the new entry (`None`: gone). A merge: O(n), nothing built for the paths that are equal.
-fn differing(prev: &BTreeMap<RelPath, Entry>, now: Vec<Entry>) -> Vec<(RelPath, Option<Entry>)> {
+/// Paths whose observation differs between the table and a new scan (sorted), with the new
+/// entry (`None`: gone). A merge: O(n), nothing built for the paths that are equal.
+fn differing(table: &Table, now: Vec<Entry>) -> Vec<(RelPath, Option<Entry>)> {
     let mut out = Vec::new();
-    let mut old = prev.iter().peekable();
-    for e in now {
-        while let Some((p, _)) = old.next_if(|(p, _)| **p < e.path) {
-            out.push((p.clone(), None));
+    let mut now = now.into_iter().peekable();
+    table.walk_from(b"", |p, row| {
+        let Some(old) = row.observed else {
+            return true;
+        };
+        while let Some(e) = now.next_if(|e| e.path.as_bytes() < p) {
+            out.push((e.path.clone(), Some(e)));
         }
-        match old.next_if(|(p, _)| **p == e.path) {
-            Some((_, o)) if *o == e => {}
-            _ => out.push((e.path.clone(), Some(e))),
+        match now.next_if(|e| e.path.as_bytes() == p) {
+            Some(e) if old.matches(&e) => {}
+            Some(e) => out.push((e.path.clone(), Some(e))),
+            None => out.push((RelPath::from_bytes(p), None)),
         }
-    }
-    out.extend(old.map(|(p, _)| (p.clone(), None)));
+        true
+    });
+    out.extend(now.map(|e| (e.path.clone(), Some(e))));
     out
 }
 
@@ -627,12 +643,17 @@ fn log_event(host: &str, ev: &ChangeEvent) {
 }
 
 /// The manifest kept in the state dir is the one in force (it may be newer than the file on disk
-/// after an attempted rollback).
-fn load_in_force(dir: &Path, state: &TreeState) -> Option<Manifest> {
+/// after an attempted rollback); its approved states go into the table.
+fn load_in_force(dir: &Path, state: &mut TreeState) -> Option<InForce> {
     state.release.as_ref()?;
     let path = dir.join("manifest.json");
     let bytes = std::fs::read(&path).ok()?;
-    Manifest::parse(&bytes, &path).ok()
+    let m = Manifest::parse(&bytes, &path).ok()?;
+    Arc::make_mut(&mut state.table).replace_approved(m.entries);
+    Some(InForce {
+        release: m.release,
+        created_at: m.created_at,
+    })
 }
 
 /// The manifest file and its signature are not part of the deployed code.

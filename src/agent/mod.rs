@@ -9,6 +9,7 @@ pub mod engine;
 pub mod evidence;
 pub mod spool;
 pub mod state;
+pub mod table;
 pub mod tracker;
 pub mod watch;
 

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::table::{Observed, Table};
 use crate::diff::State;
 use crate::pathbytes::RelPath;
-use crate::snapshot::{Entry, Kind, Meta};
+use crate::snapshot::{Kind, Meta};
 
 const SNAP_MAGIC: &[u8; 8] = b"DWSNAP1\n";
 
@@ -110,11 +111,14 @@ pub struct TreeState {
     pub overlay: BTreeMap<RelPath, Option<State>>,
     /// Unauthorized changes still open, by path.
     pub open: BTreeMap<RelPath, Vec<OpenChange>>,
-    /// The last observed snapshot (`None` before the first scan); shared with the scanner as its
-    /// stat cache, so it is never copied.
-    pub snapshot: Option<std::sync::Arc<BTreeMap<RelPath, Entry>>>,
-    /// Snapshot changes not yet in `snapshot.bin` (saved in `state.json`).
-    pub delta: BTreeMap<RelPath, Option<Entry>>,
+    /// Approved and last observed state per path; shared with the scanner as its stat cache,
+    /// so it is never copied.
+    pub table: std::sync::Arc<Table>,
+    /// Whether the tree was ever observed (before that, a path's previous state is the approved
+    /// one).
+    pub observed: bool,
+    /// Observations not yet in `snapshot.bin` (saved in `state.json`).
+    pub delta: BTreeMap<RelPath, Option<Observed>>,
     /// Generation of `snapshot.bin`.
     pub generation: u64,
     /// Events of the last committed pass (see [`Persisted::outbox`]).
@@ -205,31 +209,19 @@ impl TreeState {
                 Some(h) => {
                     let bytes = hex::decode(h).map_err(|_| bad("delta entry"))?;
                     let mut r = Reader { b: &bytes, pos: 0 };
-                    Some(decode_entry(&mut r).ok_or_else(|| bad("delta entry"))?)
+                    let (_, o) = decode_entry(&mut r).ok_or_else(|| bad("delta entry"))?;
+                    Some(o)
                 }
                 None => None,
             };
             delta.insert(path(&k)?, entry);
         }
-        let snapshot = match entries {
-            Some(mut m) => {
-                for (k, v) in &delta {
-                    match v {
-                        Some(e) => m.insert(k.clone(), e.clone()),
-                        None => m.remove(k),
-                    };
-                }
-                Some(std::sync::Arc::new(m))
-            }
-            None if !delta.is_empty() => {
-                let m: BTreeMap<RelPath, Entry> = delta
-                    .iter()
-                    .filter_map(|(k, v)| v.clone().map(|e| (k.clone(), e)))
-                    .collect();
-                Some(std::sync::Arc::new(m))
-            }
-            None => None,
-        };
+        let observed = entries.is_some() || !delta.is_empty();
+        let mut table = Table::from_observed(entries.unwrap_or_default());
+        for (k, v) in &delta {
+            table.set_observed(k, v.clone());
+        }
+        table.settle();
         Ok(TreeState {
             release: p.release,
             manifest_created_at: p.manifest_created_at,
@@ -237,7 +229,8 @@ impl TreeState {
             last_full_rehash: p.last_full_rehash,
             overlay,
             open,
-            snapshot,
+            table: std::sync::Arc::new(table),
+            observed,
             delta,
             generation: p.generation,
             outbox: p.outbox,
@@ -266,9 +259,9 @@ impl TreeState {
                 self.delta
                     .iter()
                     .map(|(k, v)| {
-                        let enc = v.as_ref().map(|e| {
+                        let enc = v.as_ref().map(|o| {
                             let mut out = Vec::new();
-                            encode_entry(&mut out, e);
+                            encode_entry(&mut out, k.as_bytes(), o);
                             hex::encode(out)
                         });
                         (hex::encode(k.as_bytes()), enc)
@@ -281,22 +274,23 @@ impl TreeState {
         }
     }
 
-    /// Records a snapshot change (also applied to `snapshot` by the caller).
-    pub fn note(&mut self, path: &RelPath, entry: Option<&Entry>) {
-        self.delta.insert(path.clone(), entry.cloned());
+    /// Records what is at `path` now, in the table and in the delta saved next.
+    pub fn observe(&mut self, path: &RelPath, observed: Option<Observed>) {
+        std::sync::Arc::make_mut(&mut self.table).set_observed(path, observed.clone());
+        self.delta.insert(path.clone(), observed);
+        self.observed = true;
     }
 
     /// Saves atomically: one file per save (see [`TreeState::load`]).
     pub fn save(&mut self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        let never_written = self.generation == 0 && self.snapshot.is_some();
+        let never_written = self.generation == 0 && self.observed;
         if self.delta.len() > COMPACT_AT || never_written {
             self.generation += 1;
-            let snap = self.snapshot.clone().unwrap_or_default();
             let p = self.persisted(false);
             super::spool::write_atomic(
                 &dir.join("snapshot.bin"),
-                &encode_file(self.generation, &p, &snap),
+                &encode_file(self.generation, &p, &self.table),
             )?;
             self.delta.clear();
         }
@@ -313,8 +307,8 @@ impl TreeState {
 const FILE_MAGIC: &[u8; 8] = b"DWSNAP2\n";
 
 /// The snapshot file: magic | generation | state JSON (length-prefixed) | snapshot | BLAKE3.
-fn encode_file(generation: u64, p: &Persisted, snap: &BTreeMap<RelPath, Entry>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(snap.len() * 100 + 4096);
+fn encode_file(generation: u64, p: &Persisted, table: &Table) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(FILE_MAGIC);
     out.extend_from_slice(&generation.to_le_bytes());
     put_bytes(
@@ -323,13 +317,13 @@ fn encode_file(generation: u64, p: &Persisted, snap: &BTreeMap<RelPath, Entry>) 
             .expect("state serializes")
             .as_bytes(),
     );
-    out.extend_from_slice(&encode_snapshot(snap));
+    out.extend_from_slice(&encode_snapshot(table));
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
     out
 }
 
-fn decode_file(bytes: &[u8]) -> Option<(Persisted, BTreeMap<RelPath, Entry>)> {
+fn decode_file(bytes: &[u8]) -> Option<(Persisted, Vec<(RelPath, Observed)>)> {
     if bytes.len() < 16 + 32 || &bytes[..8] != FILE_MAGIC {
         return None;
     }
@@ -375,8 +369,8 @@ fn code_kind(c: u8) -> Option<Kind> {
     })
 }
 
-fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
-    put_bytes(out, e.path.as_bytes());
+fn encode_entry(out: &mut Vec<u8>, path: &[u8], e: &Observed) {
+    put_bytes(out, path);
     let m = &e.meta;
     out.push(kind_code(m.kind));
     for v in [m.size, m.ino, m.dev, m.nlink] {
@@ -403,14 +397,21 @@ fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
     }
 }
 
-/// Encodes a snapshot compactly, with a BLAKE3 trailer over everything before it.
-pub fn encode_snapshot(s: &BTreeMap<RelPath, Entry>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len() * 100);
+/// Encodes the observed rows of a table, with a BLAKE3 trailer over everything before it.
+fn encode_snapshot(table: &Table) -> Vec<u8> {
+    let mut out = Vec::new();
     out.extend_from_slice(SNAP_MAGIC);
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    for e in s.values() {
-        encode_entry(&mut out, e);
-    }
+    let count_at = out.len();
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut n = 0u64;
+    table.walk_from(b"", |p, row| {
+        if let Some(o) = &row.observed {
+            encode_entry(&mut out, p, o);
+            n += 1;
+        }
+        true
+    });
+    out[count_at..count_at + 8].copy_from_slice(&n.to_le_bytes());
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
     out
@@ -442,7 +443,7 @@ impl Reader<'_> {
     }
 }
 
-fn decode_entry(r: &mut Reader<'_>) -> Option<Entry> {
+fn decode_entry(r: &mut Reader<'_>) -> Option<(RelPath, Observed)> {
     let path = RelPath::from_bytes(r.bytes()?);
     let kind = code_kind(r.take(1)?[0])?;
     let (size, ino, dev, nlink) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
@@ -476,17 +477,19 @@ fn decode_entry(r: &mut Reader<'_>) -> Option<Entry> {
         dev,
         nlink,
     };
-    Some(Entry {
+    Some((
         path,
-        meta,
-        blake3,
-        target,
-        problem,
-    })
+        Observed {
+            meta,
+            blake3,
+            target,
+            problem,
+        },
+    ))
 }
 
 /// Decodes a snapshot; `None` when the magic, the structure or the checksum is wrong.
-pub fn decode_snapshot(bytes: &[u8]) -> Option<BTreeMap<RelPath, Entry>> {
+fn decode_snapshot(bytes: &[u8]) -> Option<Vec<(RelPath, Observed)>> {
     if bytes.len() < SNAP_MAGIC.len() + 8 + 32 || &bytes[..8] != SNAP_MAGIC {
         return None;
     }
@@ -496,10 +499,9 @@ pub fn decode_snapshot(bytes: &[u8]) -> Option<BTreeMap<RelPath, Entry>> {
     }
     let mut r = Reader { b: body, pos: 8 };
     let n = r.u64()?;
-    let mut out = BTreeMap::new();
+    let mut out = Vec::with_capacity(usize::try_from(n).ok()?.min(body.len() / 60));
     for _ in 0..n {
-        let e = decode_entry(&mut r)?;
-        out.insert(e.path.clone(), e);
+        out.push(decode_entry(&mut r)?);
     }
     (r.pos == body.len()).then_some(out)
 }
@@ -508,9 +510,8 @@ pub fn decode_snapshot(bytes: &[u8]) -> Option<BTreeMap<RelPath, Entry>> {
 mod tests {
     use super::*;
 
-    fn entry(p: &[u8], hash: Option<[u8; 32]>) -> Entry {
-        Entry {
-            path: RelPath::from_bytes(p.to_vec()),
+    fn obs(hash: Option<[u8; 32]>) -> Observed {
+        Observed {
             meta: Meta {
                 kind: Kind::File,
                 size: 3,
@@ -529,14 +530,23 @@ mod tests {
         }
     }
 
+    fn rows(t: &Table) -> Vec<(Vec<u8>, Observed)> {
+        let mut out = Vec::new();
+        t.walk_from(b"", |p, r| {
+            out.push((p.to_vec(), r.observed.unwrap()));
+            true
+        });
+        out
+    }
+
     #[test]
     fn snapshot_round_trips_and_detects_corruption() {
-        let mut m = BTreeMap::new();
-        for e in [entry(b"a\xff", Some([3; 32])), entry(b"b\nc", None)] {
-            m.insert(e.path.clone(), e);
-        }
-        let bytes = encode_snapshot(&m);
-        assert_eq!(decode_snapshot(&bytes).unwrap(), m);
+        let want = vec![
+            (RelPath::from_bytes(b"a\xff".to_vec()), obs(Some([3; 32]))),
+            (RelPath::from_bytes(b"b\nc".to_vec()), obs(None)),
+        ];
+        let bytes = encode_snapshot(&Table::from_observed(want.clone()));
+        assert_eq!(decode_snapshot(&bytes).unwrap(), want);
         let mut bad = bytes.clone();
         bad[20] ^= 1;
         assert!(decode_snapshot(&bad).is_none());
@@ -560,12 +570,13 @@ mod tests {
             }],
         );
         s.overlay.insert(p.clone(), None);
-        s.snapshot = Some(std::sync::Arc::new(BTreeMap::new()));
+        s.observed = true;
         s.save(dir.path()).unwrap();
         let back = TreeState::load(dir.path()).unwrap();
         assert_eq!(back.release.as_deref(), Some("r1"));
         assert_eq!(back.open[&p][0].seq, 4);
         assert_eq!(back.overlay[&p], None);
+        assert!(back.observed);
         std::fs::write(dir.path().join("state.json"), "{not json").unwrap();
         assert!(TreeState::load(dir.path()).is_err());
     }
@@ -573,39 +584,34 @@ mod tests {
     #[test]
     fn delta_saves_and_compaction_survive_a_crash_between_files() {
         let dir = tempfile::tempdir().unwrap();
-        let a = entry(b"a", Some([1; 32]));
-        let mut s = TreeState {
-            snapshot: Some(std::sync::Arc::new(
-                [(a.path.clone(), a.clone())].into_iter().collect(),
-            )),
-            ..TreeState::default()
-        };
+        let mut s = TreeState::default();
+        s.observe(
+            &RelPath::from_bytes(b"a".to_vec()),
+            Some(obs(Some([1; 32]))),
+        );
         s.save(dir.path()).unwrap();
         assert_eq!(s.generation, 1, "the first save writes the snapshot file");
         // A small change goes to state.json only.
-        let b = entry(b"b", None);
-        std::sync::Arc::make_mut(s.snapshot.as_mut().unwrap()).insert(b.path.clone(), b.clone());
-        s.note(&b.path, Some(&b));
+        s.observe(&RelPath::from_bytes(b"b".to_vec()), Some(obs(None)));
         s.outbox = vec![];
         s.save(dir.path()).unwrap();
         assert_eq!(s.generation, 1);
         let back = TreeState::load(dir.path()).unwrap();
-        assert_eq!(back.snapshot.as_deref(), s.snapshot.as_deref());
+        assert_eq!(rows(&back.table), rows(&s.table));
         // A crash after a compaction wrote snapshot.bin but before state.json followed: the newer
         // snapshot file wins, with the state embedded in it.
         let old_json = std::fs::read(dir.path().join("state.json")).unwrap();
         s.release = Some("r9".into());
         for i in 0..(COMPACT_AT + 1) {
-            let e = entry(format!("x{i}").as_bytes(), None);
-            std::sync::Arc::make_mut(s.snapshot.as_mut().unwrap())
-                .insert(e.path.clone(), e.clone());
-            s.note(&e.path, Some(&e));
+            s.observe(&RelPath::from_bytes(format!("x{i}")), Some(obs(None)));
         }
+        s.observe(&RelPath::from_bytes(b"a".to_vec()), None);
         s.save(dir.path()).unwrap();
         assert_eq!(s.generation, 2);
         std::fs::write(dir.path().join("state.json"), old_json).unwrap();
         let back = TreeState::load(dir.path()).unwrap();
         assert_eq!(back.release.as_deref(), Some("r9"));
-        assert_eq!(back.snapshot.as_deref(), s.snapshot.as_deref());
+        assert_eq!(rows(&back.table), rows(&s.table));
+        assert!(back.table.get(b"a").is_none());
     }
 }

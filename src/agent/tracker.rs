@@ -10,11 +10,11 @@ use jiff::Timestamp;
 
 use super::config::TreeConfig;
 use super::state::{OpenChange, TreeState};
+use super::table::Observed;
 use crate::changelog::ChangeEntry;
 use crate::classify::{self, Context, Observation, Status};
 use crate::diff::{self, Change, ChangeKind, State};
 use crate::event::{ChangeEvent, ScanSummary};
-use crate::manifest::Manifest;
 use crate::pathbytes::RelPath;
 use crate::snapshot::Entry;
 use crate::timefmt;
@@ -48,27 +48,16 @@ pub struct Tracker<'a> {
     pub host: &'a str,
     /// Valid, signature-checked change entries.
     pub entries: &'a [ChangeEntry],
-    /// The manifest in force, if any.
-    pub manifest: Option<&'a Manifest>,
+    /// Whether a manifest is in force.
+    pub has_manifest: bool,
 }
 
 impl Tracker<'_> {
-    /// The approved state of a path: the overlay first, then the manifest (its entries are
-    /// sorted by path: a binary search, no index to build per pass).
+    /// The approved state of a path: the overlay first, then the manifest in force.
     fn approved(&self, state: &TreeState, path: &RelPath) -> Option<State> {
-        self.approved_ref(state, path).cloned()
-    }
-
-    fn approved_ref<'s>(&'s self, state: &'s TreeState, path: &RelPath) -> Option<&'s State> {
         match state.overlay.get(path) {
-            Some(o) => o.as_ref(),
-            None => {
-                let entries = &self.manifest?.entries;
-                entries
-                    .binary_search_by(|e| e.path.cmp(path))
-                    .ok()
-                    .map(|i| &entries[i].state)
-            }
+            Some(o) => o.clone(),
+            None => state.table.approved(path.as_bytes()),
         }
     }
 
@@ -97,9 +86,10 @@ impl Tracker<'_> {
         let mut out = Vec::new();
         for (path, entry) in observed {
             // Before the first observation, the previous state is the approved one.
-            let before: Option<State> = match &state.snapshot {
-                Some(s) => s.get(&path).map(State::of),
-                None => self.approved(state, &path),
+            let before: Option<State> = if state.observed {
+                state.table.observed(path.as_bytes()).map(|o| o.state())
+            } else {
+                self.approved(state, &path)
             };
             let after = entry.as_ref().map(State::of);
             let problem = entry.as_ref().and_then(|e| e.problem.clone());
@@ -202,15 +192,18 @@ impl Tracker<'_> {
         observed: &std::collections::BTreeSet<RelPath>,
     ) -> Vec<Pending> {
         let mut out = Vec::new();
-        let Some(snap) = &state.snapshot else {
+        if !state.observed {
             return out;
-        };
+        }
         for (path, open) in &state.open {
             let Some(first) = open.first() else { continue };
             if observed.contains(path) {
                 continue;
             }
-            let entry = snap.get(path).cloned();
+            let entry = state
+                .table
+                .observed(path.as_bytes())
+                .map(|o| o.into_entry(path.clone()));
             let actual = entry.as_ref().map(State::of);
             let change = Change {
                 path: path.clone(),
@@ -296,33 +289,42 @@ impl Tracker<'_> {
 
     /// The scan summary of a tree: vetted paths against the approved state.
     pub fn summary(&self, state: &TreeState, now: Timestamp, seconds: f64) -> ScanSummary {
-        let excluded = |p: &RelPath| self.tree.exclude.is_match(p.as_path());
+        let excluded = |p: &[u8]| {
+            use std::os::unix::ffi::OsStrExt;
+            self.tree
+                .exclude
+                .is_match(std::path::Path::new(std::ffi::OsStr::from_bytes(p)))
+        };
         let mut paths = 0u64;
         let mut vetted = 0u64;
-        if let Some(snap) = &state.snapshot {
-            for (p, e) in snap.iter() {
+        if state.observed {
+            state.table.walk_from(b"", |p, row| {
                 if excluded(p) {
-                    continue;
+                    return true;
                 }
-                paths += 1;
-                let ok = e.problem.is_none()
-                    && match self.approved_ref(state, p) {
-                        Some(a) => diff::compare(a, &State::of(e)).is_none(),
-                        None => self.manifest.is_none() && !state.open.contains_key(p),
-                    };
-                vetted += u64::from(ok);
-            }
-            // Approved paths that are gone count too (never vetted).
-            let manifest_paths = self
-                .manifest
-                .into_iter()
-                .flat_map(|m| m.entries.iter().map(|e| &e.path));
-            let overlay_only = state.overlay.keys().filter(|p| {
-                self.manifest
-                    .is_none_or(|m| m.entries.binary_search_by(|e| e.path.cmp(p)).is_err())
+                let approved = match state.overlay.get(p) {
+                    Some(o) => o.clone(),
+                    None => row.approved,
+                };
+                match row.observed {
+                    Some(o) => {
+                        paths += 1;
+                        let ok = o.problem.is_none()
+                            && match approved {
+                                Some(a) => diff::compare(&a, &o.state()).is_none(),
+                                None => !self.has_manifest && !state.open.contains_key(p),
+                            };
+                        vetted += u64::from(ok);
+                    }
+                    // Approved paths that are gone count too (never vetted).
+                    None => paths += u64::from(approved.is_some()),
+                }
+                true
             });
-            for p in manifest_paths.chain(overlay_only) {
-                if !snap.contains_key(p) && !excluded(p) && self.approved_ref(state, p).is_some() {
+            // So do paths approved only after the fact, with no row at all.
+            for (p, o) in &state.overlay {
+                if o.is_some() && !excluded(p.as_bytes()) && state.table.get(p.as_bytes()).is_none()
+                {
                     paths += 1;
                 }
             }
@@ -340,18 +342,9 @@ impl Tracker<'_> {
 
 /// Applies a pending item whose events were spooled with the given sequence numbers.
 pub fn commit(state: &mut TreeState, p: Pending, seqs: &[u64]) {
-    let snap = std::sync::Arc::make_mut(state.snapshot.get_or_insert_with(Default::default));
-    let changed = snap.get(&p.path) != p.entry.as_ref();
-    match &p.entry {
-        Some(e) => {
-            snap.insert(p.path.clone(), e.clone());
-        }
-        None => {
-            snap.remove(&p.path);
-        }
-    }
-    if changed {
-        state.note(&p.path, p.entry.as_ref());
+    let now = p.entry.as_ref().map(Observed::of);
+    if !state.observed || state.table.observed(p.path.as_bytes()) != now {
+        state.observe(&p.path, now);
     }
     if let Some(o) = p.overlay {
         state.overlay.insert(p.path.clone(), o);

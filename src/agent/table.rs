@@ -1,0 +1,820 @@
+//! What the agent knows of each path of a tree, compactly: its approved state (the manifest in
+//! force) and its last observed state (which is also the stat cache). One row per path.
+//!
+//! DESIGN §11 allows 200 bytes per tracked path, and the paths of a deep `node_modules`-like tree
+//! average 78 bytes. So the rows live in a *base* of one sorted, front-coded path arena (each path
+//! keeps only what differs from the one before it, with a whole path every [`BLOCK`] rows for the
+//! binary search), fixed-size records, and one pool of content hashes in which a file whose
+//! observed content is its approved content uses a single slot. Changes go to a small sorted
+//! *delta* that is merged into a new base when it grows; reads look at the delta first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+
+use crate::diff::State;
+use crate::manifest::ManifestEntry;
+use crate::pathbytes::RelPath;
+use crate::snapshot::{CachedFile, Entry, Kind, Meta, StatCache};
+
+/// Rows per front-coding block: a lookup decodes at most this many paths after its binary search.
+const BLOCK: usize = 16;
+/// A delta larger than this is merged into the base after a pass.
+const MERGE_AT: usize = 4096;
+/// No hash (an index into the hash pool).
+const NO_HASH: u32 = u32::MAX;
+
+/// A path's last observed state, without the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// Its metadata (`nlink` saturated at `u32::MAX`, as the table keeps it).
+    pub meta: Meta,
+    /// Content hash (readable regular files).
+    pub blake3: Option<[u8; 32]>,
+    /// Link target (symlinks).
+    pub target: Option<Vec<u8>>,
+    /// Why it could not be fully examined.
+    pub problem: Option<String>,
+}
+
+impl Observed {
+    /// The observed part of a scanned entry.
+    pub fn of(e: &Entry) -> Observed {
+        Observed {
+            meta: normalized(e.meta),
+            blake3: e.blake3,
+            target: e.target.clone(),
+            problem: e.problem.clone(),
+        }
+    }
+
+    /// Whether `e` is exactly what was observed (every stat field, hash, target and problem).
+    pub fn matches(&self, e: &Entry) -> bool {
+        self.meta == normalized(e.meta)
+            && self.blake3 == e.blake3
+            && self.target == e.target
+            && self.problem == e.problem
+    }
+
+    /// The compared state (no mtime: a touch is not a change).
+    pub fn state(&self) -> State {
+        State::from_parts(&self.meta, self.blake3, self.target.as_deref())
+    }
+
+    /// The entry at `path`.
+    pub fn into_entry(self, path: RelPath) -> Entry {
+        Entry {
+            path,
+            meta: self.meta,
+            blake3: self.blake3,
+            target: self.target,
+            problem: self.problem,
+        }
+    }
+}
+
+/// The table keeps the hard link count in 32 bits: more links than that do not exist.
+fn normalized(m: Meta) -> Meta {
+    Meta {
+        nlink: m.nlink.min(u64::from(u32::MAX)),
+        ..m
+    }
+}
+
+/// Everything the table holds for one path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Row {
+    /// Approved by the manifest in force (the authorized overlay is kept apart, in the state).
+    pub approved: Option<State>,
+    /// Last observed (`None`: not there, or never looked at).
+    pub observed: Option<Observed>,
+}
+
+impl Row {
+    fn is_empty(&self) -> bool {
+        self.approved.is_none() && self.observed.is_none()
+    }
+}
+
+/// The approved and observed state of every path of one tree.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    base: Base,
+    /// Rows changed since the base was built; an empty row deletes the path.
+    delta: BTreeMap<RelPath, Row>,
+}
+
+/// Fixed-size part of a base row. Field order keeps it free of padding (80 bytes).
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    app_size: u64,
+    /// Index into `Base::devs`: a tree spans few devices.
+    dev: u32,
+    nlink: u32,
+    uid: u32,
+    gid: u32,
+    app_uid: u32,
+    app_gid: u32,
+    hash: u32,
+    app_hash: u32,
+    /// `st_mode & 0o7777` (scans and manifests never hold more).
+    mode: u16,
+    app_mode: u16,
+    /// `None`: not observed.
+    kind: Option<Kind>,
+    /// `None`: not approved.
+    app_kind: Option<Kind>,
+    flags: u8,
+}
+
+const APP_SIZE: u8 = 1;
+const APP_UID: u8 = 2;
+const APP_GID: u8 = 4;
+/// The row has an entry in `Base::extras`.
+const EXTRA: u8 = 8;
+
+/// The rare variable-sized parts of a row: symlink targets and problems.
+#[derive(Debug, Clone, Default)]
+struct Extra {
+    target: Option<Vec<u8>>,
+    problem: Option<String>,
+    app_target: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Base {
+    /// Per row: varint shared-prefix length, varint suffix length, suffix bytes.
+    arena: Vec<u8>,
+    /// Arena offset of each block's first row, whose path is stored whole.
+    blocks: Vec<usize>,
+    recs: Vec<Rec>,
+    hashes: Vec<[u8; 32]>,
+    devs: Vec<u64>,
+    extras: BTreeMap<u32, Extra>,
+}
+
+impl Base {
+    fn block_first(&self, b: usize) -> &[u8] {
+        let mut pos = self.blocks[b];
+        let _shared = varint(&self.arena, &mut pos);
+        let len = varint(&self.arena, &mut pos);
+        &self.arena[pos..pos + len]
+    }
+
+    /// A cursor on the first row whose path is `>= start`.
+    fn seek(&self, start: &[u8]) -> Cursor<'_> {
+        let first_greater = partition(self.blocks.len(), |b| self.block_first(b) <= start);
+        let block = first_greater.saturating_sub(1);
+        let mut c = Cursor::at_block(self, block);
+        while c.path().is_some_and(|p| p < start) {
+            c.step();
+        }
+        c
+    }
+
+    fn find(&self, path: &[u8]) -> Option<usize> {
+        let c = self.seek(path);
+        (c.path() == Some(path)).then_some(c.row)
+    }
+
+    fn row(&self, i: usize) -> Row {
+        let r = &self.recs[i];
+        let extra = if r.flags & EXTRA != 0 {
+            self.extras.get(&(i as u32))
+        } else {
+            None
+        };
+        let hash = |h: u32| (h != NO_HASH).then(|| self.hashes[h as usize]);
+        let observed = r.kind.map(|kind| Observed {
+            meta: Meta {
+                kind,
+                size: r.size,
+                mode: u32::from(r.mode),
+                uid: r.uid,
+                gid: r.gid,
+                mtime_ns: r.mtime_ns,
+                ctime_ns: r.ctime_ns,
+                ino: r.ino,
+                dev: self.devs[r.dev as usize],
+                nlink: u64::from(r.nlink),
+            },
+            blake3: hash(r.hash),
+            target: extra.and_then(|x| x.target.clone()),
+            problem: extra.and_then(|x| x.problem.clone()),
+        });
+        let approved = r.app_kind.map(|kind| State {
+            kind,
+            size: (r.flags & APP_SIZE != 0).then_some(r.app_size),
+            mode: u32::from(r.app_mode),
+            uid: (r.flags & APP_UID != 0).then_some(r.app_uid),
+            gid: (r.flags & APP_GID != 0).then_some(r.app_gid),
+            blake3: hash(r.app_hash),
+            target: extra.and_then(|x| x.app_target.clone()),
+        });
+        Row { approved, observed }
+    }
+
+    /// The stat-cache facts of row `i`, read straight from its record.
+    fn cached_file(&self, i: usize) -> Option<CachedFile> {
+        let r = &self.recs[i];
+        (r.kind == Some(Kind::File) && r.hash != NO_HASH && r.flags & EXTRA == 0).then(|| {
+            CachedFile {
+                size: r.size,
+                mtime_ns: r.mtime_ns,
+                ctime_ns: r.ctime_ns,
+                ino: r.ino,
+                dev: self.devs[r.dev as usize],
+                blake3: self.hashes[r.hash as usize],
+            }
+        })
+    }
+}
+
+/// The first index in `0..n` for which `pred` is false (`pred` holds for a prefix of the range).
+fn partition(n: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// Reads the rows of a base in order, decoding the front-coded paths.
+struct Cursor<'a> {
+    base: &'a Base,
+    /// Index of the current row (`recs.len()`: past the end).
+    row: usize,
+    /// Arena offset of the next row's path.
+    next: usize,
+    path: Vec<u8>,
+}
+
+impl<'a> Cursor<'a> {
+    fn at_block(base: &'a Base, block: usize) -> Cursor<'a> {
+        let mut c = Cursor {
+            base,
+            row: block * BLOCK,
+            next: base.blocks.get(block).copied().unwrap_or(base.arena.len()),
+            path: Vec::new(),
+        };
+        c.decode();
+        c
+    }
+
+    fn decode(&mut self) {
+        if self.row >= self.base.recs.len() {
+            return;
+        }
+        let a = &self.base.arena;
+        let shared = varint(a, &mut self.next);
+        let len = varint(a, &mut self.next);
+        self.path.truncate(shared);
+        self.path.extend_from_slice(&a[self.next..self.next + len]);
+        self.next += len;
+    }
+
+    fn path(&self) -> Option<&[u8]> {
+        (self.row < self.base.recs.len()).then_some(self.path.as_slice())
+    }
+
+    fn step(&mut self) {
+        self.row += 1;
+        self.decode();
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: usize) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn varint(a: &[u8], pos: &mut usize) -> usize {
+    let mut v = 0usize;
+    let mut shift = 0;
+    loop {
+        let b = a[*pos];
+        *pos += 1;
+        v |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+/// Writes a new base from rows given in strictly increasing path order.
+#[derive(Default)]
+struct Builder {
+    base: Base,
+    prev: Vec<u8>,
+    dev_index: HashMap<u64, u32>,
+}
+
+impl Builder {
+    fn push(&mut self, path: &[u8], row: &Row) {
+        if row.is_empty() {
+            return;
+        }
+        debug_assert!(
+            self.base.recs.is_empty() || self.prev.as_slice() < path,
+            "rows out of order"
+        );
+        let b = &mut self.base;
+        let i = b.recs.len();
+        let shared = if i.is_multiple_of(BLOCK) {
+            b.blocks.push(b.arena.len());
+            0
+        } else {
+            self.prev
+                .iter()
+                .zip(path)
+                .take_while(|(x, y)| x == y)
+                .count()
+        };
+        put_varint(&mut b.arena, shared);
+        put_varint(&mut b.arena, path.len() - shared);
+        b.arena.extend_from_slice(&path[shared..]);
+        self.prev.clear();
+        self.prev.extend_from_slice(path);
+
+        let mut r = Rec {
+            size: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            ino: 0,
+            app_size: 0,
+            dev: 0,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+            app_uid: 0,
+            app_gid: 0,
+            hash: NO_HASH,
+            app_hash: NO_HASH,
+            mode: 0,
+            app_mode: 0,
+            kind: None,
+            app_kind: None,
+            flags: 0,
+        };
+        let mut extra = Extra::default();
+        if let Some(o) = &row.observed {
+            let m = &o.meta;
+            let next_dev = b.devs.len() as u32;
+            let dev = *self.dev_index.entry(m.dev).or_insert(next_dev);
+            if dev == next_dev {
+                b.devs.push(m.dev);
+            }
+            r.kind = Some(m.kind);
+            r.size = m.size;
+            r.mtime_ns = m.mtime_ns;
+            r.ctime_ns = m.ctime_ns;
+            r.ino = m.ino;
+            r.dev = dev;
+            r.nlink = u32::try_from(m.nlink).unwrap_or(u32::MAX);
+            r.uid = m.uid;
+            r.gid = m.gid;
+            r.mode = (m.mode & 0o7777) as u16;
+            if let Some(h) = o.blake3 {
+                r.hash = b.hashes.len() as u32;
+                b.hashes.push(h);
+            }
+            extra.target = o.target.clone();
+            extra.problem = o.problem.clone();
+        }
+        if let Some(a) = &row.approved {
+            r.app_kind = Some(a.kind);
+            if let Some(s) = a.size {
+                r.flags |= APP_SIZE;
+                r.app_size = s;
+            }
+            if let Some(u) = a.uid {
+                r.flags |= APP_UID;
+                r.app_uid = u;
+            }
+            if let Some(g) = a.gid {
+                r.flags |= APP_GID;
+                r.app_gid = g;
+            }
+            r.app_mode = (a.mode & 0o7777) as u16;
+            if let Some(h) = a.blake3 {
+                // The usual case: the file is as approved, one slot serves both.
+                r.app_hash = if r.hash != NO_HASH && b.hashes[r.hash as usize] == h {
+                    r.hash
+                } else {
+                    b.hashes.push(h);
+                    (b.hashes.len() - 1) as u32
+                };
+            }
+            extra.app_target = a.target.clone();
+        }
+        if extra.target.is_some() || extra.problem.is_some() || extra.app_target.is_some() {
+            r.flags |= EXTRA;
+            b.extras.insert(i as u32, extra);
+        }
+        b.recs.push(r);
+    }
+
+    fn finish(mut self) -> Base {
+        let b = &mut self.base;
+        b.arena.shrink_to_fit();
+        b.blocks.shrink_to_fit();
+        b.recs.shrink_to_fit();
+        b.hashes.shrink_to_fit();
+        self.base
+    }
+}
+
+impl Table {
+    /// A table of observations only (a loaded snapshot), sorted or not.
+    pub fn from_observed(mut rows: Vec<(RelPath, Observed)>) -> Table {
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.dedup_by(|a, b| a.0 == b.0);
+        let mut b = Builder::default();
+        for (p, o) in rows {
+            b.push(
+                p.as_bytes(),
+                &Row {
+                    approved: None,
+                    observed: Some(o),
+                },
+            );
+        }
+        Table {
+            base: b.finish(),
+            delta: BTreeMap::new(),
+        }
+    }
+
+    /// The row of `path`, if the table has one.
+    pub fn get(&self, path: &[u8]) -> Option<Row> {
+        match self.delta.get(path) {
+            Some(r) => (!r.is_empty()).then(|| r.clone()),
+            None => self.base.find(path).map(|i| self.base.row(i)),
+        }
+    }
+
+    /// What was last observed at `path`.
+    pub fn observed(&self, path: &[u8]) -> Option<Observed> {
+        self.get(path)?.observed
+    }
+
+    /// What the manifest in force approves at `path`.
+    pub fn approved(&self, path: &[u8]) -> Option<State> {
+        self.get(path)?.approved
+    }
+
+    /// Records what is at `path` now (`None`: nothing).
+    pub fn set_observed(&mut self, path: &RelPath, observed: Option<Observed>) {
+        let mut row = self.get(path.as_bytes()).unwrap_or_default();
+        row.observed = observed;
+        self.delta.insert(path.clone(), row);
+    }
+
+    /// Puts a new manifest's approved states in force; observations are kept.
+    pub fn replace_approved(&mut self, mut approved: Vec<ManifestEntry>) {
+        approved.sort_by(|a, b| a.path.cmp(&b.path));
+        approved.dedup_by(|a, b| a.path == b.path);
+        let mut b = Builder::default();
+        let mut next = approved.into_iter().peekable();
+        self.walk_from(b"", |p, row| {
+            while let Some(a) = next.next_if(|a| a.path.as_bytes() < p) {
+                b.push(a.path.as_bytes(), &approved_only(a.state));
+            }
+            let approved = next.next_if(|a| a.path.as_bytes() == p).map(|a| a.state);
+            b.push(
+                p,
+                &Row {
+                    approved,
+                    observed: row.observed,
+                },
+            );
+            true
+        });
+        for a in next {
+            b.push(a.path.as_bytes(), &approved_only(a.state));
+        }
+        self.base = b.finish();
+        self.delta.clear();
+    }
+
+    /// Merges the delta into a new base when it has grown large.
+    pub fn settle(&mut self) {
+        if self.delta.len() <= MERGE_AT {
+            return;
+        }
+        let mut b = Builder::default();
+        self.walk_from(b"", |p, row| {
+            b.push(p, &row);
+            true
+        });
+        self.base = b.finish();
+        self.delta.clear();
+    }
+
+    /// Calls `f` with every row whose path is `>= start`, in path order, until it returns false.
+    pub fn walk_from(&self, start: &[u8], mut f: impl FnMut(&[u8], Row) -> bool) {
+        let mut c = self.base.seek(start);
+        let mut d = self
+            .delta
+            .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
+            .peekable();
+        loop {
+            let from_delta = match (c.path(), d.peek()) {
+                (None, None) => return,
+                (Some(p), Some((dp, _))) => {
+                    if dp.as_bytes() == p {
+                        // The delta replaces the base row.
+                        c.step();
+                        true
+                    } else {
+                        dp.as_bytes() < p
+                    }
+                }
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+            };
+            let go_on = if from_delta {
+                let (p, row) = d.next().expect("peeked");
+                row.is_empty() || f(p.as_bytes(), row.clone())
+            } else {
+                let row = self.base.row(c.row);
+                let go_on = f(c.path().expect("checked"), row);
+                c.step();
+                go_on
+            };
+            if !go_on {
+                return;
+            }
+        }
+    }
+
+    /// Paths observed strictly below directory `dir` (a real-time update found it gone or changed).
+    pub fn observed_below(&self, dir: &RelPath) -> Vec<RelPath> {
+        let prefix = [dir.as_bytes(), b"/"].concat();
+        let mut out = Vec::new();
+        self.walk_from(&prefix, |p, row| {
+            if !p.starts_with(&prefix) {
+                return false;
+            }
+            if row.observed.is_some() {
+                out.push(RelPath::from_bytes(p));
+            }
+            true
+        });
+        out
+    }
+
+    /// Rows in the table (paths approved, observed or both).
+    pub fn len(&self) -> usize {
+        let mut n = 0;
+        self.walk_from(b"", |_, _| {
+            n += 1;
+            true
+        });
+        n
+    }
+
+    /// Whether the table has no row.
+    pub fn is_empty(&self) -> bool {
+        let mut empty = true;
+        self.walk_from(b"", |_, _| {
+            empty = false;
+            false
+        });
+        empty
+    }
+
+    /// Heap bytes held by the base (the delta is small by construction), for logs and benchmarks.
+    pub fn base_bytes(&self) -> usize {
+        let b = &self.base;
+        b.arena.capacity()
+            + b.blocks.capacity() * size_of::<usize>()
+            + b.recs.capacity() * size_of::<Rec>()
+            + b.hashes.capacity() * 32
+            + b.devs.capacity() * 8
+    }
+}
+
+fn approved_only(state: State) -> Row {
+    Row {
+        approved: Some(state),
+        observed: None,
+    }
+}
+
+impl StatCache for Table {
+    fn cached_file(&self, path: &RelPath) -> Option<CachedFile> {
+        match self.delta.get(path.as_bytes()) {
+            Some(row) => {
+                let o = row.observed.as_ref()?;
+                (o.meta.kind == Kind::File && o.problem.is_none() && o.target.is_none())
+                    .then_some(())?;
+                Some(CachedFile {
+                    size: o.meta.size,
+                    mtime_ns: o.meta.mtime_ns,
+                    ctime_ns: o.meta.ctime_ns,
+                    ino: o.meta.ino,
+                    dev: o.meta.dev,
+                    blake3: o.blake3?,
+                })
+            }
+            None => self.base.cached_file(self.base.find(path.as_bytes())?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(size: u64, hash: Option<[u8; 32]>) -> Observed {
+        Observed {
+            meta: Meta {
+                kind: Kind::File,
+                size,
+                mode: 0o644,
+                uid: 1,
+                gid: 2,
+                mtime_ns: 3,
+                ctime_ns: 4,
+                ino: size,
+                dev: 77,
+                nlink: 1,
+            },
+            blake3: hash,
+            target: None,
+            problem: None,
+        }
+    }
+
+    fn path(s: &str) -> RelPath {
+        RelPath::from_bytes(s.as_bytes())
+    }
+
+    fn rows(t: &Table) -> Vec<(String, Row)> {
+        let mut out = Vec::new();
+        t.walk_from(b"", |p, r| {
+            out.push((String::from_utf8_lossy(p).into_owned(), r));
+            true
+        });
+        out
+    }
+
+    #[test]
+    fn record_has_no_padding() {
+        assert_eq!(size_of::<Rec>(), 80);
+    }
+
+    #[test]
+    fn lookups_and_order_across_blocks() {
+        let names: Vec<String> = (0..100)
+            .map(|i| format!("a/dir{}/f{i:03}", i % 7))
+            .collect();
+        let t = Table::from_observed(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (path(n), obs(i as u64, Some([i as u8; 32]))))
+                .collect(),
+        );
+        let mut sorted = names.clone();
+        sorted.sort();
+        let got: Vec<String> = rows(&t).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(got, sorted);
+        for (i, n) in names.iter().enumerate() {
+            let o = t.observed(n.as_bytes()).unwrap();
+            assert_eq!(o, obs(i as u64, Some([i as u8; 32])), "{n}");
+        }
+        assert!(t.get(b"a/dir0/f0000").is_none());
+        assert!(t.get(b"").is_none());
+        assert!(t.get(b"zzz").is_none());
+        assert_eq!(t.len(), 100);
+    }
+
+    #[test]
+    fn delta_overrides_base_and_deletes_until_merged() {
+        let mut t = Table::from_observed(vec![
+            (path("a"), obs(1, Some([1; 32]))),
+            (path("b"), obs(2, None)),
+            (path("c"), obs(3, None)),
+        ]);
+        t.set_observed(&path("b"), None);
+        t.set_observed(&path("bb"), Some(obs(9, None)));
+        t.set_observed(&path("a"), Some(obs(5, Some([5; 32]))));
+        let seen: Vec<(String, u64)> = rows(&t)
+            .into_iter()
+            .map(|(p, r)| (p, r.observed.unwrap().meta.size))
+            .collect();
+        let want = vec![("a".into(), 5), ("bb".into(), 9), ("c".into(), 3)];
+        assert_eq!(seen, want);
+        assert!(t.get(b"b").is_none());
+        // Merging keeps the same content.
+        for i in 0..=MERGE_AT {
+            t.set_observed(&path(&format!("z{i:05}")), Some(obs(i as u64, None)));
+        }
+        let before = rows(&t);
+        t.settle();
+        assert!(t.delta.is_empty());
+        assert_eq!(rows(&t), before);
+    }
+
+    #[test]
+    fn approved_and_observed_share_a_hash_slot_and_survive_a_new_manifest() {
+        let mut t = Table::from_observed(vec![
+            (path("same"), obs(1, Some([1; 32]))),
+            (path("edited"), obs(2, Some([2; 32]))),
+            (path("extra"), obs(3, Some([3; 32]))),
+        ]);
+        let approve = |p: &str, h: u8| ManifestEntry {
+            path: path(p),
+            state: State {
+                kind: Kind::File,
+                size: Some(1),
+                mode: 0o644,
+                uid: None,
+                gid: Some(2),
+                blake3: Some([h; 32]),
+                target: None,
+            },
+        };
+        t.replace_approved(vec![
+            approve("same", 1),
+            approve("edited", 9),
+            approve("gone", 4),
+        ]);
+        assert_eq!(
+            t.base.hashes.len(),
+            5,
+            "same: one slot; edited: two; extra, gone: one each"
+        );
+        assert_eq!(t.approved(b"gone").unwrap().blake3, Some([4; 32]));
+        assert!(t.observed(b"gone").is_none());
+        assert_eq!(t.approved(b"edited").unwrap().uid, None);
+        assert_eq!(t.approved(b"edited").unwrap().gid, Some(2));
+        assert!(t.approved(b"extra").is_none());
+        assert_eq!(t.observed(b"extra").unwrap().blake3, Some([3; 32]));
+        // A new manifest replaces the approved column and drops rows that are neither.
+        t.replace_approved(vec![approve("same", 1)]);
+        assert!(t.get(b"gone").is_none());
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn symlinks_problems_and_odd_bytes_round_trip() {
+        let mut link = obs(0, None);
+        link.meta.kind = Kind::Symlink;
+        link.target = Some(b"../\xff".to_vec());
+        let mut broken = obs(0, None);
+        broken.problem = Some("cannot read: denied".into());
+        broken.meta.nlink = u64::MAX;
+        let t = Table::from_observed(vec![
+            (RelPath::from_bytes(b"l\xfe\n".to_vec()), link.clone()),
+            (path("p"), broken.clone()),
+        ]);
+        assert_eq!(t.observed(b"l\xfe\n"), Some(link));
+        let back = t.observed(b"p").unwrap();
+        assert_eq!(back.meta.nlink, u64::from(u32::MAX));
+        assert!(back.matches(&broken.clone().into_entry(path("p"))));
+        assert!(
+            t.cached_file(&path("p")).is_none(),
+            "a problem is never a cache hit"
+        );
+    }
+
+    #[test]
+    fn stat_cache_reads_base_and_delta() {
+        let mut t = Table::from_observed(vec![(path("a"), obs(1, Some([1; 32])))]);
+        assert_eq!(t.cached_file(&path("a")).unwrap().blake3, [1; 32]);
+        t.set_observed(&path("a"), Some(obs(2, Some([2; 32]))));
+        assert_eq!(t.cached_file(&path("a")).unwrap().size, 2);
+        assert!(t.cached_file(&path("b")).is_none());
+    }
+
+    #[test]
+    fn observed_below_stops_at_the_prefix() {
+        let t = Table::from_observed(
+            ["d", "d/a", "d/b/c", "d0", "d-x", "e"]
+                .iter()
+                .map(|p| (path(p), obs(1, None)))
+                .collect(),
+        );
+        let got: Vec<String> = t
+            .observed_below(&path("d"))
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(got, vec!["d/a", "d/b/c"]);
+    }
+}
