@@ -312,8 +312,7 @@ impl Engine {
         self.summaries.insert(t.cfg.name.clone(), summary.clone());
         // A full scan frees a whole tree's worth of temporary entries: give them back to the
         // system instead of keeping the peak as resident memory.
-        // SAFETY: malloc_trim only releases free heap memory.
-        unsafe { libc::malloc_trim(0) };
+        super::release_free_memory();
         result.summary = Some(summary);
         result.scanned = scanned;
         Ok(result)

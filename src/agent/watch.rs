@@ -7,7 +7,9 @@
 //! that tree, logged once per episode (DESIGN §9b): losing events must never mean silence.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,11 +94,54 @@ fn mask() -> WatchMask {
         | WatchMask::EXCL_UNLINK
 }
 
+/// The watched directories by watch descriptor, their paths in one buffer: a big tree has tens
+/// of thousands of them, and as many small long-lived allocations would be scattered through the
+/// heap among a scan's short-lived ones, keeping its pages resident.
+#[derive(Default)]
+struct DirMap {
+    bytes: Vec<u8>,
+    spans: HashMap<WatchDescriptor, (usize, usize)>,
+    /// Bytes of removed paths still in `bytes`.
+    garbage: usize,
+}
+
+impl DirMap {
+    fn insert(&mut self, wd: WatchDescriptor, dir: &Path) {
+        let b = dir.as_os_str().as_bytes();
+        let span = (self.bytes.len(), b.len());
+        self.bytes.extend_from_slice(b);
+        if let Some((_, len)) = self.spans.insert(wd, span) {
+            self.garbage += len;
+        }
+    }
+
+    fn get(&self, wd: &WatchDescriptor) -> Option<&Path> {
+        let &(at, len) = self.spans.get(wd)?;
+        Some(Path::new(OsStr::from_bytes(&self.bytes[at..at + len])))
+    }
+
+    fn remove(&mut self, wd: &WatchDescriptor) {
+        if let Some((_, len)) = self.spans.remove(wd) {
+            self.garbage += len;
+        }
+        if self.garbage > 4096 && self.garbage > self.bytes.len() / 2 {
+            let mut bytes = Vec::with_capacity(self.bytes.len() - self.garbage);
+            for span in self.spans.values_mut() {
+                let (at, len) = *span;
+                *span = (bytes.len(), len);
+                bytes.extend_from_slice(&self.bytes[at..at + len]);
+            }
+            self.bytes = bytes;
+            self.garbage = 0;
+        }
+    }
+}
+
 struct TreeWatcher {
     name: String,
     cross_filesystems: bool,
     inotify: Inotify,
-    dirs: HashMap<WatchDescriptor, PathBuf>,
+    dirs: DirMap,
     tx: Sender<Msg>,
     limit_logged: bool,
 }
@@ -107,7 +152,7 @@ impl TreeWatcher {
             name: tree.name.clone(),
             cross_filesystems: tree.cross_filesystems,
             inotify: Inotify::init()?,
-            dirs: HashMap::new(),
+            dirs: DirMap::default(),
             tx,
             limit_logged: false,
         };
@@ -124,9 +169,7 @@ impl TreeWatcher {
 
     fn add(&mut self, dir: &Path) {
         match self.inotify.watches().add(dir, mask()) {
-            Ok(wd) => {
-                self.dirs.insert(wd, dir.to_path_buf());
-            }
+            Ok(wd) => self.dirs.insert(wd, dir),
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
                 if !self.limit_logged {
                     tracing::error!(tree = %self.name, dir = %dir.display(),
@@ -193,7 +236,7 @@ impl TreeWatcher {
                     self.dirs.remove(&wd);
                     continue;
                 }
-                let Some(dir) = self.dirs.get(&wd).cloned() else {
+                let Some(dir) = self.dirs.get(&wd).map(Path::to_path_buf) else {
                     continue;
                 };
                 let path = match name {
