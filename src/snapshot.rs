@@ -34,6 +34,33 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Its one-byte code in the agent's binary state files.
+    pub fn code(self) -> u8 {
+        match self {
+            Kind::File => 0,
+            Kind::Dir => 1,
+            Kind::Symlink => 2,
+            Kind::Fifo => 3,
+            Kind::Socket => 4,
+            Kind::CharDevice => 5,
+            Kind::BlockDevice => 6,
+        }
+    }
+
+    /// The kind of a code written by [`Kind::code`].
+    pub fn from_code(c: u8) -> Option<Kind> {
+        Some(match c {
+            0 => Kind::File,
+            1 => Kind::Dir,
+            2 => Kind::Symlink,
+            3 => Kind::Fifo,
+            4 => Kind::Socket,
+            5 => Kind::CharDevice,
+            6 => Kind::BlockDevice,
+            _ => return None,
+        })
+    }
+
     /// The name used in JSON and text output.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -47,6 +47,8 @@ pub struct InForce {
     pub release: String,
     /// When it was built: a first observation window starts there.
     pub created_at: Timestamp,
+    /// BLAKE3 of its bytes: the same file seen again is neither verified nor parsed again.
+    pub digest: blake3::Hash,
 }
 
 /// Size, mtime, ctime (ns), inode, device: what changes when a file is rewritten or replaced.
@@ -550,8 +552,14 @@ impl Engine {
             return None;
         }
         t.manifest_stamp = Some(now_stamp);
-        let loaded = (|| -> Result<(Manifest, Vec<u8>), String> {
+        let in_force_digest = t.manifest.as_ref().map(|m| m.digest);
+        let loaded = (|| -> Result<Option<(Manifest, Vec<u8>)>, String> {
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            // The manifest in force, unchanged (every start, every reload): judging it again
+            // could not change what is in force, and a large one costs a second to parse.
+            if in_force_digest == Some(blake3::hash(&bytes)) {
+                return Ok(None);
+            }
             if require || !keys.is_empty() {
                 sign::verify_bytes(&bytes, &path, &keys).map_err(|e| e.to_string())?;
             }
@@ -564,10 +572,11 @@ impl Engine {
                     t.cfg.name
                 ));
             }
-            Ok((m, bytes))
+            Ok(Some((m, bytes)))
         })();
         let (m, bytes) = match loaded {
-            Ok(x) => x,
+            Ok(Some(x)) => x,
+            Ok(None) => return None,
             Err(why) => {
                 if t.warned.insert(why.clone()) {
                     tracing::error!(tree = %t.cfg.name, %why, "manifest rejected; it authorizes nothing");
@@ -598,11 +607,13 @@ impl Engine {
                 t.state.release = Some(m.release.clone());
                 t.state.manifest_created_at = Some(m.created_at);
                 t.state.overlay.clear();
+                let digest = blake3::hash(&bytes);
                 t.manifest = Some(InForce {
                     release: m.release,
                     created_at: m.created_at,
+                    digest,
                 });
-                Arc::make_mut(&mut t.state.table).replace_approved(m.entries);
+                t.state.approve(m.entries, *digest.as_bytes());
                 deploy
             }
         }
@@ -642,17 +653,31 @@ fn log_event(host: &str, ev: &ChangeEvent) {
 }
 
 /// The manifest kept in the state dir is the one in force (it may be newer than the file on disk
-/// after an attempted rollback); its approved states go into the table.
+/// after an attempted rollback). The table saved with the state normally holds its approved
+/// states already; only when it does not (a crash between the two writes, a rebuilt state) is
+/// the manifest parsed again.
 fn load_in_force(dir: &Path, state: &mut TreeState) -> Option<InForce> {
-    state.release.as_ref()?;
+    let release = state.release.clone()?;
     let path = dir.join("manifest.json");
     let bytes = std::fs::read(&path).ok()?;
+    let digest = blake3::hash(&bytes);
+    if let (Some(from), Some(created_at)) = (state.approved_from, state.manifest_created_at)
+        && from == *digest.as_bytes()
+    {
+        return Some(InForce {
+            release,
+            created_at,
+            digest,
+        });
+    }
     let m = Manifest::parse(&bytes, &path).ok()?;
-    Arc::make_mut(&mut state.table).replace_approved(m.entries);
-    Some(InForce {
+    let in_force = InForce {
         release: m.release,
         created_at: m.created_at,
-    })
+        digest,
+    };
+    state.approve(m.entries, *digest.as_bytes());
+    Some(in_force)
 }
 
 /// The manifest file and its signature are not part of the deployed code.

@@ -11,12 +11,10 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::table::{Observed, Table};
+use super::table::{Observed, Reader, Table, put_bytes};
 use crate::diff::State;
 use crate::pathbytes::RelPath;
 use crate::snapshot::{Kind, Meta};
-
-const SNAP_MAGIC: &[u8; 8] = b"DWSNAP1\n";
 
 /// An unauthorized change still open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +115,10 @@ pub struct TreeState {
     /// Whether the tree was ever observed (before that, a path's previous state is the approved
     /// one).
     pub observed: bool,
+    /// BLAKE3 of the manifest whose approved states are in the table (saved with it).
+    pub approved_from: Option<[u8; 32]>,
+    /// The approved states changed: the next save rewrites `snapshot.bin`.
+    rewrite: bool,
     /// Observations not yet in `snapshot.bin` (saved in `state.json`).
     pub delta: BTreeMap<RelPath, Option<Observed>>,
     /// Generation of `snapshot.bin`.
@@ -149,26 +151,25 @@ impl TreeState {
             Err(e) => return Err(format!("{}: {e}", json_path.display())),
         };
         let bin = match std::fs::read(&snap_path) {
-            Ok(bytes) => Some(
-                decode_file(&bytes)
-                    .ok_or_else(|| format!("{}: corrupt snapshot", snap_path.display()))?,
-            ),
+            Ok(bytes) => {
+                Some(decode_file(&bytes).map_err(|why| format!("{}: {why}", snap_path.display()))?)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(format!("{}: {e}", snap_path.display())),
         };
-        let (p, entries) = match (json, bin) {
+        let (p, bin) = match (json, bin) {
             (None, None) => return Ok(TreeState::default()),
             (Some(p), None) if p.generation == 0 => (p, None),
             (Some(_), None) => {
                 return Err(format!("{}: snapshot.bin is missing", json_path.display()));
             }
-            (None, Some((persisted, entries))) => (persisted, Some(entries)),
-            (Some(p), Some((persisted, entries))) => {
-                if persisted.generation > p.generation {
+            (None, Some(mut f)) => (std::mem::take(&mut f.persisted), Some(f)),
+            (Some(p), Some(mut f)) => {
+                if f.persisted.generation > p.generation {
                     // Crash after the snapshot file was written, before state.json followed it.
-                    (persisted, Some(entries))
-                } else if persisted.generation == p.generation {
-                    (p, Some(entries))
+                    (std::mem::take(&mut f.persisted), Some(f))
+                } else if f.persisted.generation == p.generation {
+                    (p, Some(f))
                 } else {
                     return Err(format!(
                         "{}: generation {} is ahead of snapshot.bin",
@@ -216,8 +217,11 @@ impl TreeState {
             };
             delta.insert(path(&k)?, entry);
         }
-        let observed = entries.is_some() || !delta.is_empty();
-        let mut table = Table::from_observed(entries.unwrap_or_default());
+        let observed = bin.is_some() || !delta.is_empty();
+        let (mut table, approved_from) = match bin {
+            Some(f) => (f.table, f.approved_from),
+            None => (Table::default(), None),
+        };
         for (k, v) in &delta {
             table.set_observed(k, v.clone());
         }
@@ -231,6 +235,8 @@ impl TreeState {
             open,
             table: std::sync::Arc::new(table),
             observed,
+            approved_from,
+            rewrite: false,
             delta,
             generation: p.generation,
             outbox: p.outbox,
@@ -281,18 +287,26 @@ impl TreeState {
         self.observed = true;
     }
 
+    /// Puts a manifest's approved states in force (`digest`: BLAKE3 of its bytes).
+    pub fn approve(&mut self, entries: Vec<crate::manifest::ManifestEntry>, digest: [u8; 32]) {
+        std::sync::Arc::make_mut(&mut self.table).replace_approved(entries);
+        self.approved_from = Some(digest);
+        self.rewrite = true;
+    }
+
     /// Saves atomically: one file per save (see [`TreeState::load`]).
     pub fn save(&mut self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let never_written = self.generation == 0 && self.observed;
-        if self.delta.len() > COMPACT_AT || never_written {
+        if self.delta.len() > COMPACT_AT || never_written || self.rewrite {
             self.generation += 1;
             let p = self.persisted(false);
             super::spool::write_atomic(
                 &dir.join("snapshot.bin"),
-                &encode_file(self.generation, &p, &self.table),
+                &encode_file(self.generation, &p, self.approved_from, &self.table),
             )?;
             self.delta.clear();
+            self.rewrite = false;
         }
         let p = self.persisted(true);
         super::spool::write_atomic(
@@ -304,10 +318,27 @@ impl TreeState {
     }
 }
 
-const FILE_MAGIC: &[u8; 8] = b"DWSNAP2\n";
+const FILE_MAGIC: &[u8; 8] = b"DWSNAP3\n";
+/// Earlier layouts (one entry per observed path, no approved states): rebuilt, not read.
+const OLD_MAGICS: [&[u8; 8]; 2] = [b"DWSNAP1\n", b"DWSNAP2\n"];
 
-/// The snapshot file: magic | generation | state JSON (length-prefixed) | snapshot | BLAKE3.
-fn encode_file(generation: u64, p: &Persisted, table: &Table) -> Vec<u8> {
+/// What `snapshot.bin` holds.
+#[derive(Debug)]
+struct SnapshotFile {
+    persisted: Persisted,
+    /// BLAKE3 of the manifest whose approved states the table holds.
+    approved_from: Option<[u8; 32]>,
+    table: Table,
+}
+
+/// The snapshot file: magic | generation | state JSON (length-prefixed) | approved-from digest
+/// (flag byte, 32 bytes) | table | BLAKE3 of everything before.
+fn encode_file(
+    generation: u64,
+    p: &Persisted,
+    approved_from: Option<[u8; 32]>,
+    table: &Table,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(FILE_MAGIC);
     out.extend_from_slice(&generation.to_le_bytes());
@@ -317,62 +348,48 @@ fn encode_file(generation: u64, p: &Persisted, table: &Table) -> Vec<u8> {
             .expect("state serializes")
             .as_bytes(),
     );
-    out.extend_from_slice(&encode_snapshot(table));
+    out.push(u8::from(approved_from.is_some()));
+    out.extend_from_slice(&approved_from.unwrap_or_default());
+    table.encode(&mut out);
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
     out
 }
 
-fn decode_file(bytes: &[u8]) -> Option<(Persisted, Vec<(RelPath, Observed)>)> {
+fn decode_file(bytes: &[u8]) -> Result<SnapshotFile, &'static str> {
+    if OLD_MAGICS.iter().any(|m| bytes.starts_with(*m)) {
+        return Err("written by an older driftwatch (re-baselining)");
+    }
     if bytes.len() < 16 + 32 || &bytes[..8] != FILE_MAGIC {
-        return None;
+        return Err("not a driftwatch snapshot");
     }
     let (body, sum) = bytes.split_at(bytes.len() - 32);
     if blake3::hash(body).as_bytes() != sum {
-        return None;
+        return Err("checksum mismatch (damaged)");
     }
+    let corrupt = "corrupt snapshot";
     let mut r = Reader { b: body, pos: 8 };
-    let generation = r.u64()?;
-    let mut p: Persisted = serde_json::from_slice(&r.bytes()?).ok()?;
-    p.generation = generation;
-    let snap = decode_snapshot(&body[r.pos..])?;
-    Some((p, snap))
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
-}
-
-fn kind_code(k: Kind) -> u8 {
-    match k {
-        Kind::File => 0,
-        Kind::Dir => 1,
-        Kind::Symlink => 2,
-        Kind::Fifo => 3,
-        Kind::Socket => 4,
-        Kind::CharDevice => 5,
-        Kind::BlockDevice => 6,
+    let generation = r.u64().ok_or(corrupt)?;
+    let mut persisted: Persisted =
+        serde_json::from_slice(&r.bytes().ok_or(corrupt)?).map_err(|_| corrupt)?;
+    persisted.generation = generation;
+    let has = r.u8().ok_or(corrupt)?;
+    let digest: [u8; 32] = r.take(32).and_then(|d| d.try_into().ok()).ok_or(corrupt)?;
+    let table = Table::decode(&mut r).ok_or(corrupt)?;
+    if r.pos != body.len() || has > 1 {
+        return Err(corrupt);
     }
-}
-
-fn code_kind(c: u8) -> Option<Kind> {
-    Some(match c {
-        0 => Kind::File,
-        1 => Kind::Dir,
-        2 => Kind::Symlink,
-        3 => Kind::Fifo,
-        4 => Kind::Socket,
-        5 => Kind::CharDevice,
-        6 => Kind::BlockDevice,
-        _ => return None,
+    Ok(SnapshotFile {
+        persisted,
+        approved_from: (has == 1).then_some(digest),
+        table,
     })
 }
 
 fn encode_entry(out: &mut Vec<u8>, path: &[u8], e: &Observed) {
     put_bytes(out, path);
     let m = &e.meta;
-    out.push(kind_code(m.kind));
+    out.push(m.kind.code());
     for v in [m.size, m.ino, m.dev, m.nlink] {
         out.extend_from_slice(&v.to_le_bytes());
     }
@@ -397,55 +414,9 @@ fn encode_entry(out: &mut Vec<u8>, path: &[u8], e: &Observed) {
     }
 }
 
-/// Encodes the observed rows of a table, with a BLAKE3 trailer over everything before it.
-fn encode_snapshot(table: &Table) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(SNAP_MAGIC);
-    let count_at = out.len();
-    out.extend_from_slice(&0u64.to_le_bytes());
-    let mut n = 0u64;
-    table.walk_from(b"", |p, row| {
-        if let Some(o) = &row.observed {
-            encode_entry(&mut out, p, o);
-            n += 1;
-        }
-        true
-    });
-    out[count_at..count_at + 8].copy_from_slice(&n.to_le_bytes());
-    let sum = blake3::hash(&out);
-    out.extend_from_slice(sum.as_bytes());
-    out
-}
-
-struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(s)
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn bytes(&mut self) -> Option<Vec<u8>> {
-        let n = self.u32()? as usize;
-        Some(self.take(n)?.to_vec())
-    }
-}
-
 fn decode_entry(r: &mut Reader<'_>) -> Option<(RelPath, Observed)> {
     let path = RelPath::from_bytes(r.bytes()?);
-    let kind = code_kind(r.take(1)?[0])?;
+    let kind = Kind::from_code(r.take(1)?[0])?;
     let (size, ino, dev, nlink) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
     let (mode, uid, gid) = (r.u32()?, r.u32()?, r.u32()?);
     let (mtime_ns, ctime_ns) = (r.i64()?, r.i64()?);
@@ -488,24 +459,6 @@ fn decode_entry(r: &mut Reader<'_>) -> Option<(RelPath, Observed)> {
     ))
 }
 
-/// Decodes a snapshot; `None` when the magic, the structure or the checksum is wrong.
-fn decode_snapshot(bytes: &[u8]) -> Option<Vec<(RelPath, Observed)>> {
-    if bytes.len() < SNAP_MAGIC.len() + 8 + 32 || &bytes[..8] != SNAP_MAGIC {
-        return None;
-    }
-    let (body, sum) = bytes.split_at(bytes.len() - 32);
-    if blake3::hash(body).as_bytes() != sum {
-        return None;
-    }
-    let mut r = Reader { b: body, pos: 8 };
-    let n = r.u64()?;
-    let mut out = Vec::with_capacity(usize::try_from(n).ok()?.min(body.len() / 60));
-    for _ in 0..n {
-        out.push(decode_entry(&mut r)?);
-    }
-    (r.pos == body.len()).then_some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,17 +493,31 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_round_trips_and_detects_corruption() {
+    fn snapshot_file_round_trips_and_refuses_damage_and_old_versions() {
         let want = vec![
             (RelPath::from_bytes(b"a\xff".to_vec()), obs(Some([3; 32]))),
             (RelPath::from_bytes(b"b\nc".to_vec()), obs(None)),
         ];
-        let bytes = encode_snapshot(&Table::from_observed(want.clone()));
-        assert_eq!(decode_snapshot(&bytes).unwrap(), want);
+        let p = Persisted {
+            version: 1,
+            ..Persisted::default()
+        };
+        let bytes = encode_file(7, &p, Some([9; 32]), &Table::from_observed(want.clone()));
+        let back = decode_file(&bytes).unwrap();
+        assert_eq!(back.persisted.generation, 7);
+        assert_eq!(back.approved_from, Some([9; 32]));
+        let got: Vec<(RelPath, Observed)> = rows(&back.table)
+            .into_iter()
+            .map(|(p, o)| (RelPath::from_bytes(p), o))
+            .collect();
+        assert_eq!(got, want);
         let mut bad = bytes.clone();
         bad[20] ^= 1;
-        assert!(decode_snapshot(&bad).is_none());
-        assert!(decode_snapshot(&bytes[..bytes.len() - 1]).is_none());
+        assert_eq!(decode_file(&bad).err(), Some("checksum mismatch (damaged)"));
+        assert!(decode_file(&bytes[..bytes.len() - 1]).is_err());
+        let mut old = bytes.clone();
+        old[..8].copy_from_slice(b"DWSNAP2\n");
+        assert!(decode_file(&old).unwrap_err().contains("older driftwatch"));
     }
 
     #[test]

@@ -576,6 +576,27 @@ impl Table {
         out
     }
 
+    /// Appends the whole table (delta included) in binary form.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        if self.delta.is_empty() {
+            return self.base.encode(out);
+        }
+        let mut b = Builder::default();
+        self.walk_from(b"", |p, row| {
+            b.push(p, &row);
+            true
+        });
+        b.finish().encode(out);
+    }
+
+    /// Reads a table written by [`Table::encode`]; `None` when anything is out of place.
+    pub(super) fn decode(r: &mut Reader<'_>) -> Option<Table> {
+        Some(Table {
+            base: Base::decode(r)?,
+            delta: BTreeMap::new(),
+        })
+    }
+
     /// Rows in the table (paths approved, observed or both).
     pub fn len(&self) -> usize {
         let mut n = 0;
@@ -605,6 +626,226 @@ impl Table {
             + b.hashes.capacity() * 32
             + b.devs.capacity() * 8
     }
+}
+
+/// Reads the little-endian, length-prefixed binary forms of the state files.
+pub(super) struct Reader<'a> {
+    pub(super) b: &'a [u8],
+    pub(super) pos: usize,
+}
+
+impl Reader<'_> {
+    pub(super) fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+    pub(super) fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    pub(super) fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    pub(super) fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    pub(super) fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    pub(super) fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    pub(super) fn bytes(&mut self) -> Option<Vec<u8>> {
+        let n = self.u32()? as usize;
+        Some(self.take(n)?.to_vec())
+    }
+    /// A count of items that take at least `min` bytes each (no huge allocation from a bad count).
+    fn count(&mut self, min: usize) -> Option<usize> {
+        let n = usize::try_from(self.u64()?).ok()?;
+        (n.checked_mul(min)? <= self.b.len() - self.pos).then_some(n)
+    }
+}
+
+/// Appends `b` with a 32-bit length prefix.
+pub(super) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+const NO_KIND: u8 = u8::MAX;
+
+fn put_opt(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        Some(b) => {
+            out.push(1);
+            put_bytes(out, b);
+        }
+        None => out.push(0),
+    }
+}
+
+fn opt(r: &mut Reader<'_>) -> Option<Option<Vec<u8>>> {
+    match r.u8()? {
+        0 => Some(None),
+        1 => Some(Some(r.bytes()?)),
+        _ => None,
+    }
+}
+
+impl Base {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.reserve(self.arena.len() + self.recs.len() * 80 + self.hashes.len() * 32);
+        out.extend_from_slice(&(self.arena.len() as u64).to_le_bytes());
+        out.extend_from_slice(&self.arena);
+        out.extend_from_slice(&(self.recs.len() as u64).to_le_bytes());
+        for r in &self.recs {
+            for v in [
+                r.size,
+                r.mtime_ns as u64,
+                r.ctime_ns as u64,
+                r.ino,
+                r.app_size,
+            ] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in [
+                r.dev, r.nlink, r.uid, r.gid, r.app_uid, r.app_gid, r.hash, r.app_hash,
+            ] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(&r.mode.to_le_bytes());
+            out.extend_from_slice(&r.app_mode.to_le_bytes());
+            out.push(r.kind.map_or(NO_KIND, Kind::code));
+            out.push(r.app_kind.map_or(NO_KIND, Kind::code));
+            out.push(r.flags);
+        }
+        out.extend_from_slice(&(self.hashes.len() as u64).to_le_bytes());
+        for h in &self.hashes {
+            out.extend_from_slice(h);
+        }
+        out.extend_from_slice(&(self.devs.len() as u64).to_le_bytes());
+        for d in &self.devs {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.extras.len() as u64).to_le_bytes());
+        for (i, x) in &self.extras {
+            out.extend_from_slice(&i.to_le_bytes());
+            put_opt(out, x.target.as_deref());
+            put_opt(out, x.problem.as_ref().map(String::as_bytes));
+            put_opt(out, x.app_target.as_deref());
+        }
+    }
+
+    /// Reads a base written by [`Base::encode`], checking every index and the path order, so a
+    /// damaged file is refused here instead of misbehaving later.
+    fn decode(r: &mut Reader<'_>) -> Option<Base> {
+        let len = usize::try_from(r.u64()?).ok()?;
+        let arena = r.take(len)?.to_vec();
+        let n = r.count(67)?;
+        let mut recs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let kind = |c: u8| match c {
+                NO_KIND => Some(None),
+                c => Kind::from_code(c).map(Some),
+            };
+            recs.push(Rec {
+                size: r.u64()?,
+                mtime_ns: r.i64()?,
+                ctime_ns: r.i64()?,
+                ino: r.u64()?,
+                app_size: r.u64()?,
+                dev: r.u32()?,
+                nlink: r.u32()?,
+                uid: r.u32()?,
+                gid: r.u32()?,
+                app_uid: r.u32()?,
+                app_gid: r.u32()?,
+                hash: r.u32()?,
+                app_hash: r.u32()?,
+                mode: r.u16()?,
+                app_mode: r.u16()?,
+                kind: kind(r.u8()?)?,
+                app_kind: kind(r.u8()?)?,
+                flags: r.u8()?,
+            });
+        }
+        let n = r.count(32)?;
+        let mut hashes = Vec::with_capacity(n);
+        for _ in 0..n {
+            hashes.push(r.take(32)?.try_into().ok()?);
+        }
+        let n = r.count(8)?;
+        let mut devs = Vec::with_capacity(n);
+        for _ in 0..n {
+            devs.push(r.u64()?);
+        }
+        let n = r.count(7)?;
+        let mut extras = BTreeMap::new();
+        for _ in 0..n {
+            let i = r.u32()?;
+            let x = Extra {
+                target: opt(r)?,
+                problem: opt(r)?.map(String::from_utf8).transpose().ok()?,
+                app_target: opt(r)?,
+            };
+            extras.insert(i, x);
+        }
+        // Every index in range, the extra flag exactly where there are extras.
+        for (i, rec) in recs.iter().enumerate() {
+            let hash_ok = |h: u32| h == NO_HASH || (h as usize) < hashes.len();
+            let ok = hash_ok(rec.hash)
+                && hash_ok(rec.app_hash)
+                && (rec.kind.is_none() || (rec.dev as usize) < devs.len())
+                && (rec.kind.is_some() || rec.app_kind.is_some())
+                && (rec.flags & EXTRA != 0) == extras.contains_key(&(i as u32));
+            if !ok {
+                return None;
+            }
+        }
+        // The paths: in bounds, blocks where they belong, strictly increasing.
+        let mut blocks = Vec::with_capacity(recs.len().div_ceil(BLOCK));
+        let (mut pos, mut prev, mut path) = (0usize, Vec::new(), Vec::new());
+        for i in 0..recs.len() {
+            if i % BLOCK == 0 {
+                blocks.push(pos);
+            }
+            let shared = checked_varint(&arena, &mut pos)?;
+            let len = checked_varint(&arena, &mut pos)?;
+            if shared > prev.len() || (i % BLOCK == 0 && shared != 0) {
+                return None;
+            }
+            path.clear();
+            path.extend_from_slice(&prev[..shared]);
+            path.extend_from_slice(arena.get(pos..pos.checked_add(len)?)?);
+            pos += len;
+            if i > 0 && path <= prev {
+                return None;
+            }
+            std::mem::swap(&mut prev, &mut path);
+        }
+        (pos == arena.len()).then_some(Base {
+            arena,
+            blocks,
+            recs,
+            hashes,
+            devs,
+            extras,
+        })
+    }
+}
+
+/// As [`varint`], but `None` past the end or beyond 64 bits.
+fn checked_varint(a: &[u8], pos: &mut usize) -> Option<usize> {
+    let mut v = 0usize;
+    for shift in (0..64).step_by(7) {
+        let b = *a.get(*pos)?;
+        *pos += 1;
+        v |= usize::from(b & 0x7f).checked_shl(shift)?;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
 }
 
 fn approved_only(state: State) -> Row {
@@ -800,6 +1041,44 @@ mod tests {
         t.set_observed(&path("a"), Some(obs(2, Some([2; 32]))));
         assert_eq!(t.cached_file(&path("a")).unwrap().size, 2);
         assert!(t.cached_file(&path("b")).is_none());
+    }
+
+    #[test]
+    fn binary_form_round_trips_and_damage_is_refused() {
+        let mut link = obs(0, None);
+        link.meta.kind = Kind::Symlink;
+        link.target = Some(b"t".to_vec());
+        let mut t = Table::from_observed(
+            (0..40)
+                .map(|i| (path(&format!("d/f{i:02}")), obs(i, Some([i as u8; 32]))))
+                .chain([(path("l"), link)])
+                .collect(),
+        );
+        t.replace_approved(vec![ManifestEntry {
+            path: path("d/f03"),
+            state: obs(3, Some([3; 32])).state(),
+        }]);
+        t.set_observed(&path("d/new"), Some(obs(99, None)));
+        let mut out = Vec::new();
+        t.encode(&mut out);
+        let back = Table::decode(&mut Reader { b: &out, pos: 0 }).unwrap();
+        assert_eq!(rows(&back), rows(&t));
+        // Any single damaged byte is refused or reads back as a well-formed table: never a panic.
+        for i in 0..out.len() {
+            let mut bad = out.clone();
+            bad[i] ^= 0x55;
+            if let Some(t) = Table::decode(&mut Reader { b: &bad, pos: 0 }) {
+                rows(&t);
+                t.cached_file(&path("d/f03"));
+            }
+        }
+        assert!(
+            Table::decode(&mut Reader {
+                b: &out[..out.len() - 1],
+                pos: 0
+            })
+            .is_none()
+        );
     }
 
     #[test]
