@@ -186,6 +186,73 @@ fn remote_site(fx: &Fx) -> RemoteSite {
     }
 }
 
+/// SIGHUP takes a new `[collector]` without a restart: an agent started against an address
+/// where nothing listens delivers what it spooled once the reloaded config points it at a
+/// collector, and what happens after the reload goes there too.
+#[test]
+fn sighup_switches_the_collector_and_spooled_events_arrive() {
+    let fx = Fx::new();
+    fx.build_manifest();
+    let site = remote_site(&fx);
+    let mut spec = AgentSpec::for_fx(&fx);
+    spec.uplink = Uplink::Remote {
+        url: format!("http://127.0.0.1:{}", free_port()),
+        token_file: site.agent_token.clone(),
+    };
+    let config = fx.base.join("agent.toml");
+    spec.write(&config);
+    let collector = Remote::start(&site.config);
+    let mut agent = Agent::start(&config);
+
+    fx.write("wp-content/uploads/early.php", b"<?php // early\n");
+    let undelivered = poll(secs(20), || {
+        (!agent.drift_lines("wp-content/uploads/early.php").is_empty()
+            && agent.proc.logged("collector unreachable"))
+        .then_some(())
+    });
+    assert!(
+        undelivered.is_some(),
+        "the change was not spooled against the dead address; log:\n{}",
+        agent.proc.log()
+    );
+
+    spec.uplink = Uplink::Remote {
+        url: site.url.clone(),
+        token_file: site.agent_token.clone(),
+    };
+    spec.write(&config);
+    agent.proc.signal(libc::SIGHUP);
+    agent
+        .proc
+        .wait_line("reload", secs(20), |l| l.contains("config reloaded"));
+    fx.write("wp-content/uploads/late.php", b"<?php // late\n");
+    let diag = || {
+        format!(
+            "--- agent log:\n{}\n--- collector log:\n{}",
+            agent.proc.log(),
+            collector.proc.log()
+        )
+    };
+    let evs = wait_events(
+        &site.db,
+        "both events at the new collector",
+        secs(20),
+        diag,
+        |evs| {
+            !about(evs, "shop", "wp-content/uploads/early.php").is_empty()
+                && !about(evs, "shop", "wp-content/uploads/late.php").is_empty()
+        },
+    );
+    for p in [
+        "wp-content/uploads/early.php",
+        "wp-content/uploads/late.php",
+    ] {
+        let e = about(&evs, "shop", p);
+        assert_eq!(e.len(), 1, "{p} must arrive exactly once: {e:#?}");
+        assert_eq!(s(e[0], "status"), "unauthorized");
+    }
+}
+
 #[test]
 fn remote_collector_down_then_back_gets_every_event_exactly_once() {
     let fx = Fx::new();

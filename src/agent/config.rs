@@ -279,7 +279,7 @@ pub struct TreeConfig {
 }
 
 /// Where events go.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Uplink {
     /// Nowhere: events stay in the spool (a one-shot `scan` without a collector).
     None,
@@ -351,6 +351,38 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// Settings a running agent cannot take over (SIGHUP): they are put back to the running
+    /// values in `new`, and their names returned, for a log line each.
+    pub fn keep_restart_only(&self, new: &mut AgentConfig) -> Vec<&'static str> {
+        let mut kept = Vec::new();
+        if new.host != self.host {
+            // Sequence numbers continue per host: a new name must start with a new agent.
+            new.host = self.host.clone();
+            kept.push("host");
+        }
+        if new.state_dir != self.state_dir {
+            new.state_dir = self.state_dir.clone();
+            kept.push("state_dir");
+        }
+        let embedded = |u: &Uplink| matches!(u, Uplink::Embedded { .. });
+        if (embedded(&self.uplink) || embedded(&new.uplink)) && new.uplink != self.uplink {
+            // The embedded collector's server and store are set up once, at start.
+            new.uplink = self.uplink.clone();
+            kept.push("collector.embedded / collector.listen");
+        }
+        if embedded(&self.uplink) {
+            if new.target != self.target {
+                new.target = self.target;
+                kept.push("kpi.target");
+            }
+            if new.timezone != self.timezone {
+                new.timezone = self.timezone.clone();
+                kept.push("kpi.timezone");
+            }
+        }
+        kept
+    }
+
     /// Reads and validates, listing every problem found.
     pub fn load(path: &Path) -> Result<AgentConfig, Vec<String>> {
         let text =
@@ -563,5 +595,68 @@ impl AgentConfig {
             require_signatures: self.require_signatures,
             allow_self_approval: self.allow_self_approval,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config with `extra` appended, `{t}` standing for a token file in `dir`.
+    fn parse(dir: &Path, extra: &str) -> AgentConfig {
+        let extra = extra.replace("{t}", &dir.join("t").display().to_string());
+        let text = format!(
+            "host = \"web-1\"\nstate_dir = \"{}\"\n\n[[tree]]\nname = \"shop\"\nroot = \"{}\"\n\n[trust]\nrequire_signatures = false\n\n{extra}",
+            dir.join("state").display(),
+            dir.display()
+        );
+        AgentConfig::parse(&text, &dir.join("agent.toml")).expect("valid config")
+    }
+
+    #[test]
+    fn reload_keeps_what_needs_a_restart_and_takes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("t");
+        std::fs::write(&token, "secret\n").unwrap();
+        let running = parse(
+            dir.path(),
+            "[collector]\nembedded = true\nlisten = \"127.0.0.1:0\"\n",
+        );
+        let mut new = parse(
+            dir.path(),
+            "[scan]\ninterval = \"5m\"\n\n[collector]\nurl = \"https://collector:8443\"\ntoken_file = \"{t}\"\n\n[kpi]\ntarget = 0.5\n",
+        );
+        new.host = "web-2".into();
+        let kept = running.keep_restart_only(&mut new);
+        assert_eq!(
+            kept,
+            vec![
+                "host",
+                "collector.embedded / collector.listen",
+                "kpi.target"
+            ]
+        );
+        assert_eq!(new.host, "web-1");
+        assert_eq!(new.uplink, running.uplink);
+        assert_eq!(new.target, running.target);
+        assert_eq!(new.interval, Duration::from_secs(300), "taken over at once");
+
+        // Between remote collectors, everything is taken over.
+        let remote = parse(
+            dir.path(),
+            "[collector]\nurl = \"https://a:8443\"\ntoken_file = \"{t}\"\n",
+        );
+        let mut other = parse(
+            dir.path(),
+            "[collector]\nurl = \"https://b:8443\"\ntoken_file = \"{t}\"\n\n[kpi]\ntarget = 0.5\n",
+        );
+        assert!(remote.keep_restart_only(&mut other).is_empty());
+        assert_eq!(
+            other.uplink,
+            Uplink::Remote {
+                url: "https://b:8443".into(),
+                token_file: token.clone()
+            }
+        );
     }
 }

@@ -169,6 +169,24 @@ impl Engine {
 
     /// Replaces the settings (SIGHUP): trees added are loaded, trees removed are dropped.
     pub fn reload(&mut self, cfg: AgentConfig) {
+        self.spool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_max(cfg.spool_max);
+        let caps = |c: &AgentConfig| (c.evidence_max_file, c.evidence_max_total);
+        if caps(&cfg) != caps(&self.cfg) {
+            // The thread finishes the copies it was given under the old caps, then stops.
+            if let Some((tx, handle)) = self.evidence.take() {
+                drop(tx);
+                let _ = handle.join();
+            }
+            let ev = Evidence::new(
+                &cfg.state_dir,
+                cfg.evidence_max_file,
+                cfg.evidence_max_total,
+            );
+            self.evidence = Some(start_evidence(ev));
+        }
         self.cfg = cfg;
         self.changes_stamp = None;
         self.sync_trees();

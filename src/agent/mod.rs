@@ -317,20 +317,22 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
         })?
     };
 
+    // What the uplink and the heartbeat use; SIGHUP replaces it.
+    let (live_tx, live_rx) = tokio::sync::watch::channel(Live {
+        cfg: Arc::new(cfg.clone()),
+        sink,
+    });
+
     // Uplink: spool → collector, exponential backoff with jitter, never losing what is not acked.
     let stopping = Arc::new(tokio::sync::watch::channel(false).0);
     let uplink = {
-        let (spool, sink, cfg, wake, summaries) = (
-            spool.clone(),
-            sink.clone(),
-            cfg.clone(),
-            wake.clone(),
-            summaries.clone(),
-        );
+        let (spool, wake, summaries) = (spool.clone(), wake.clone(), summaries.clone());
+        let mut live_rx = live_rx.clone();
         let mut stop_rx = stopping.subscribe();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(500);
             loop {
+                let Live { cfg, sink } = live_rx.borrow_and_update().clone();
                 let scans: Vec<ScanSummary> =
                     std::mem::take(&mut *summaries.lock().unwrap_or_else(|e| e.into_inner()))
                         .into_values()
@@ -354,6 +356,8 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
                         tokio::select! {
                             _ = tokio::time::sleep(backoff + jitter) => {},
                             _ = stop_rx.changed() => return,
+                            // A reloaded [collector] is tried at once.
+                            _ = live_rx.changed() => backoff = Duration::from_millis(250),
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(60));
                         continue;
@@ -366,6 +370,7 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
                     _ = wake.notified() => {},
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {},
                     _ = stop_rx.changed() => return,
+                    _ = live_rx.changed() => {},
                 }
             }
         })
@@ -373,12 +378,11 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
 
     // Heartbeat.
     let heartbeat = {
-        let (spool, sink, cfg, last_scan) =
-            (spool.clone(), sink.clone(), cfg.clone(), last_scan.clone());
+        let (spool, last_scan) = (spool.clone(), last_scan.clone());
+        let mut live_rx = live_rx.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(cfg.heartbeat);
             loop {
-                tick.tick().await;
+                let Live { cfg, sink } = live_rx.borrow_and_update().clone();
                 let (dropped, depth) = {
                     let s = spool.lock().unwrap_or_else(|e| e.into_inner());
                     (s.dropped, s.depth())
@@ -397,6 +401,11 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
                 };
                 if let Err(e) = sink.heartbeat(hb).await {
                     tracing::debug!(error = %e, "heartbeat not delivered");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(cfg.heartbeat) => {},
+                    // New settings: a heartbeat at once, then at the new period.
+                    r = live_rx.changed() => if r.is_err() { return },
                 }
             }
         })
@@ -439,12 +448,17 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
             }
             _ = hup.recv() => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                match AgentConfig::load(&cfg.origin) {
+                match reload(&cfg, &live_tx) {
                     Ok(new) => {
-                        tracing::info!(config = %cfg.origin.display(), trees = new.trees.len(), "config reloaded");
-                        drop(watchers);
-                        watchers = watch::start(&new, tx.clone());
+                        // The new watches are up before the old ones go: a write made during the
+                        // reload is seen by one of them (twice is harmless).
+                        let old = std::mem::replace(&mut watchers, watch::start(&new, tx.clone()));
+                        drop(old);
+                        if new.interval != cfg.interval {
+                            scan_tick = tokio::time::interval_at(tokio::time::Instant::now() + new.interval, new.interval);
+                        }
                         let _ = tx.send(Command::Reload(Box::new(new.clone())));
+                        tracing::info!(config = %cfg.origin.display(), trees = new.trees.len(), "config reloaded");
                         cfg = new;
                     }
                     Err(problems) => {
@@ -471,6 +485,7 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
     // One last send of what the engine just spooled, bounded in time; the rest stays spooled.
     let _ = stopping.send(true);
     let _ = uplink.await;
+    let Live { cfg, sink } = live_tx.borrow().clone();
     let left = tokio::time::timeout(
         Duration::from_secs(10),
         flush(&spool, &sink, &cfg, Vec::new()),
@@ -486,6 +501,39 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     tracing::info!("driftwatch agent stopped");
     Ok(())
+}
+
+/// The settings the uplink and the heartbeat work with.
+#[derive(Clone)]
+struct Live {
+    cfg: Arc<AgentConfig>,
+    sink: Sink,
+}
+
+/// Reads the config again for SIGHUP and hands the uplink its new settings. Settings that need a
+/// restart keep their running values (logged); a config with any problem changes nothing.
+fn reload(
+    running: &AgentConfig,
+    live: &tokio::sync::watch::Sender<Live>,
+) -> Result<AgentConfig, Vec<String>> {
+    let mut new = AgentConfig::load(&running.origin)?;
+    for setting in running.keep_restart_only(&mut new) {
+        tracing::warn!(
+            setting,
+            "changed in the config file; takes effect at the next restart"
+        );
+    }
+    let sink = match &new.uplink {
+        // Same embedded store: keep it.
+        Uplink::Embedded { .. } => live.borrow().sink.clone(),
+        // Opened again even when unchanged: the token file may hold a rotated token.
+        _ => open_sink(&new).map_err(|e| vec![format!("{}: {e:#}", new.origin.display())])?,
+    };
+    live.send_replace(Live {
+        cfg: Arc::new(new.clone()),
+        sink,
+    });
+    Ok(new)
 }
 
 fn scan_one(

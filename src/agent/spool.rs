@@ -55,6 +55,11 @@ fn checksum(payload: &[u8]) -> [u8; 8] {
 }
 
 impl Spool {
+    /// Changes the size cap (SIGHUP); a smaller cap drops nothing already spooled.
+    pub fn set_max(&mut self, max: u64) {
+        self.max = max;
+    }
+
     /// Opens (or creates) the spool in `dir`, cutting a torn tail.
     pub fn open(dir: &Path, max: u64) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(dir).map_err(err(dir))?;
