@@ -80,6 +80,44 @@ fn open_in_scan(report: &Value, tree: &str) -> Vec<String> {
 
 // 1 ------------------------------------------------------------------------------------------
 
+/// A file written slowly (open, part of it, a pause longer than the debounce, the rest, close)
+/// is judged once, complete: not once empty or half-written and again when done.
+#[test]
+fn a_file_still_being_written_is_judged_once_when_closed() {
+    use std::io::Write as _;
+    let st = Setup::new();
+    let agent = Agent::start(&st.config);
+    let path = "wp-content/uploads/big.zip";
+    let mut f = std::fs::File::create(st.fx.path(path)).expect("create");
+    f.write_all(b"PK first half ").expect("write");
+    f.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(900));
+    f.write_all(b"second half").expect("write");
+    drop(f);
+    wait_events(
+        &st.db(),
+        "the finished file",
+        secs(10),
+        || agent.proc.log(),
+        |evs| !about(evs, "shop", path).is_empty(),
+    );
+    // Room for a second (wrong) event to show up.
+    std::thread::sleep(Duration::from_millis(1500));
+    let evs = events_db(&st.db());
+    let found = about(&evs, "shop", path);
+    assert_eq!(
+        found.len(),
+        1,
+        "one event for {path}: {found:#?}\n{}",
+        agent.proc.log()
+    );
+    assert_eq!(
+        s(found[0], "blake3"),
+        blake3_hex(b"PK first half second half"),
+        "{found:#?}"
+    );
+}
+
 #[test]
 fn realtime_write_reaches_the_embedded_collector_within_two_seconds() {
     let st = Setup::new();
@@ -251,6 +289,166 @@ fn sighup_switches_the_collector_and_spooled_events_arrive() {
         assert_eq!(e.len(), 1, "{p} must arrive exactly once: {e:#?}");
         assert_eq!(s(e[0], "status"), "unauthorized");
     }
+}
+
+/// A tree without a `manifest` path takes the signed manifest the collector holds for it, and
+/// every agent takes the collector's change entries, uploaded with `manifest push` and
+/// `changes add`: they judge the tree as local files would, and what arrives while the agent runs
+/// is acted on without a restart. A tree baselined without a manifest is judged whole against
+/// the first one that arrives.
+#[test]
+fn manifests_and_change_entries_come_from_the_collector() {
+    let fx = Fx::new();
+    fx.build_manifest();
+    let site = remote_site(&fx);
+    let admin = {
+        let out = run([
+            "token",
+            "create",
+            "--config",
+            site.config.to_str().expect("utf-8"),
+            "--role",
+            "admin",
+        ]);
+        out.expect_code(0);
+        let p = fx.base.join("collector/admin.token");
+        std::fs::write(&p, out.stdout.trim()).expect("write token");
+        p
+    };
+    let collector = Remote::start(&site.config);
+    let remote = [
+        OsStr::new("--collector"),
+        OsStr::new(&site.url),
+        OsStr::new("--token-file"),
+        admin.as_os_str(),
+    ];
+    let push = run([
+        OsStr::new("manifest"),
+        OsStr::new("push"),
+        fx.manifest.as_os_str(),
+    ]
+    .into_iter()
+    .chain(remote));
+    push.expect_code(0);
+    assert!(push.stderr.contains("stored release"), "{}", push.stderr);
+
+    // A second tree whose manifest reaches the collector only after the agent started.
+    let blog = fx.base.join("blog");
+    std::fs::create_dir_all(&blog).expect("mkdir");
+    std::fs::write(blog.join("index.html"), "<h1>blog</h1>\n").expect("write");
+    let blog_manifest = fx.base.join("blog.json");
+    run([
+        OsStr::new("manifest"),
+        OsStr::new("build"),
+        OsStr::new("--root"),
+        blog.as_os_str(),
+        OsStr::new("--release"),
+        OsStr::new("b1"),
+        OsStr::new("--tree"),
+        OsStr::new("blog"),
+        OsStr::new("--sign"),
+        fx.release.secret.as_os_str(),
+        OsStr::new("-o"),
+        blog_manifest.as_os_str(),
+    ])
+    .expect_code(0);
+    std::fs::write(blog.join("backdoor.php"), "<?php eval($_POST['x']);\n").expect("write");
+
+    let mut spec = AgentSpec::for_fx(&fx);
+    spec.trees[0].manifest = None;
+    spec.trees.push(TreeSpec {
+        name: "blog".into(),
+        root: blog.clone(),
+        manifest: None,
+        exclude: vec![],
+    });
+    spec.uplink = Uplink::Remote {
+        url: site.url.clone(),
+        token_file: site.agent_token.clone(),
+    };
+    let config = fx.base.join("agent.toml");
+    spec.write(&config);
+    // There before the agent starts: judged against the fetched manifest, never baselined.
+    fx.write(
+        "wp-content/uploads/shell.php",
+        b"<?php system($_GET['c']);\n",
+    );
+    let agent = Agent::start(&config);
+    let diag = || {
+        format!(
+            "--- agent log:\n{}\n--- collector log:\n{}",
+            agent.proc.log(),
+            collector.proc.log()
+        )
+    };
+    let evs = wait_events(&site.db, "the pre-existing shell", secs(20), diag, |evs| {
+        !about(evs, "shop", "wp-content/uploads/shell.php").is_empty()
+    });
+    let shell = about(&evs, "shop", "wp-content/uploads/shell.php");
+    assert_eq!(s(shell[0], "status"), "unauthorized", "{shell:#?}");
+    assert!(
+        about(&evs, "blog", "backdoor.php").is_empty(),
+        "no manifest yet: the blog tree is a baseline"
+    );
+
+    // The blog's first manifest arrives: the backdoor that the baseline took in is reported.
+    run([
+        OsStr::new("manifest"),
+        OsStr::new("push"),
+        blog_manifest.as_os_str(),
+    ]
+    .into_iter()
+    .chain(remote))
+    .expect_code(0);
+    let evs = wait_events(&site.db, "the baselined backdoor", secs(20), diag, |evs| {
+        !about(evs, "blog", "backdoor.php").is_empty()
+    });
+    let backdoor = about(&evs, "blog", "backdoor.php");
+    assert_eq!(backdoor.len(), 1, "{backdoor:#?}");
+    assert_eq!(s(backdoor[0], "status"), "unauthorized", "{backdoor:#?}");
+    assert!(
+        about(&evs, "blog", "index.html").is_empty(),
+        "approved: {evs:#?}"
+    );
+
+    // A ticket registered on the collector, signed by the CAB: the agent takes it and the
+    // change it covers is authorized.
+    let mut entry = common::Entry::new("CHG-900", &["wp-content/uploads/report.pdf"]);
+    entry.approved_by = Some("bob".into());
+    let file = fx.base.join("CHG-900.toml");
+    std::fs::write(&file, entry.to_toml()).expect("write entry");
+    common::sign(&file, &fx.cab.secret);
+    run([
+        OsStr::new("changes"),
+        OsStr::new("add"),
+        OsStr::new("--file"),
+        file.as_os_str(),
+    ]
+    .into_iter()
+    .chain(remote))
+    .expect_code(0);
+    let fetched = poll(secs(20), || {
+        agent
+            .proc
+            .log()
+            .lines()
+            .any(|l| l.contains("fetched from the collector") && l.contains("entries=1"))
+            .then_some(())
+    });
+    assert!(fetched.is_some(), "the entry was not fetched:\n{}", diag());
+    fx.write("wp-content/uploads/report.pdf", b"%PDF quarterly report\n");
+    let evs = wait_events(&site.db, "the ticketed upload", secs(20), diag, |evs| {
+        !about(evs, "shop", "wp-content/uploads/report.pdf").is_empty()
+    });
+    let report = about(&evs, "shop", "wp-content/uploads/report.pdf");
+    assert_eq!(s(report[0], "status"), "change:CHG-900", "{report:#?}");
+    let kept = fx.base.join("state/fetched/changes/CHG-900.toml");
+    let sig = PathBuf::from(format!("{}.minisig", kept.display()));
+    assert!(
+        kept.exists() && sig.exists(),
+        "{} and its signature",
+        kept.display()
+    );
 }
 
 #[test]

@@ -351,6 +351,31 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// Whether there is a collector to take manifests and change entries from.
+    pub fn has_collector(&self) -> bool {
+        !matches!(self.uplink, Uplink::None)
+    }
+
+    /// The manifest file of a tree: its configured path, else the one fetched from the collector.
+    pub fn manifest_of(&self, tree: &TreeConfig) -> Option<PathBuf> {
+        match &tree.manifest {
+            Some(p) => Some(p.clone()),
+            None if self.has_collector() => {
+                Some(super::fetch::manifest_path(&self.state_dir, &tree.name))
+            }
+            None => None,
+        }
+    }
+
+    /// The directories change entries are read from: `[changes] dir`, then the fetched ones.
+    pub fn change_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self.changes_dir.iter().cloned().collect();
+        if self.has_collector() {
+            dirs.push(super::fetch::changes_dir(&self.state_dir));
+        }
+        dirs
+    }
+
     /// Settings a running agent cannot take over (SIGHUP): they are put back to the running
     /// values in `new`, and their names returned, for a log line each.
     pub fn keep_restart_only(&self, new: &mut AgentConfig) -> Vec<&'static str> {

@@ -51,6 +51,17 @@ pub struct InForce {
     pub digest: blake3::Hash,
 }
 
+/// What a look at a tree's manifest file found.
+#[derive(Debug, PartialEq, Eq)]
+enum NewManifest {
+    /// Nothing new in force.
+    Unchanged,
+    /// The tree's first manifest came into force.
+    First,
+    /// A newer manifest came into force: a deploy of this release.
+    Deploy(String),
+}
+
 /// Size, mtime, ctime (ns), inode, device: what changes when a file is rewritten or replaced.
 type Stamp = (u64, i64, i64, u64, u64);
 
@@ -98,7 +109,7 @@ pub struct Engine {
     /// Woken as soon as events are spooled (the uplink waits on it).
     pub spooled: Option<Arc<tokio::sync::Notify>>,
     /// The change directory's listing with stat stamps when it was last loaded.
-    changes_stamp: Option<Vec<(std::ffi::OsString, Option<Stamp>)>>,
+    changes_stamp: Option<Vec<(PathBuf, Option<Stamp>)>>,
 }
 
 /// One file to copy into the evidence store.
@@ -225,34 +236,48 @@ impl Engine {
     }
 
     fn load_changes(&mut self) {
-        let Some(dir) = &self.cfg.changes_dir else {
+        let dirs = self.cfg.change_dirs();
+        if dirs.is_empty() {
             return;
-        };
-        // Listing and stat'ing the directory is cheap; reading and verifying every entry is not.
-        let listing: Vec<(std::ffi::OsString, Option<Stamp>)> = std::fs::read_dir(dir)
-            .map(|rd| {
+        }
+        // Listing and stat'ing the directories is cheap; reading and verifying every entry is not.
+        let mut listing: Vec<(PathBuf, Option<Stamp>)> = dirs
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flat_map(|rd| {
                 rd.filter_map(|e| e.ok())
-                    .map(|e| (e.file_name(), stamp(&e.path())))
-                    .collect()
+                    .map(|e| (e.path(), stamp(&e.path())))
             })
-            .unwrap_or_default();
-        let mut listing = listing;
+            .collect();
         listing.sort();
         if self.changes_stamp.as_ref() == Some(&listing) {
             return;
         }
         self.changes_stamp = Some(listing);
-        match changelog::load_dir(dir, &self.cfg.change_policy()) {
-            Ok(log) => {
-                for r in &log.refused {
-                    tracing::warn!(refused = %r, "change entry refused");
+        let mut entries: Vec<ChangeEntry> = Vec::new();
+        for dir in &dirs {
+            match changelog::load_dir(dir, &self.cfg.change_policy()) {
+                Ok(log) => {
+                    for r in &log.refused {
+                        tracing::warn!(refused = %r, "change entry refused");
+                    }
+                    // A ticket kept locally wins over the collector's copy of it.
+                    for e in log.entries {
+                        if !entries.iter().any(|x| x.id == e.id) {
+                            entries.push(e);
+                        }
+                    }
                 }
-                self.entries = log.entries;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "change log unreadable; keeping the entries loaded before")
+                // No entry fetched yet.
+                Err(changelog::ChangeLogError::Io { path, source })
+                    if path == *dir && source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "change log unreadable; keeping the entries loaded before");
+                    return;
+                }
             }
         }
+        self.entries = entries;
     }
 
     /// Index of a tree by name.
@@ -263,16 +288,23 @@ impl Engine {
     /// A full scan of one tree (`rehash` ignores the stat cache).
     pub fn full_scan(&mut self, i: usize, rehash: bool) -> Result<PassResult, String> {
         self.load_changes();
-        let deploy = self.refresh_manifest(i);
-        self.scan_tree(i, rehash, deploy)
+        let news = self.refresh_manifest(i);
+        self.scan_tree(i, rehash, news)
     }
 
     fn scan_tree(
         &mut self,
         i: usize,
         rehash: bool,
-        deploy: Option<String>,
+        news: NewManifest,
     ) -> Result<PassResult, String> {
+        // A first manifest for a tree observed without one: every path is judged against it, as
+        // in a first observation (the baseline vetted nothing).
+        let rejudge = matches!(news, NewManifest::First) && self.trees[i].state.observed;
+        let deploy = match news {
+            NewManifest::Deploy(release) => Some(release),
+            _ => None,
+        };
         let started = Instant::now();
         let t = &self.trees[i];
         let cache: Option<Arc<dyn snapshot::StatCache>> = if rehash || !t.state.observed {
@@ -294,7 +326,7 @@ impl Engine {
         // Release the cache's reference so committing does not copy the snapshot.
         drop(opts);
         let scanned = (snap.stats.files, snap.stats.dirs, snap.stats.bytes);
-        let observed = if t.state.observed {
+        let observed = if t.state.observed && !rejudge {
             // Only what differs from the last observation is judged: a re-scan of an unchanged
             // tree allocates nothing per path.
             differing(&t.state.table, snap.entries)
@@ -313,8 +345,14 @@ impl Engine {
             paths.into_iter().collect()
         };
         let now = Timestamp::now();
-        let mut result = self.pass(i, observed, now, deploy.as_deref(), false)?;
+        if rejudge {
+            tracing::info!(tree = %self.trees[i].cfg.name, "first manifest for a baselined tree: judging every path against it");
+            self.trees[i].state.observed = false;
+        }
+        let passed = self.pass(i, observed, now, deploy.as_deref(), false);
         let t = &mut self.trees[i];
+        t.state.observed |= rejudge;
+        let mut result = passed?;
         t.state.last_scan = Some(now);
         if rehash {
             t.state.last_full_rehash = Some(now);
@@ -347,8 +385,9 @@ impl Engine {
         // A manifest or ticket may arrive between scans: a new release found now turns this
         // update into a full scan, so every deployed path is judged against it.
         self.load_changes();
-        if let Some(deploy) = self.refresh_manifest(i) {
-            return self.scan_tree(i, false, Some(deploy));
+        match self.refresh_manifest(i) {
+            NewManifest::Unchanged => {}
+            news => return self.scan_tree(i, false, news),
         }
         let t = &self.trees[i];
         if !t.state.observed {
@@ -560,16 +599,22 @@ impl Engine {
 
     /// Loads the configured manifest; adopts it when it is the first or newer. Returns the
     /// release id when it is a deploy. Failures keep the manifest in force and are logged once.
-    fn refresh_manifest(&mut self, i: usize) -> Option<String> {
+    fn refresh_manifest(&mut self, i: usize) -> NewManifest {
         let require = self.cfg.require_signatures;
         let keys = self.cfg.release_keys.clone();
+        let Some(path) = self.cfg.manifest_of(&self.trees[i].cfg) else {
+            return NewManifest::Unchanged;
+        };
         let t = &mut self.trees[i];
-        let path = t.cfg.manifest.clone()?;
         let now_stamp = [stamp(&path), stamp(&sign::sig_path(&path))];
         if t.manifest_stamp == Some(now_stamp) {
-            return None;
+            return NewManifest::Unchanged;
         }
         t.manifest_stamp = Some(now_stamp);
+        if t.cfg.manifest.is_none() && now_stamp[0].is_none() {
+            // The collector has none for this tree (yet).
+            return NewManifest::Unchanged;
+        }
         let in_force_digest = t.manifest.as_ref().map(|m| m.digest);
         let loaded = (|| -> Result<Option<(Manifest, Vec<u8>)>, String> {
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -594,12 +639,12 @@ impl Engine {
         })();
         let (m, bytes) = match loaded {
             Ok(Some(x)) => x,
-            Ok(None) => return None,
+            Ok(None) => return NewManifest::Unchanged,
             Err(why) => {
                 if t.warned.insert(why.clone()) {
                     tracing::error!(tree = %t.cfg.name, %why, "manifest rejected; it authorizes nothing");
                 }
-                return None;
+                return NewManifest::Unchanged;
             }
         };
         let in_force = t
@@ -612,16 +657,20 @@ impl Engine {
                     tracing::warn!(tree = %t.cfg.name, manifest = %m.release, in_force = %rel,
                         "older manifest ignored: a rollback is not a release unless a change entry covers it");
                 }
-                None
+                NewManifest::Unchanged
             }
             previous => {
-                let deploy = previous.is_some().then(|| m.release.clone());
+                let news = match previous {
+                    Some(_) => NewManifest::Deploy(m.release.clone()),
+                    None => NewManifest::First,
+                };
                 if let Err(e) = std::fs::create_dir_all(&t.dir)
                     .and_then(|_| super::spool::write_atomic(&t.dir.join("manifest.json"), &bytes))
                 {
                     tracing::error!(tree = %t.cfg.name, error = %e, "cannot keep the manifest in the state dir");
                 }
-                tracing::info!(tree = %t.cfg.name, release = %m.release, deploy = deploy.is_some(), "manifest in force");
+                let deploy = matches!(news, NewManifest::Deploy(_));
+                tracing::info!(tree = %t.cfg.name, release = %m.release, deploy, "manifest in force");
                 t.state.release = Some(m.release.clone());
                 t.state.manifest_created_at = Some(m.created_at);
                 t.state.overlay.clear();
@@ -632,7 +681,7 @@ impl Engine {
                     digest,
                 });
                 t.state.approve(m.entries, *digest.as_bytes());
-                deploy
+                news
             }
         }
     }

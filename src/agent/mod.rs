@@ -7,6 +7,7 @@
 pub mod config;
 pub mod engine;
 pub mod evidence;
+pub mod fetch;
 pub mod spool;
 pub mod state;
 pub mod table;
@@ -239,6 +240,8 @@ pub fn release_free_memory() {
 
 async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
     let sink = open_sink(&cfg)?;
+    // What the collector distributes is in place before the first scan judges anything.
+    fetch_at_start(&sink, &cfg).await;
     let mut engine = Engine::new(cfg.clone())?;
     let spool = engine.spool.clone();
     let wake = Arc::new(Notify::new());
@@ -411,6 +414,44 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
         })
     };
 
+    // Manifests and change entries from the collector, looked for every heartbeat period; what
+    // arrives is judged by a scan of the trees concerned at once.
+    let fetcher = {
+        let mut live_rx = live_rx.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let Live { cfg, sink } = live_rx.borrow_and_update().clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(cfg.heartbeat) => {},
+                    r = live_rx.changed() => if r.is_err() { return } else { continue },
+                }
+                if !cfg.has_collector() {
+                    continue;
+                }
+                match fetch::fetch(&sink, &cfg).await {
+                    Ok(f) if f.changes > 0 => {
+                        tracing::info!(entries = f.changes, manifests = ?f.manifests, "fetched from the collector");
+                        let _ = tx.send(Command::Scan {
+                            tree: None,
+                            rehash: None,
+                        });
+                    }
+                    Ok(f) => {
+                        for tree in f.manifests {
+                            tracing::info!(tree = %tree, "manifest fetched from the collector");
+                            let _ = tx.send(Command::Scan {
+                                tree: Some(tree),
+                                rehash: None,
+                            });
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "nothing fetched from the collector"),
+                }
+            }
+        })
+    };
+
     // Watches go up before the first scan ends, so nothing written meanwhile is missed (its
     // events wait in the engine's queue until the scan is done).
     let mut watchers = watch::start(&cfg, tx.clone());
@@ -495,12 +536,34 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "events left in the spool for the next start");
     }
     heartbeat.abort();
+    fetcher.abort();
     if let Some((task, stop)) = server {
         stop.notify_one();
         let _ = task.await;
     }
     tracing::info!("driftwatch agent stopped");
     Ok(())
+}
+
+/// The first fetch from the collector, bounded in time: a collector that is down must not keep
+/// the agent from starting (it works with what it fetched before).
+pub async fn fetch_at_start(sink: &Sink, cfg: &AgentConfig) {
+    if !cfg.has_collector() {
+        return;
+    }
+    match tokio::time::timeout(Duration::from_secs(10), fetch::fetch(sink, cfg)).await {
+        Ok(Ok(f)) => {
+            if f != fetch::Fetched::default() {
+                tracing::info!(entries = f.changes, manifests = ?f.manifests, "fetched from the collector");
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "nothing fetched from the collector; using what was fetched before")
+        }
+        Err(_) => tracing::warn!(
+            "the collector did not answer within 10 s; using what was fetched before"
+        ),
+    }
 }
 
 /// The settings the uplink and the heartbeat work with.

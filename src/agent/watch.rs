@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
@@ -37,9 +37,24 @@ impl Drop for Watchers {
 }
 
 enum Msg {
-    Paths(Vec<PathBuf>),
+    Paths(Vec<(PathBuf, Write)>),
     Rescan(String),
 }
+
+/// What an event says about a file being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Created or modified, not closed yet: a writer may still be at work.
+    Open,
+    /// Closed after writing, or gone: whatever is there now is final.
+    Done,
+    /// Nothing about writing (metadata, a directory, a rename into place).
+    Other,
+}
+
+/// How long a file still open for writing is held back before it is judged anyway (a log file
+/// may stay open for days).
+const HOLD_OPEN: Duration = Duration::from_secs(2);
 
 /// Starts one watcher per tree (when `scan.realtime`); events reach the engine as
 /// [`Command::Touched`] after `scan.debounce` of quiet, or [`Command::Scan`] on overflow.
@@ -243,6 +258,17 @@ impl TreeWatcher {
                     Some(n) => dir.join(n),
                     None => dir,
                 };
+                let write = if m.contains(EventMask::ISDIR) {
+                    Write::Other
+                } else if m
+                    .intersects(EventMask::CLOSE_WRITE | EventMask::DELETE | EventMask::MOVED_FROM)
+                {
+                    Write::Done
+                } else if m.intersects(EventMask::CREATE | EventMask::MODIFY) {
+                    Write::Open
+                } else {
+                    Write::Other
+                };
                 // A new (or moved-in) directory: watch it and everything already inside it; the
                 // engine re-walks it, so files created before the watch existed are seen too.
                 if m.contains(EventMask::ISDIR)
@@ -250,7 +276,7 @@ impl TreeWatcher {
                 {
                     self.watch_tree(&path);
                 }
-                paths.push(path);
+                paths.push((path, write));
             }
             if !paths.is_empty() && self.tx.send(Msg::Paths(paths)).is_err() {
                 return;
@@ -268,45 +294,75 @@ fn debounce_loop(
     rx: std::sync::mpsc::Receiver<Msg>,
     engine: Sender<Command>,
 ) {
+    use std::sync::mpsc::RecvTimeoutError;
     let mut overflowing = false;
-    // Ends when the watcher thread stops (the channel closes).
-    while let Ok(first) = rx.recv() {
-        let mut paths = BTreeSet::new();
-        let mut rescan: Option<String> = None;
-        let mut take = |m: Msg, paths: &mut BTreeSet<PathBuf>| match m {
-            Msg::Paths(ps) => {
-                for p in ps {
-                    let excluded = p
-                        .strip_prefix(&root)
-                        .map(|r| exclude.is_match(r))
-                        .unwrap_or(true);
-                    if !excluded || manifest.contains(&p) {
-                        paths.insert(p);
+    // Files created or modified and not closed yet, since when.
+    let mut writing: HashMap<PathBuf, Instant> = HashMap::new();
+    // Paths held back from the last round because their file was still open for writing.
+    let mut held: BTreeSet<PathBuf> = BTreeSet::new();
+    let take = |m: Msg,
+                paths: &mut BTreeSet<PathBuf>,
+                writing: &mut HashMap<PathBuf, Instant>,
+                rescan: &mut Option<String>| match m {
+        Msg::Paths(ps) => {
+            for (p, w) in ps {
+                match w {
+                    Write::Open => {
+                        writing.entry(p.clone()).or_insert_with(Instant::now);
                     }
+                    Write::Done => {
+                        writing.remove(&p);
+                    }
+                    Write::Other => {}
+                }
+                let excluded = p
+                    .strip_prefix(&root)
+                    .map(|r| exclude.is_match(r))
+                    .unwrap_or(true);
+                if !excluded || manifest.contains(&p) {
+                    paths.insert(p);
                 }
             }
-            Msg::Rescan(why) => rescan = Some(why),
+        }
+        Msg::Rescan(why) => *rescan = Some(why),
+    };
+    loop {
+        // Ends when the watcher thread stops (the channel closes).
+        let first = if held.is_empty() {
+            match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => return,
+            }
+        } else {
+            match rx.recv_timeout(debounce) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
         };
-        take(first, &mut paths);
-        // Wait for `debounce` of quiet (a file being written is judged once, when it is done),
-        // but never longer than a bound, so a steady stream of writes is still reported promptly.
-        let start = std::time::Instant::now();
-        let cap = start + (debounce * 4).max(Duration::from_millis(100));
-        let mut deadline = start + debounce;
-        loop {
-            let left = deadline
-                .min(cap)
-                .saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match rx.recv_timeout(left) {
-                Ok(m) => {
-                    take(m, &mut paths);
-                    deadline = std::time::Instant::now() + debounce;
+        let mut paths = std::mem::take(&mut held);
+        let mut rescan: Option<String> = None;
+        if let Some(first) = first {
+            take(first, &mut paths, &mut writing, &mut rescan);
+            // Wait for `debounce` of quiet (a file being written is judged once, when it is
+            // done), but never longer than a bound, so a steady stream of writes is still
+            // reported promptly.
+            let start = Instant::now();
+            let cap = start + (debounce * 4).max(Duration::from_millis(100));
+            let mut deadline = start + debounce;
+            loop {
+                let left = deadline.min(cap).saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                match rx.recv_timeout(left) {
+                    Ok(m) => {
+                        take(m, &mut paths, &mut writing, &mut rescan);
+                        deadline = Instant::now() + debounce;
+                    }
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
             }
         }
         if let Some(why) = rescan {
@@ -314,6 +370,8 @@ fn debounce_loop(
                 tracing::warn!(tree = %tree, reason = %why, "real-time events lost: full scan of the tree");
                 overflowing = true;
             }
+            // The full scan sees every path as it is; writers still open are seen again later.
+            writing.clear();
             if engine
                 .send(Command::Scan {
                     tree: Some(tree.clone()),
@@ -326,11 +384,24 @@ fn debounce_loop(
             continue;
         }
         overflowing = false;
-        if !paths.is_empty()
+        // A file still open for writing is held back (up to HOLD_OPEN): judged half-written it
+        // would be reported twice, empty and then complete.
+        let now = Instant::now();
+        let (wait, ready): (BTreeSet<PathBuf>, BTreeSet<PathBuf>) =
+            paths.into_iter().partition(|p| {
+                writing
+                    .get(p)
+                    .is_some_and(|since| now.duration_since(*since) < HOLD_OPEN)
+            });
+        held = wait;
+        for p in &ready {
+            writing.remove(p);
+        }
+        if !ready.is_empty()
             && engine
                 .send(Command::Touched {
                     tree: tree.clone(),
-                    paths,
+                    paths: ready,
                 })
                 .is_err()
         {

@@ -36,6 +36,10 @@ pub fn run_scan(config: Option<PathBuf>, format: super::Format) -> anyhow::Resul
     let cfg = load_agent_config(config)?;
     let _lock = agent::lock_state_dir(&cfg.state_dir)?;
     let sink = agent::open_sink(&cfg)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(agent::fetch_at_start(&sink, &cfg));
     let mut engine = Engine::new(cfg.clone())?;
     let mut trees = Vec::new();
     let mut violations = 0usize;
@@ -64,15 +68,10 @@ pub fn run_scan(config: Option<PathBuf>, format: super::Format) -> anyhow::Resul
     }
     let delivered = match &sink {
         Sink::None => "no collector configured: events stay in the spool".to_string(),
-        _ => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            match rt.block_on(agent::flush(&engine.spool, &sink, &cfg, summaries)) {
-                Ok(n) => format!("{n} events delivered"),
-                Err(e) => format!("collector unreachable ({e}); events stay in the spool"),
-            }
-        }
+        _ => match rt.block_on(agent::flush(&engine.spool, &sink, &cfg, summaries)) {
+            Ok(n) => format!("{n} events delivered"),
+            Err(e) => format!("collector unreachable ({e}); events stay in the spool"),
+        },
     };
     let mut out = String::new();
     match format {

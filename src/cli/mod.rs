@@ -149,6 +149,22 @@ pub enum ManifestCommand {
     Sign(SignArgs),
     /// Verify a manifest's signature and its content (same as `driftwatch verify`, plus parsing).
     Verify(VerifyArgs),
+    /// Upload a signed manifest to the collector, which hands it to the agents of its tree.
+    Push(PushArgs),
+}
+
+/// Arguments of `manifest push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The manifest; its FILE.minisig is sent along.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Collector base URL.
+    #[arg(long, value_name = "URL")]
+    pub collector: String,
+    /// File holding an admin token.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
 }
 
 /// Arguments of `manifest build`.
@@ -265,6 +281,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             eprintln!("wrote {}", sig.display());
             Ok(exit::CLEAN)
         }
+        Command::Manifest(ManifestCommand::Push(args)) => ops::manifest_push(&args),
         Command::Manifest(ManifestCommand::Verify(args)) => {
             let mut warnings = Vec::new();
             let (m, _) = check::load_manifest(&args.file, &args.pubkey, &mut warnings)?;

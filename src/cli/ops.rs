@@ -137,6 +137,36 @@ fn open_local(src: &SourceArgs) -> anyhow::Result<Local> {
     })
 }
 
+/// `driftwatch manifest push`: the manifest and its signature to `PUT /api/v1/manifests/{tree}`.
+pub fn manifest_push(args: &super::PushArgs) -> anyhow::Result<u8> {
+    let bytes = std::fs::read(&args.file).with_context(|| format!("{}", args.file.display()))?;
+    // Parsed here too, for the tree name and so a broken file never leaves the machine.
+    let m = crate::manifest::Manifest::parse(&bytes, &args.file)?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8 text", args.file.display()))?;
+    let sig_path = sign::sig_path(&args.file);
+    let minisig = match std::fs::read_to_string(&sig_path) {
+        Ok(s) => Some(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(anyhow!("{}: {e}", sig_path.display())),
+    };
+    let c = Client::new(&args.collector, client::read_token(&args.token_file)?)?;
+    let route = format!("/api/v1/manifests/{}", client::encode(&m.tree));
+    let _: serde_json::Value =
+        runtime()?.block_on(c.put_json(&route, &json!({"manifest": text, "minisig": minisig})))?;
+    eprintln!(
+        "stored release {} of tree {} on the collector ({})",
+        m.release,
+        m.tree,
+        if minisig.is_some() {
+            "signed"
+        } else {
+            "unsigned"
+        }
+    );
+    Ok(exit::CLEAN)
+}
+
 fn remote(src: &SourceArgs) -> anyhow::Result<Option<Client>> {
     let Some(url) = &src.collector else {
         return Ok(None);

@@ -1,0 +1,199 @@
+//! Manifests and change entries distributed by the collector (DESIGN §5, §8).
+//!
+//! A tree without a `manifest` path takes the signed manifest the collector holds for it
+//! (`GET /api/v1/manifests/{tree}`), and every agent takes the collector's change entries
+//! (`GET /api/v1/changes`) beside `[changes] dir`. They are written as files in the state dir, in
+//! the same form as local ones, and the engine reads them exactly like local ones: the signature
+//! is checked against this agent's own trusted keys, so a compromised collector can authorize
+//! nothing.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::Sink;
+use super::config::AgentConfig;
+use crate::client::ClientError;
+
+/// Where the manifest fetched for `tree` is kept.
+pub fn manifest_path(state_dir: &Path, tree: &str) -> PathBuf {
+    state_dir
+        .join("fetched")
+        .join("manifests")
+        .join(format!("{tree}.json"))
+}
+
+/// Where fetched change entries are kept.
+pub fn changes_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("fetched").join("changes")
+}
+
+/// A signed document as the collector serves it.
+#[derive(Debug, Deserialize)]
+struct Doc {
+    manifest: Option<String>,
+    toml: Option<String>,
+    id: Option<String>,
+    minisig: Option<String>,
+}
+
+/// What one fetch changed on disk.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// Trees whose manifest file was written.
+    pub manifests: Vec<String>,
+    /// Change entries written.
+    pub changes: usize,
+}
+
+/// Fetches what the collector distributes and writes what differs from the files kept.
+pub async fn fetch(sink: &Sink, cfg: &AgentConfig) -> Result<Fetched, String> {
+    let mut out = Fetched::default();
+    for tree in cfg.trees.iter().filter(|t| t.manifest.is_none()) {
+        let Some(doc) = manifest(sink, &tree.name)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        let Some(text) = doc.manifest else {
+            return Err(format!(
+                "manifest for tree {:?}: no `manifest` text",
+                tree.name
+            ));
+        };
+        let path = manifest_path(&cfg.state_dir, &tree.name);
+        if keep(&path, text.as_bytes(), doc.minisig.as_deref())? {
+            out.manifests.push(tree.name.clone());
+        }
+    }
+    let dir = changes_dir(&cfg.state_dir);
+    for doc in changes(sink).await.map_err(|e| e.to_string())? {
+        let (Some(id), Some(text)) = (doc.id, doc.toml) else {
+            return Err("change entry without `id` or `toml`".into());
+        };
+        if !safe_file_stem(&id) {
+            tracing::warn!(
+                id,
+                "change entry from the collector skipped: its id is not a file name"
+            );
+            continue;
+        }
+        if keep(
+            &dir.join(format!("{id}.toml")),
+            text.as_bytes(),
+            doc.minisig.as_deref(),
+        )? {
+            out.changes += 1;
+        }
+    }
+    Ok(out)
+}
+
+async fn manifest(sink: &Sink, tree: &str) -> Result<Option<Doc>, ClientError> {
+    match sink {
+        Sink::None => Ok(None),
+        Sink::Remote(c) => {
+            let path = format!("/api/v1/manifests/{}", crate::client::encode(tree));
+            match c.get_json::<Doc>(&path).await {
+                Ok(d) => Ok(Some(d)),
+                Err(ClientError::Status { status: 404, .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+        Sink::Embedded(store) => {
+            let tree = tree.to_string();
+            let m = super::in_store(store, move |s| s.manifest(&tree)).await?;
+            Ok(m.map(|m| Doc {
+                manifest: Some(m.manifest),
+                toml: None,
+                id: None,
+                minisig: m.minisig,
+            }))
+        }
+    }
+}
+
+async fn changes(sink: &Sink) -> Result<Vec<Doc>, ClientError> {
+    match sink {
+        Sink::None => Ok(Vec::new()),
+        Sink::Remote(c) => c.get_json("/api/v1/changes").await,
+        Sink::Embedded(store) => {
+            let list = super::in_store(store, |s| s.changes()).await?;
+            Ok(list
+                .into_iter()
+                .map(|c| Doc {
+                    manifest: None,
+                    toml: Some(c.toml),
+                    id: Some(c.id),
+                    minisig: c.minisig,
+                })
+                .collect())
+        }
+    }
+}
+
+/// A ticket id usable as a file name in the fetched directory (never a path).
+fn safe_file_stem(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Writes `text` at `path` and its signature beside it, unless both are already there; returns
+/// whether anything was written. The signature goes first: a reader that sees the new text sees
+/// its signature, and one that sees an old text with a new signature refuses it until the text
+/// follows.
+fn keep(path: &Path, text: &[u8], minisig: Option<&str>) -> Result<bool, String> {
+    let sig = crate::sign::sig_path(path);
+    let same_text = std::fs::read(path).is_ok_and(|b| b == text);
+    let old_sig = std::fs::read(&sig).ok();
+    let same_sig = old_sig.as_deref() == minisig.map(str::as_bytes);
+    if same_text && same_sig {
+        return Ok(false);
+    }
+    let fail = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+    }
+    match minisig {
+        Some(s) => crate::fsutil::write_atomic(&sig, s.as_bytes()).map_err(|e| fail(&sig, e))?,
+        None => match std::fs::remove_file(&sig) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(&sig, e)),
+        },
+    }
+    crate::fsutil::write_atomic(path, text).map_err(|e| fail(path, e))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_are_paths_are_refused() {
+        for bad in ["", ".", "..", "a/b", "../x", "a\\b", "a b", "\u{e9}"] {
+            assert!(!safe_file_stem(bad), "{bad:?}");
+        }
+        for ok in ["CHG-1042", "chg_7.v2"] {
+            assert!(safe_file_stem(ok), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn keep_writes_once_and_follows_signature_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m").join("shop.json");
+        assert!(keep(&p, b"{}", Some("sig1")).unwrap());
+        assert!(!keep(&p, b"{}", Some("sig1")).unwrap(), "unchanged");
+        assert!(keep(&p, b"{}", Some("sig2")).unwrap(), "re-signed");
+        assert!(keep(&p, b"{}", None).unwrap(), "signature withdrawn");
+        assert!(!crate::sign::sig_path(&p).exists());
+        assert_eq!(std::fs::read(&p).unwrap(), b"{}");
+    }
+}
