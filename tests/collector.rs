@@ -1507,6 +1507,159 @@ fn metrics_need_no_token_and_count_stored_events() {
     );
 }
 
+/// The `/metrics` samples whose name (labels included) starts with `prefix`, as (name, value).
+fn samples<'a>(text: &'a str, prefix: &str) -> Vec<(&'a str, &'a str)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+        .filter_map(|l| l.split_once(' '))
+        .collect()
+}
+
+/// DESIGN §8: `/metrics` exports scan durations and spool depth, per agent: the spool depth of
+/// each host's last heartbeat, and the duration of the latest scan of each tree received today
+/// or yesterday (collector days). Retired hosts are left out.
+#[test]
+fn metrics_export_each_agents_spool_depth_and_latest_scan_seconds() {
+    let site = Site::new();
+    let web1 = site.token("agent", Some("web-01"));
+    let web2 = site.token("agent", Some("web-02"));
+    site.token("agent", Some("web-03"));
+    let today = Timestamp::now().to_zoned(TimeZone::UTC).date();
+    let yesterday = today.yesterday().expect("date");
+    let before = yesterday.yesterday().expect("date");
+    {
+        // Earlier days cannot be made in real time: seeded through the store, as the KPI
+        // fixture is. web-03 scanned yesterday (exported) and the day before (too old).
+        let store = SqliteStore::open(&site.db, TimeZone::UTC).expect("open store");
+        let seed = |host: &str, day: Date, tree: &str, seconds: f64| {
+            let b: EventBatch = serde_json::from_value(json!({
+                "host": host, "events": [],
+                "scans": [{"tree": tree, "finished_at": at(day, 11, 0), "paths": 10, "vetted": 10,
+                           "seconds": seconds}],
+            }))
+            .expect("batch");
+            store.ingest(&b, ts(day, 12, 0)).expect("ingest");
+        };
+        seed("web-03", yesterday, "shop", 4.5);
+        seed("web-03", before, "old", 9.0);
+        // web-01's scan of yesterday is superseded by today's.
+        seed("web-01", yesterday, "shop", 100.0);
+    }
+    let c = site.start();
+
+    let heartbeat = |token: &str, host: &str, depth: u64| {
+        c.post_json(
+            "/api/v1/heartbeat",
+            Some(token),
+            &json!({"host": host, "agent_version": "t", "spool_dropped": 1, "spool_depth": depth}),
+        )
+        .expect(200);
+    };
+    heartbeat(&web1, "web-01", 42);
+    heartbeat(&web2, "web-02", 5);
+    let scan = |tree: &str, finished_at: &str, seconds: f64| {
+        json!({"tree": tree, "finished_at": finished_at, "paths": 10, "vetted": 9,
+               "seconds": seconds})
+    };
+    let res = c.ingest(
+        &web1,
+        &json!({"host": "web-01", "events": [], "scans": [
+            scan("shop", &common::rfc3339(-120), 12.5),
+            // A tree name is the agent's free text: escaped as a label value.
+            scan("we\"ird\\tree", &common::rfc3339(-110), 0.75),
+        ]}),
+    );
+    assert_eq!(res["scans"], 2, "{res}");
+    c.ingest(
+        &web2,
+        &json!({"host": "web-02", "events": [], "scans": [scan("shop", &common::rfc3339(-100), 2.0)]}),
+    );
+
+    let text = c.get("/metrics", None).text();
+    assert!(
+        text.contains("# TYPE driftwatch_agent_spool_depth gauge\n")
+            && text.contains("# HELP driftwatch_agent_spool_depth ")
+            && text.contains("# TYPE driftwatch_agent_scan_seconds gauge\n")
+            && text.contains("# HELP driftwatch_agent_scan_seconds "),
+        "{text}"
+    );
+    assert_eq!(
+        samples(&text, "driftwatch_agent_spool_depth"),
+        [
+            ("driftwatch_agent_spool_depth{host=\"web-01\"}", "42"),
+            ("driftwatch_agent_spool_depth{host=\"web-02\"}", "5"),
+            ("driftwatch_agent_spool_depth{host=\"web-03\"}", "0"),
+        ],
+        "{text}"
+    );
+    assert_eq!(
+        samples(&text, "driftwatch_agent_scan_seconds"),
+        [
+            (
+                "driftwatch_agent_scan_seconds{host=\"web-01\",tree=\"shop\"}",
+                "12.5"
+            ),
+            (
+                "driftwatch_agent_scan_seconds{host=\"web-01\",tree=\"we\\\"ird\\\\tree\"}",
+                "0.75"
+            ),
+            (
+                "driftwatch_agent_scan_seconds{host=\"web-02\",tree=\"shop\"}",
+                "2"
+            ),
+            (
+                "driftwatch_agent_scan_seconds{host=\"web-03\",tree=\"shop\"}",
+                "4.5"
+            ),
+        ],
+        "{text}"
+    );
+
+    // The depth is the last heartbeat's, not the highest seen; a later scan replaces the gauge.
+    heartbeat(&web1, "web-01", 7);
+    c.ingest(
+        &web1,
+        &json!({"host": "web-01", "events": [], "scans": [scan("shop", &common::rfc3339(-5), 3.25)]}),
+    );
+    // web-02's last agent token is revoked: retired, no longer exported.
+    let (id, _, _) = site
+        .token_list()
+        .into_iter()
+        .find(|(_, role, host)| role == "agent" && host == "web-02")
+        .expect("web-02's token");
+    site.cli(&[
+        "token",
+        "revoke",
+        "--config",
+        s(&site.config),
+        &id.to_string(),
+    ])
+    .expect_code(0);
+    let text = c.get("/metrics", None).text();
+    assert_eq!(
+        metric(&text, "driftwatch_agent_spool_depth{host=\"web-01\"}"),
+        7.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "driftwatch_agent_scan_seconds{host=\"web-01\",tree=\"shop\"}"
+        ),
+        3.25,
+        "{text}"
+    );
+    assert!(
+        !text.contains("host=\"web-02\""),
+        "a retired host is not exported:\n{text}"
+    );
+    assert_eq!(
+        metric(&text, "driftwatch_agent_spool_dropped"),
+        2.0,
+        "{text}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 10. The CLI against a collector
 // ---------------------------------------------------------------------------------------------

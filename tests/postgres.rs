@@ -25,8 +25,8 @@ use collector_common::{Collector, batch, simple_events, toml_str};
 use driftwatch::event::{ChangeEvent, EventBatch, Heartbeat, IngestResult, ScanSummary};
 use driftwatch::kpi::HostDay;
 use driftwatch::store::{
-    self, ChainHead, ChainReport, EventQuery, HostInfo, Role, Store, StoredChange, StoredEvent,
-    StoredManifest,
+    self, ChainHead, ChainReport, EventQuery, HostInfo, LatestScan, Role, Store, StoredChange,
+    StoredEvent, StoredManifest,
 };
 
 /// The server the tests use unless `DRIFTWATCH_TEST_PG` names another.
@@ -162,13 +162,14 @@ fn eb(host: &str, env: &str, events: Vec<ChangeEvent>, scans: Vec<ScanSummary>) 
     }
 }
 
-fn hb(host: &str, env: &str, spool_dropped: u64) -> Heartbeat {
+fn hb(host: &str, env: &str, spool_dropped: u64, spool_depth: u64) -> Heartbeat {
     serde_json::from_value(json!({
         "host": host,
         "environment": env,
         "agent_version": "0.1.0-test",
         "trees": ["shop"],
         "spool_dropped": spool_dropped,
+        "spool_depth": spool_depth,
     }))
     .expect("heartbeat")
 }
@@ -198,6 +199,7 @@ struct Outcome {
     token_lookups: Vec<bool>,
     changes: Vec<StoredChange>,
     manifest: Option<StoredManifest>,
+    latest_scans: Vec<(String, Vec<LatestScan>)>,
     head: ChainHead,
     report: ChainReport,
 }
@@ -220,11 +222,11 @@ fn scenario(s: &dyn Store) -> Outcome {
     };
 
     // Day 0: two production hosts and a staging host.
-    s.record_heartbeat(&hb("web-01", "production", 0), ts(d0, 9, 0))
+    s.record_heartbeat(&hb("web-01", "production", 0, 0), ts(d0, 9, 0))
         .expect("heartbeat");
-    s.record_heartbeat(&hb("web-02", "production", 0), ts(d0, 9, 1))
+    s.record_heartbeat(&hb("web-02", "production", 0, 0), ts(d0, 9, 1))
         .expect("heartbeat");
-    s.record_heartbeat(&hb("stg-01", "staging", 0), ts(d0, 9, 2))
+    s.record_heartbeat(&hb("stg-01", "staging", 0, 0), ts(d0, 9, 2))
         .expect("heartbeat");
     let first = eb(
         "web-01",
@@ -310,7 +312,7 @@ fn scenario(s: &dyn Store) -> Outcome {
         .create_token(Role::Reader, None, "dashboard", ts(d1, 8, 12))
         .expect("token");
     s.revoke_token(t2.id, ts(d1, 8, 13)).expect("revoke");
-    s.record_heartbeat(&hb("web-01", "production", 0), ts(d1, 9, 0))
+    s.record_heartbeat(&hb("web-01", "production", 0, 0), ts(d1, 9, 0))
         .expect("heartbeat");
     let mut days = Vec::new();
     // Reading the KPI on day 1 seals day 0.
@@ -342,7 +344,10 @@ fn scenario(s: &dyn Store) -> Outcome {
             "web-01",
             "production",
             vec![ev(8, "h.php", "added", "unauthorized", ts(d1, 11, 0))],
-            vec![scan(1001, 1000, ts(d1, 11, 1))],
+            vec![ScanSummary {
+                seconds: 7.5,
+                ..scan(1001, 1000, ts(d1, 11, 1))
+            }],
         ),
         ts(d1, 11, 5),
     );
@@ -355,9 +360,9 @@ fn scenario(s: &dyn Store) -> Outcome {
     .expect("reclassify");
 
     // Day 2: spool losses, change entries, manifests.
-    s.record_heartbeat(&hb("web-01", "production", 5), ts(d2, 7, 0))
+    s.record_heartbeat(&hb("web-01", "production", 5, 40), ts(d2, 7, 0))
         .expect("heartbeat");
-    s.record_heartbeat(&hb("web-01", "production", 2), ts(d2, 7, 30))
+    s.record_heartbeat(&hb("web-01", "production", 2, 3), ts(d2, 7, 30))
         .expect("heartbeat");
     s.put_change("CHG-1", "id = \"CHG-1\"\n", None, ts(d2, 8, 0))
         .expect("change");
@@ -388,6 +393,21 @@ fn scenario(s: &dyn Store) -> Outcome {
             vec![scan(40, 20, ts(d2, 9, 1))],
         ),
         ts(d2, 9, 5),
+    );
+    // A scan web-01 finished on day 1 before its 11:01 one, delivered only on day 2 (in another
+    // offset): received later, but not the latest scan.
+    ingest(
+        &eb(
+            "web-01",
+            "production",
+            vec![],
+            vec![ScanSummary {
+                finished_at: "2026-11-17T12:00:00+02:00".into(),
+                seconds: 99.0,
+                ..scan(1001, 1000, ts(d1, 10, 0))
+            }],
+        ),
+        ts(d2, 9, 10),
     );
 
     // Day 3: reads seal days 1 and 2.
@@ -466,6 +486,15 @@ fn scenario(s: &dyn Store) -> Outcome {
         .iter()
         .map(|t| s.find_token(t).expect("find_token").is_some())
         .collect();
+    let latest_scans = [d0, d1, d3]
+        .into_iter()
+        .map(|d| {
+            (
+                format!("since {d}"),
+                s.latest_scans(d).expect("latest_scans"),
+            )
+        })
+        .collect();
     Outcome {
         ingests,
         queries,
@@ -475,6 +504,7 @@ fn scenario(s: &dyn Store) -> Outcome {
         token_lookups,
         changes: s.changes().expect("changes"),
         manifest: s.manifest("shop").expect("manifest"),
+        latest_scans,
         head: s.chain_head().expect("chain_head"),
         report: s.verify_chain(Some(5)).expect("verify"),
     }
@@ -525,7 +555,35 @@ fn postgres_and_sqlite_store_the_same_history_and_chain() {
         ),
         (8, 1, 1)
     );
-    assert_eq!(h("web-01").spool_dropped, 5);
+    assert_eq!(h("web-01").spool_dropped, 5, "the highest count reported");
+    assert_eq!(h("web-01").spool_depth, 3, "the last heartbeat's depth");
+    assert_eq!(h("web-02").spool_depth, 0);
+    let latest = |i: usize| -> Vec<(&str, f64, &str)> {
+        pg.latest_scans[i]
+            .1
+            .iter()
+            .map(|s| (s.host.as_str(), s.seconds, s.finished_at.as_str()))
+            .collect()
+    };
+    assert_eq!(
+        latest(0),
+        [
+            ("stg-01", 0.25, "2026-11-18T09:01:00Z"),
+            ("web-01", 7.5, "2026-11-17T11:01:00Z"),
+            ("web-02", 0.25, "2026-11-16T12:02:00Z"),
+        ],
+        "latest scan per host and tree since day 0"
+    );
+    assert_eq!(
+        latest(1),
+        [
+            ("stg-01", 0.25, "2026-11-18T09:01:00Z"),
+            ("web-01", 7.5, "2026-11-17T11:01:00Z"),
+        ],
+        "since day 1"
+    );
+    assert_eq!(latest(2), [], "since day 3");
+    assert!(pg.latest_scans[0].1.iter().all(|s| s.tree == "shop"));
     assert!(h("web-02").retired);
     assert_eq!(h("stg-01").open_unauthorized, 1);
     assert_eq!(pg.token_lookups, vec![true, false, true, false]);
@@ -579,6 +637,7 @@ fn postgres_and_sqlite_store_the_same_history_and_chain() {
     assert_eq!(pg.token_lookups, lite.token_lookups, "token lookups");
     assert_eq!(pg.changes, lite.changes, "changes");
     assert_eq!(pg.manifest, lite.manifest, "manifest");
+    assert_eq!(pg.latest_scans, lite.latest_scans, "latest_scans");
     assert_eq!(
         pg.head, lite.head,
         "chain heads differ between PostgreSQL and SQLite"
@@ -625,12 +684,86 @@ fn reopening_keeps_history_and_newer_schemas_are_refused() {
     assert!(err.contains("schema version 99"), "{err}");
 }
 
+/// A database written by schema version 1 (no `hosts.spool_depth`) is brought up to date when
+/// opened, by several instances at once, and keeps its history.
+#[test]
+fn a_version_1_database_is_migrated_when_opened() {
+    let db = TestDb::new("migrate");
+    let d = day("2026-11-16");
+    let (head, hosts_before) = {
+        let s = db.open();
+        s.record_heartbeat(&hb("web-01", "production", 4, 9), ts(d, 8, 0))
+            .expect("heartbeat");
+        s.ingest(
+            &eb(
+                "web-01",
+                "production",
+                vec![ev(1, "a.php", "added", "unauthorized", ts(d, 9, 0))],
+                vec![scan(10, 9, ts(d, 9, 0))],
+            ),
+            ts(d, 9, 1),
+        )
+        .expect("ingest");
+        (
+            s.chain_head().expect("head"),
+            s.hosts(ts(d, 10, 0)).expect("hosts"),
+        )
+    };
+    let mut c = db.client();
+    c.batch_execute(
+        "ALTER TABLE hosts DROP COLUMN spool_depth;
+         UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+    )
+    .expect("downgrade to version 1");
+    let has_depth = |c: &mut postgres::Client| -> i64 {
+        c.query_one(
+            "SELECT COUNT(*) FROM information_schema.columns
+             WHERE table_name = 'hosts' AND column_name = 'spool_depth'",
+            &[],
+        )
+        .expect("columns")
+        .get(0)
+    };
+    assert_eq!(has_depth(&mut c), 0);
+
+    let heads: Vec<ChainHead> = std::thread::scope(|scope| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| db.open().chain_head().expect("head")))
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert!(heads.iter().all(|h| *h == head), "{heads:?} vs {head:?}");
+    assert_eq!(has_depth(&mut c), 1);
+    let version: String = c
+        .query_one("SELECT value FROM meta WHERE key = 'schema_version'", &[])
+        .expect("meta")
+        .get(0);
+    assert_eq!(version, "2");
+
+    let s = db.open();
+    let hosts = s.hosts(ts(d, 10, 0)).expect("hosts");
+    let expected: Vec<HostInfo> = hosts_before
+        .into_iter()
+        .map(|h| HostInfo {
+            spool_depth: 0,
+            ..h
+        })
+        .collect();
+    assert_eq!(hosts, expected, "rows kept; the new column starts at 0");
+    assert_eq!(hosts[0].spool_dropped, 4);
+    assert_eq!(s.latest_scans(d).expect("latest_scans").len(), 1);
+    assert_eq!(s.verify_chain(None).expect("verify").first_bad, None);
+    s.record_heartbeat(&hb("web-01", "production", 4, 6), ts(d, 11, 0))
+        .expect("heartbeat");
+    assert_eq!(s.hosts(ts(d, 11, 0)).expect("hosts")[0].spool_depth, 6);
+}
+
 #[test]
 fn tampering_is_detected_and_named() {
     let db = TestDb::new("tamper");
     let s = db.open();
     let (d0, d1) = (day("2026-11-16"), day("2026-11-17"));
-    s.record_heartbeat(&hb("web-01", "production", 0), ts(d0, 8, 0))
+    s.record_heartbeat(&hb("web-01", "production", 0, 0), ts(d0, 8, 0))
         .expect("heartbeat");
     s.ingest(
         &eb(

@@ -1,4 +1,5 @@
-//! Prometheus text exposition for `/metrics`: ingestion counters and KPI gauges.
+//! Prometheus text exposition for `/metrics`: ingestion counters, KPI gauges, and per-agent scan
+//! durations and spool depths.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -172,6 +173,42 @@ pub fn render(store: &dyn Store, cfg: &CollectorConfig, m: &Metrics) -> Result<S
         out,
         "# HELP driftwatch_agent_spool_dropped Events agents report dropped from a full spool.\n# TYPE driftwatch_agent_spool_dropped gauge\ndriftwatch_agent_spool_dropped {dropped}"
     );
+
+    // Per host and tree: bounded by the fleet. Retired hosts are left out: they are no longer
+    // expected, and their last values would stay on dashboards and in alerts.
+    let live: std::collections::BTreeSet<&str> = hosts
+        .iter()
+        .filter(|h| !h.retired)
+        .map(|h| h.host.as_str())
+        .collect();
+    let _ = writeln!(
+        out,
+        "# HELP driftwatch_agent_spool_depth Events waiting in the agent's spool, as of its last heartbeat.\n# TYPE driftwatch_agent_spool_depth gauge"
+    );
+    for h in hosts.iter().filter(|h| !h.retired) {
+        let _ = writeln!(
+            out,
+            "driftwatch_agent_spool_depth{{host=\"{}\"}} {}",
+            label(&h.host),
+            h.spool_depth
+        );
+    }
+    // Yesterday too: a daily scan that finished before midnight is still the latest one.
+    let since = today.yesterday().unwrap_or(today);
+    let scans = store.latest_scans(since)?;
+    let _ = writeln!(
+        out,
+        "# HELP driftwatch_agent_scan_seconds Seconds the latest full scan of a tree took (scans received today or yesterday).\n# TYPE driftwatch_agent_scan_seconds gauge"
+    );
+    for s in scans.iter().filter(|s| live.contains(s.host.as_str())) {
+        let _ = writeln!(
+            out,
+            "driftwatch_agent_scan_seconds{{host=\"{}\",tree=\"{}\"}} {}",
+            label(&s.host),
+            label(&s.tree),
+            s.seconds
+        );
+    }
     Ok(out)
 }
 

@@ -11,6 +11,9 @@ pub mod postgres;
 pub mod records;
 pub mod sqlite;
 
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
 use jiff::Timestamp;
 use jiff::civil::Date;
 use serde::Serialize;
@@ -169,12 +172,50 @@ pub struct HostInfo {
     pub replays: u64,
     /// Events the agent reports it dropped from a full spool.
     pub spool_dropped: u64,
+    /// Events waiting in the agent's spool, as of its last heartbeat.
+    pub spool_depth: u64,
     /// Open unauthorized changes.
     pub open_unauthorized: u64,
     /// No longer expected (its agent tokens were revoked).
     pub retired: bool,
     /// Seconds since it was last seen (the API marks it silent beyond `silent_after`).
     pub silent_for_seconds: i64,
+}
+
+/// The latest scan summary of one tree on one host.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatestScan {
+    /// Host.
+    pub host: String,
+    /// Tree.
+    pub tree: String,
+    /// How long the scan took.
+    pub seconds: f64,
+    /// When it finished (RFC 3339, agent clock).
+    pub finished_at: String,
+}
+
+/// Keeps, per (host, tree), the scan that finished last; rows come with their receipt time.
+///
+/// `finished_at` is compared as a time, not as text: agents may write any RFC 3339 offset. Ties
+/// (and the unparsable values a hand-edited database could hold) go to the later receipt.
+fn keep_latest(rows: impl IntoIterator<Item = (LatestScan, i64)>) -> Vec<LatestScan> {
+    type Key = (Option<Timestamp>, i64);
+    let mut best: BTreeMap<(String, String), (Key, LatestScan)> = BTreeMap::new();
+    for (scan, received) in rows {
+        let key = (scan.finished_at.parse::<Timestamp>().ok(), received);
+        match best.entry((scan.host.clone(), scan.tree.clone())) {
+            Entry::Vacant(v) => {
+                v.insert((key, scan));
+            }
+            Entry::Occupied(mut o) => {
+                if key > o.get().0 {
+                    o.insert((key, scan));
+                }
+            }
+        }
+    }
+    best.into_values().map(|(_, scan)| scan).collect()
 }
 
 /// A change entry as the collector keeps it: its exact TOML and signature.
@@ -267,6 +308,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<HostDay>, StoreError>;
     /// Hosts.
     fn hosts(&self, now: Timestamp) -> Result<Vec<HostInfo>, StoreError>;
+    /// The latest scan of every (host, tree) received on `since` or later (collector days),
+    /// ordered by host and tree.
+    fn latest_scans(&self, since: Date) -> Result<Vec<LatestScan>, StoreError>;
     /// Stores a change entry version.
     fn put_change(
         &self,

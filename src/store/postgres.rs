@@ -30,15 +30,15 @@ use super::records::{
     is_violation, kpi_body, live_from, micros, new_secret, reclass_body, seal_range, token_hash,
 };
 use super::{
-    ChainHead, ChainReport, EventQuery, HostInfo, Role, Store, StoreError, StoredChange,
-    StoredEvent, StoredManifest, Token,
+    ChainHead, ChainReport, EventQuery, HostInfo, LatestScan, Role, Store, StoreError,
+    StoredChange, StoredEvent, StoredManifest, Token, keep_latest,
 };
 use crate::event::{EventBatch, Heartbeat, IngestResult};
 use crate::kpi::HostDay;
 use crate::timefmt;
 
-/// Schema version this code writes.
-const SCHEMA_VERSION: i64 = 1;
+/// Schema version this code writes. 2: `hosts.spool_depth`.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Advisory lock held while migrating, so instances starting together create the tables once.
 const MIGRATION_LOCK: i64 = 0x6472_6966_7477_6d31; // "driftwm1"
@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS hosts (
   name TEXT COLLATE "C" PRIMARY KEY, environment TEXT NOT NULL, first_seen BIGINT NOT NULL,
   first_day TEXT COLLATE "C" NOT NULL, last_seen BIGINT NOT NULL, agent_version TEXT NOT NULL DEFAULT '',
   last_seq BIGINT NOT NULL DEFAULT 0, missing_seqs BIGINT NOT NULL DEFAULT 0, replays BIGINT NOT NULL DEFAULT 0,
-  spool_dropped BIGINT NOT NULL DEFAULT 0, retired_day TEXT COLLATE "C");
+  spool_dropped BIGINT NOT NULL DEFAULT 0, retired_day TEXT COLLATE "C", spool_depth BIGINT NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS retirements (host TEXT COLLATE "C" NOT NULL, from_day TEXT COLLATE "C" NOT NULL, to_day TEXT COLLATE "C");
 CREATE TABLE IF NOT EXISTS presence (
   host TEXT COLLATE "C" NOT NULL, day TEXT COLLATE "C" NOT NULL, PRIMARY KEY (host, day));
@@ -328,13 +328,42 @@ fn migrate(c: &mut Client, shown: &str) -> Res<()> {
         }
     }
     tx.batch_execute(SCHEMA).map_err(db(shown))?;
+    upgrade(&mut tx).map_err(db(&format!(
+        "{shown}: migrating to schema {SCHEMA_VERSION}"
+    )))?;
     tx.execute(
-        "INSERT INTO meta (key, value) VALUES ('schema_version', $1), ('chain_len', '0'), ('chain_head', $2)
+        "INSERT INTO meta (key, value) VALUES ('chain_len', '0'), ('chain_head', $1)
          ON CONFLICT (key) DO NOTHING",
-        &[&SCHEMA_VERSION.to_string(), &GENESIS],
+        &[&GENESIS],
+    )
+    .map_err(db(shown))?;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE meta.value <> excluded.value",
+        &[&SCHEMA_VERSION.to_string()],
     )
     .map_err(db(shown))?;
     tx.commit().map_err(db(shown))
+}
+
+/// Brings the tables of an older schema up to [`SCHEMA_VERSION`] (`CREATE TABLE IF NOT EXISTS`
+/// leaves an existing table as it was). Each step looks first: `ALTER TABLE` locks the table
+/// against every reader, even when `IF NOT EXISTS` makes it a no-op, and a collector starting
+/// next to busy ones should not stall them.
+fn upgrade(tx: &mut Transaction<'_>) -> Result<(), ::postgres::Error> {
+    let has_depth: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute
+               WHERE attrelid = to_regclass('hosts') AND attname = 'spool_depth' AND NOT attisdropped)",
+            &[],
+        )?
+        .try_get(0)?;
+    if !has_depth {
+        tx.batch_execute(
+            "ALTER TABLE hosts ADD COLUMN IF NOT EXISTS spool_depth BIGINT NOT NULL DEFAULT 0",
+        )?;
+    }
+    Ok(())
 }
 
 /// The chain position, locked for the rest of the writing transaction.
@@ -886,8 +915,14 @@ impl Store for PgStore {
             let mut tx = c.transaction().map_err(db("heartbeat"))?;
             upsert_host(&mut tx, &hb.host, &hb.environment, micros(now), &day)?;
             tx.execute(
-                "UPDATE hosts SET agent_version = $1, spool_dropped = GREATEST(spool_dropped, $2) WHERE name = $3",
-                &[&hb.agent_version, &(hb.spool_dropped as i64), &hb.host],
+                "UPDATE hosts SET agent_version = $1, spool_dropped = GREATEST(spool_dropped, $2), spool_depth = $3
+                 WHERE name = $4",
+                &[
+                    &hb.agent_version,
+                    &(hb.spool_dropped as i64),
+                    &(hb.spool_depth as i64),
+                    &hb.host,
+                ],
             )
             .map_err(db("heartbeat"))?;
             tx.commit().map_err(db("heartbeat"))
@@ -1190,7 +1225,8 @@ impl Store for PgStore {
         self.with(|c| {
             Ok(c.query(
                 "SELECT name, environment, first_seen, last_seen, agent_version, last_seq, missing_seqs, replays,
-                   spool_dropped, retired_day, (SELECT COUNT(*) FROM events e WHERE e.host = h.name AND e.open)
+                   spool_dropped, retired_day, (SELECT COUNT(*) FROM events e WHERE e.host = h.name AND e.open),
+                   spool_depth
                  FROM hosts h ORDER BY name",
                 &[],
             )
@@ -1208,12 +1244,40 @@ impl Store for PgStore {
                     missing_seqs: r.get::<_, i64>(6) as u64,
                     replays: r.get::<_, i64>(7) as u64,
                     spool_dropped: r.get::<_, i64>(8) as u64,
+                    spool_depth: r.get::<_, i64>(11) as u64,
                     retired: r.get::<_, Option<String>>(9).is_some(),
                     open_unauthorized: r.get::<_, i64>(10) as u64,
                     silent_for_seconds: (now_us - last).max(0) / 1_000_000,
                 }
             })
             .collect())
+        })
+    }
+
+    fn latest_scans(&self, since: Date) -> Res<Vec<LatestScan>> {
+        let since = since.to_string();
+        self.with(|c| {
+            let rows = c
+                .query(
+                    "SELECT host, tree, seconds, finished_at, received_at FROM scans WHERE day >= $1",
+                    &[&since],
+                )
+                .map_err(db("scans"))?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        LatestScan {
+                            host: r.try_get(0)?,
+                            tree: r.try_get(1)?,
+                            seconds: r.try_get(2)?,
+                            finished_at: r.try_get(3)?,
+                        },
+                        r.try_get::<_, i64>(4)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, ::postgres::Error>>()
+                .map_err(db("scans"))?;
+            Ok(keep_latest(rows))
         })
     }
 

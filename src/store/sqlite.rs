@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::{Value, json};
 
 use super::chain::{self, GENESIS};
@@ -18,15 +18,15 @@ use super::records::{
     is_violation, kpi_body, live_from, micros, new_secret, reclass_body, seal_range,
 };
 use super::{
-    ChainHead, ChainReport, EventQuery, HostInfo, Role, Store, StoreError, StoredChange,
-    StoredEvent, StoredManifest, Token,
+    ChainHead, ChainReport, EventQuery, HostInfo, LatestScan, Role, Store, StoreError,
+    StoredChange, StoredEvent, StoredManifest, Token, keep_latest,
 };
 use crate::event::{EventBatch, Heartbeat, IngestResult};
 use crate::kpi::HostDay;
 use crate::timefmt;
 
-/// Schema version this code writes.
-const SCHEMA_VERSION: i64 = 1;
+/// Schema version this code writes. 2: `hosts.spool_depth`.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS hosts (
   name TEXT PRIMARY KEY, environment TEXT NOT NULL, first_seen INTEGER NOT NULL, first_day TEXT NOT NULL,
   last_seen INTEGER NOT NULL, agent_version TEXT NOT NULL DEFAULT '', last_seq INTEGER NOT NULL DEFAULT 0,
   missing_seqs INTEGER NOT NULL DEFAULT 0, replays INTEGER NOT NULL DEFAULT 0,
-  spool_dropped INTEGER NOT NULL DEFAULT 0, retired_day TEXT);
+  spool_dropped INTEGER NOT NULL DEFAULT 0, retired_day TEXT, spool_depth INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS presence (host TEXT NOT NULL, day TEXT NOT NULL, PRIMARY KEY (host, day)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS presence_day ON presence (day, host);
 CREATE TABLE IF NOT EXISTS retirements (host TEXT NOT NULL, from_day TEXT NOT NULL, to_day TEXT);
@@ -97,7 +97,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(db(&shown))?;
         }
-        let conn = Connection::open(path).map_err(db(&shown))?;
+        let mut conn = Connection::open(path).map_err(db(&shown))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db(&shown))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -106,7 +106,12 @@ impl SqliteStore {
             .map_err(db(&shown))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db(&shown))?;
-        let found: Option<i64> = conn
+        // Taken for writing from the start: a CLI command and the collector may open one file at
+        // the same moment, and the column check and its ALTER must not interleave.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db(&shown))?;
+        let found: Option<i64> = tx
             .query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
                 [],
@@ -122,12 +127,22 @@ impl SqliteStore {
                 supported: SCHEMA_VERSION,
             });
         }
-        conn.execute_batch(SCHEMA).map_err(db(&shown))?;
-        conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1), ('chain_len', '0'), ('chain_head', ?2)",
-            params![SCHEMA_VERSION.to_string(), GENESIS],
+        tx.execute_batch(SCHEMA).map_err(db(&shown))?;
+        migrate(&tx).map_err(db(&format!(
+            "{shown}: migrating to schema {SCHEMA_VERSION}"
+        )))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('chain_len', '0'), ('chain_head', ?1)",
+            [GENESIS],
         )
         .map_err(db(&shown))?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value <> excluded.value",
+            [SCHEMA_VERSION.to_string()],
+        )
+        .map_err(db(&shown))?;
+        tx.commit().map_err(db(&shown))?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             tz,
@@ -142,6 +157,20 @@ impl SqliteStore {
     fn day_of(&self, t: Timestamp) -> Date {
         t.to_zoned(self.tz.clone()).date()
     }
+}
+
+/// Brings the tables of an older schema up to [`SCHEMA_VERSION`] (`CREATE TABLE IF NOT EXISTS`
+/// leaves an existing table as it was). Each step checks what is there, so it can run again.
+fn migrate(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    let has_depth: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('hosts') WHERE name = 'spool_depth')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_depth {
+        tx.execute_batch("ALTER TABLE hosts ADD COLUMN spool_depth INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
 }
 
 /// The chain position kept in `meta`, advanced inside the writing transaction.
@@ -314,8 +343,8 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(db("heartbeat"))?;
         upsert_host(&tx, &hb.host, &hb.environment, micros(now), &day)?;
         tx.execute(
-            "UPDATE hosts SET agent_version = ?1, spool_dropped = MAX(spool_dropped, ?2) WHERE name = ?3",
-            params![hb.agent_version, hb.spool_dropped as i64, hb.host],
+            "UPDATE hosts SET agent_version = ?1, spool_dropped = MAX(spool_dropped, ?2), spool_depth = ?3 WHERE name = ?4",
+            params![hb.agent_version, hb.spool_dropped as i64, hb.spool_depth as i64, hb.host],
         )
         .map_err(db("heartbeat"))?;
         tx.commit().map_err(db("heartbeat"))
@@ -603,7 +632,7 @@ impl Store for SqliteStore {
         let mut st = conn
             .prepare(
                 "SELECT name, environment, first_seen, last_seen, agent_version, last_seq, missing_seqs, replays, spool_dropped,
-                   retired_day, (SELECT COUNT(*) FROM events e WHERE e.host = h.name AND e.open = 1)
+                   retired_day, (SELECT COUNT(*) FROM events e WHERE e.host = h.name AND e.open = 1), spool_depth
                  FROM hosts h ORDER BY name",
             )
             .map_err(db("hosts"))?;
@@ -621,6 +650,7 @@ impl Store for SqliteStore {
                     missing_seqs: r.get::<_, i64>(6)? as u64,
                     replays: r.get::<_, i64>(7)? as u64,
                     spool_dropped: r.get::<_, i64>(8)? as u64,
+                    spool_depth: r.get::<_, i64>(11)? as u64,
                     retired: r.get::<_, Option<String>>(9)?.is_some(),
                     open_unauthorized: r.get::<_, i64>(10)? as u64,
                     silent_for_seconds: (now_us - last).max(0) / 1_000_000,
@@ -628,6 +658,31 @@ impl Store for SqliteStore {
             })
             .map_err(db("hosts"))?;
         rows.collect::<Result<_, _>>().map_err(db("hosts"))
+    }
+
+    fn latest_scans(&self, since: Date) -> Res<Vec<LatestScan>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT host, tree, seconds, finished_at, received_at FROM scans WHERE day >= ?1",
+            )
+            .map_err(db("scans"))?;
+        let rows = st
+            .query_map([since.to_string()], |r| {
+                Ok((
+                    LatestScan {
+                        host: r.get(0)?,
+                        tree: r.get(1)?,
+                        seconds: r.get(2)?,
+                        finished_at: r.get(3)?,
+                    },
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .map_err(db("scans"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db("scans"))?;
+        Ok(keep_latest(rows))
     }
 
     fn put_change(&self, id: &str, toml: &str, minisig: Option<&str>, now: Timestamp) -> Res<()> {
@@ -1073,4 +1128,177 @@ fn projection_problems(conn: &Connection, ctx: &str) -> Res<Vec<(i64, String)>> 
         out.extend(row.map_err(db(ctx))?.problem());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hosts table as schema version 1 wrote it: no `spool_depth`.
+    const V1_HOSTS: &str = "spool_dropped INTEGER NOT NULL DEFAULT 0, retired_day TEXT);";
+
+    /// A database exactly as schema version 1 left it, with a host, a scan and a day of presence.
+    fn v1_database(path: &Path) {
+        let current = "spool_dropped INTEGER NOT NULL DEFAULT 0, retired_day TEXT, spool_depth INTEGER NOT NULL DEFAULT 0);";
+        assert!(SCHEMA.contains(current), "the hosts table changed again");
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(&SCHEMA.replace(current, V1_HOSTS))
+            .unwrap();
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', '1'), ('chain_len', '0'), ('chain_head', ?1)",
+            [GENESIS],
+        )
+        .unwrap();
+        conn.execute_batch(
+            "INSERT INTO hosts (name, environment, first_seen, first_day, last_seen, agent_version, last_seq, spool_dropped)
+               VALUES ('web-01', 'production', 1000000, '2026-11-16', 2000000, '0.9', 4, 3);
+             INSERT INTO presence (host, day) VALUES ('web-01', '2026-11-16');
+             INSERT INTO scans (host, tree, day, finished_at, received_at, paths, vetted, release, seconds)
+               VALUES ('web-01', 'shop', '2026-11-16', '2026-11-16T09:00:00Z', 2000000, 10, 9, 'R-1', 1.5);",
+        )
+        .unwrap();
+    }
+
+    fn columns(path: &Path) -> Vec<String> {
+        let conn = Connection::open(path).unwrap();
+        let mut st = conn
+            .prepare("SELECT name FROM pragma_table_info('hosts')")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn schema_version(path: &Path) -> String {
+        Connection::open(path)
+            .unwrap()
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn opening_a_version_1_database_adds_spool_depth_and_keeps_its_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("collector.db");
+        v1_database(&path);
+        assert!(!columns(&path).contains(&"spool_depth".to_string()));
+
+        let now: Timestamp = "2026-11-16T12:00:00Z".parse().unwrap();
+        {
+            let store = SqliteStore::open(&path, TimeZone::UTC).unwrap();
+            let hosts = store.hosts(now).unwrap();
+            assert_eq!(hosts.len(), 1, "{hosts:?}");
+            let h = &hosts[0];
+            assert_eq!(
+                (h.host.as_str(), h.agent_version.as_str(), h.last_seq),
+                ("web-01", "0.9", 4)
+            );
+            assert_eq!((h.spool_dropped, h.spool_depth), (3, 0));
+            let day: Date = "2026-11-16".parse().unwrap();
+            assert_eq!(
+                store.latest_scans(day).unwrap(),
+                [LatestScan {
+                    host: "web-01".into(),
+                    tree: "shop".into(),
+                    seconds: 1.5,
+                    finished_at: "2026-11-16T09:00:00Z".into(),
+                }]
+            );
+            let days = store.host_days(day, day, None, now).unwrap();
+            assert_eq!(days.len(), 1, "{days:?}");
+            assert_eq!(days[0].vetted_paths, Some((9, 10)));
+        }
+        assert_eq!(schema_version(&path), SCHEMA_VERSION.to_string());
+        assert_eq!(
+            columns(&path)
+                .iter()
+                .filter(|c| *c == "spool_depth")
+                .count(),
+            1
+        );
+
+        // Opening again finds nothing to do, and the new column takes heartbeats.
+        let store = SqliteStore::open(&path, TimeZone::UTC).unwrap();
+        let hb: Heartbeat = serde_json::from_value(serde_json::json!({
+            "host": "web-01", "agent_version": "1.0", "spool_dropped": 3, "spool_depth": 12,
+        }))
+        .unwrap();
+        store.record_heartbeat(&hb, now).unwrap();
+        let h = &store.hosts(now).unwrap()[0];
+        assert_eq!((h.spool_dropped, h.spool_depth), (3, 12));
+        assert_eq!(store.verify_chain(None).unwrap().first_bad, None);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("collector.db");
+        v1_database(&path);
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+                [],
+            )
+            .unwrap();
+        let err = SqliteStore::open(&path, TimeZone::UTC)
+            .err()
+            .expect("a newer schema must be refused")
+            .to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+        assert_eq!(schema_version(&path), "99");
+        assert!(!columns(&path).contains(&"spool_depth".to_string()));
+    }
+
+    #[test]
+    fn latest_scans_keep_the_last_finished_scan_per_host_and_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&tmp.path().join("collector.db"), TimeZone::UTC).unwrap();
+        let ingest = |at: &str, scans: serde_json::Value| {
+            let b: EventBatch = serde_json::from_value(
+                serde_json::json!({"host": "web-01", "events": [], "scans": scans}),
+            )
+            .unwrap();
+            store.ingest(&b, at.parse().unwrap()).unwrap();
+        };
+        let scan = |tree: &str, finished: &str, seconds: f64| {
+            serde_json::json!({"tree": tree, "finished_at": finished, "paths": 1, "vetted": 1,
+                               "seconds": seconds})
+        };
+        ingest(
+            "2026-11-15T12:00:00Z",
+            serde_json::json!([scan("shop", "2026-11-15T11:00:00Z", 1.0)]),
+        );
+        ingest(
+            "2026-11-16T12:00:00Z",
+            serde_json::json!([
+                scan("shop", "2026-11-16T11:00:00Z", 2.0),
+                scan("blog", "2026-11-16T11:00:00Z", 3.0)
+            ]),
+        );
+        // Received a day later but finished earlier (an agent's spool drained late), in
+        // another offset: the 16th's scan of the shop is still the latest.
+        ingest(
+            "2026-11-17T00:30:00Z",
+            serde_json::json!([scan("shop", "2026-11-16T12:30:00+02:00", 4.0)]),
+        );
+        let got: Vec<(String, f64)> = store
+            .latest_scans("2026-11-16".parse().unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.tree, s.seconds))
+            .collect();
+        assert_eq!(got, [("blog".to_string(), 3.0), ("shop".to_string(), 2.0)]);
+        let got = store.latest_scans("2026-11-17".parse().unwrap()).unwrap();
+        assert_eq!(
+            got.iter().map(|s| s.seconds).collect::<Vec<_>>(),
+            [4.0],
+            "{got:?}"
+        );
+    }
 }
