@@ -476,7 +476,7 @@ impl Engine {
                     entry,
                     events: vec![],
                     status: None,
-                    change: None,
+                    changed: false,
                     overlay: None,
                     closes: false,
                     opens: None,
@@ -489,14 +489,15 @@ impl Engine {
         // (unchanged since the last look) are re-checked against the approved state and the log.
         let changed: BTreeSet<RelPath> = pending
             .iter()
-            .filter(|p| p.change.is_some())
+            .filter(|p| p.changed)
             .map(|p| p.path.clone())
             .collect();
         // First, so that the fresh entries observed in this pass are committed after (over) the
         // snapshot entries these items carry.
-        let mut reconsidered = tracker.reconsider_open(&t.state, now, deploy, &changed);
-        reconsidered.append(&mut pending);
-        let pending = reconsidered;
+        let reconsidered = tracker.reconsider_open(&t.state, now, deploy, &changed);
+        // In place: a first scan has an item per path, and a second buffer of them would double
+        // the scan's peak memory.
+        pending.splice(0..0, reconsidered);
         // 1. Number the events and find how many fit in the spool (nothing written yet).
         let mut all: Vec<ChangeEvent> = pending
             .iter()

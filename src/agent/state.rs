@@ -282,8 +282,16 @@ impl TreeState {
 
     /// Records what is at `path` now, in the table and in the delta saved next.
     pub fn observe(&mut self, path: &RelPath, observed: Option<Observed>) {
-        std::sync::Arc::make_mut(&mut self.table).set_observed(path, observed.clone());
-        self.delta.insert(path.clone(), observed);
+        // When the next save rewrites snapshot.bin anyway (first save, or a delta that outgrew
+        // state.json), the delta would only be thrown away: a first scan of a big tree would
+        // otherwise hold a second copy of every observation.
+        if self.generation == 0 || self.rewrite || self.delta.len() > COMPACT_AT {
+            self.rewrite = true;
+            self.delta.clear();
+        } else {
+            self.delta.insert(path.clone(), observed.clone());
+        }
+        std::sync::Arc::make_mut(&mut self.table).set_observed(path, observed);
         self.observed = true;
     }
 
@@ -298,7 +306,7 @@ impl TreeState {
     pub fn save(&mut self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let never_written = self.generation == 0 && self.observed;
-        if self.delta.len() > COMPACT_AT || never_written || self.rewrite {
+        if never_written || self.rewrite {
             self.generation += 1;
             let p = self.persisted(false);
             super::spool::write_atomic(

@@ -20,6 +20,9 @@ use crate::snapshot::{CachedFile, Entry, Kind, Meta, StatCache};
 const BLOCK: usize = 16;
 /// A delta larger than this is merged into the base after a pass.
 const MERGE_AT: usize = 4096;
+/// A delta this large is merged at once, mid-pass: a first scan changes every row, and a delta
+/// row costs several times a base row.
+const MERGE_NOW_AT: usize = 65_536;
 /// No hash (an index into the hash pool).
 const NO_HASH: u32 = u32::MAX;
 
@@ -480,6 +483,9 @@ impl Table {
         let mut row = self.get(path.as_bytes()).unwrap_or_default();
         row.observed = observed;
         self.delta.insert(path.clone(), row);
+        if self.delta.len() >= MERGE_NOW_AT {
+            self.merge();
+        }
     }
 
     /// Puts a new manifest's approved states in force; observations are kept.
@@ -511,9 +517,12 @@ impl Table {
 
     /// Merges the delta into a new base when it has grown large.
     pub fn settle(&mut self) {
-        if self.delta.len() <= MERGE_AT {
-            return;
+        if self.delta.len() > MERGE_AT {
+            self.merge();
         }
+    }
+
+    fn merge(&mut self) {
         let mut b = Builder::default();
         self.walk_from(b"", |p, row| {
             b.push(p, &row);

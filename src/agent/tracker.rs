@@ -30,8 +30,8 @@ pub struct Pending {
     pub events: Vec<ChangeEvent>,
     /// Its status, when a counted change was emitted.
     pub status: Option<Status>,
-    /// The change, when there was one.
-    pub change: Option<Change>,
+    /// The path differs from its previous observation (judged in this pass).
+    pub changed: bool,
     /// New overlay value (an authorized change becomes part of the approved state).
     pub overlay: Option<Option<State>>,
     /// Open changes of this path that are now closed.
@@ -103,10 +103,10 @@ impl Tracker<'_> {
             };
             let mut p = Pending {
                 path: path.clone(),
-                entry: entry.clone(),
+                entry,
                 events: vec![],
                 status: None,
-                change: None,
+                changed: false,
                 overlay: None,
                 closes: false,
                 opens: None,
@@ -153,7 +153,7 @@ impl Tracker<'_> {
                 self.close_open(state, &change, &mut p, now, None);
             }
             p.status = status;
-            p.change = Some(change);
+            p.changed = true;
             out.push(p);
         }
         out
@@ -222,7 +222,7 @@ impl Tracker<'_> {
                 entry: entry.clone(),
                 events: vec![],
                 status: None,
-                change: None,
+                changed: false,
                 overlay: None,
                 closes: false,
                 opens: None,
