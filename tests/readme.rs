@@ -58,6 +58,10 @@ const SKIP: &[(&str, &str)] = &[
         "reads a collector or its store (tests/report.rs runs it)",
     ),
     ("audit", "reads a collector store"),
+    (
+        "manifest push",
+        "needs a running collector (tests/agent.rs runs it)",
+    ),
 ];
 
 /// One command run may take this long.
