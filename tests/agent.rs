@@ -1025,6 +1025,31 @@ fn build_r2(fx: &Fx) -> PathBuf {
     m2
 }
 
+/// A crash in the middle of a deploy: the new manifest was already copied into the state dir
+/// when the agent died, its state not yet saved. At the next start the state's release is still
+/// in force, so the new manifest comes into force again as the deploy it is: its files are
+/// `release:r2`, and the release reported is r2.
+#[test]
+fn a_crash_during_a_deploy_still_records_the_deploy() {
+    let st = Setup::new();
+    st.scan().expect_code(0);
+    let m2 = build_r2(&st.fx);
+    deploy_r2_files(&st.fx);
+    publish_manifest(&st.fx, &m2);
+    // What the agent had written before dying: the manifest copy, not the state that follows it.
+    let kept = st.spec.state_dir.join("trees/shop/manifest.json");
+    std::fs::copy(&m2, &kept).expect("copy into the state dir");
+    let out = st.scan();
+    let r = out.json();
+    assert_eq!(r[0]["release"], "r2", "{r:#}");
+    let evs = events_db(&st.db());
+    for p in DEPLOYED {
+        let found = about(&evs, "shop", p);
+        assert_eq!(found.len(), 1, "{p}: {evs:#?}");
+        assert_eq!(s(found[0], "status"), "release:r2", "{found:#?}");
+    }
+}
+
 /// Publishes a manifest at the configured path (signature, then manifest, each by rename).
 fn publish_manifest(fx: &Fx, m2: &Path) {
     let sig = |p: &Path| PathBuf::from(format!("{}.minisig", p.display()));
@@ -1235,6 +1260,58 @@ fn a_write_put_back_between_two_scans_is_caught_in_real_time() {
 }
 
 // 9 ------------------------------------------------------------------------------------------
+
+/// The first manifest of a baselined tree is judged whole even when the spool cannot take it all
+/// at once: the scans that follow report what did not fit, and every path exactly once.
+#[test]
+fn a_first_manifest_after_a_baseline_is_judged_whole_across_a_full_spool() {
+    let mut st = Setup::with(|s| {
+        s.extra = "\n[spool]\nmax_size = \"2KiB\"\n".into();
+        s.trees[0].manifest = None;
+    });
+    st.spec.write(&st.config);
+    let planted: Vec<String> = (0..12)
+        .map(|i| format!("wp-content/uploads/planted{i:02}.php"))
+        .collect();
+    for p in &planted {
+        st.fx.write(p, format!("<?php // {p}\n").as_bytes());
+    }
+    // No manifest: the baseline takes everything in, silently.
+    let out = st.scan();
+    assert!(
+        open_in_scan(&out.json(), "shop").is_empty(),
+        "{}",
+        out.stdout
+    );
+    st.spec.trees[0].manifest = Some(st.fx.manifest.clone());
+    st.spec.write(&st.config);
+    let mut dropped_once = false;
+    for _ in 0..12 {
+        let r = st.scan().json();
+        let dropped = r[0]["dropped"].as_u64().expect("dropped");
+        dropped_once |= dropped > 0;
+        if dropped == 0 {
+            break;
+        }
+    }
+    assert!(
+        dropped_once,
+        "the spool was meant to overflow at least once"
+    );
+    let evs = events_db(&st.db());
+    for p in &planted {
+        let found = about(&evs, "shop", p);
+        assert_eq!(
+            found.len(),
+            1,
+            "{p} must be reported exactly once: {evs:#?}"
+        );
+        assert_eq!(s(found[0], "status"), "unauthorized", "{found:#?}");
+    }
+    let out = st.scan();
+    let open = open_in_scan(&out.json(), "shop");
+    assert_eq!(open.len(), planted.len(), "{}", out.stdout);
+}
 
 #[test]
 fn scan_reports_drift_in_json_and_rebuilds_a_corrupt_state() {

@@ -446,6 +446,12 @@ impl AgentConfig {
         if interval < Duration::from_secs(1) {
             bad("scan.interval", "must be at least 1s".into());
         }
+        if debounce < Duration::from_millis(10) {
+            bad("scan.debounce", "must be at least 10ms".into());
+        }
+        if heartbeat < Duration::from_secs(1) {
+            bad("collector.heartbeat", "must be at least 1s".into());
+        }
         let size = |key: &str, v: &str, bad: &mut dyn FnMut(&str, String)| {
             parse_size(v).map(|s| s as u64).unwrap_or_else(|m| {
                 bad(key, m);

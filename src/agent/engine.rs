@@ -38,6 +38,8 @@ pub struct TreeRuntime {
     /// Stat stamps of the manifest file and its signature when last read: unchanged files are
     /// not read, verified and parsed again (a large manifest costs real time on every pass).
     manifest_stamp: Option<[Option<Stamp>; 2]>,
+    /// The trusted keys changed (SIGHUP): the manifest in force is verified again, for the log.
+    reverify: bool,
 }
 
 /// The manifest in force, apart from its entries.
@@ -215,6 +217,7 @@ impl Engine {
                 t.cfg = w;
                 // Keys may have changed: judge the manifest again.
                 t.manifest_stamp = None;
+                t.reverify = true;
                 continue;
             }
             let dir = state::tree_dir(&self.cfg.state_dir, &w.name);
@@ -231,6 +234,7 @@ impl Engine {
                 dir,
                 warned: BTreeSet::new(),
                 manifest_stamp: None,
+                reverify: false,
             });
         }
     }
@@ -255,8 +259,12 @@ impl Engine {
         }
         self.changes_stamp = Some(listing);
         let mut entries: Vec<ChangeEntry> = Vec::new();
+        let fetched = super::fetch::changes_dir(&self.cfg.state_dir);
         for dir in &dirs {
-            match changelog::load_dir(dir, &self.cfg.change_policy()) {
+            let mut policy = self.cfg.change_policy();
+            // What the collector hands out counts only when signed by a key this agent trusts.
+            policy.require_signatures |= *dir == fetched;
+            match changelog::load_dir(dir, &policy) {
                 Ok(log) => {
                     for r in &log.refused {
                         tracing::warn!(refused = %r, "change entry refused");
@@ -299,8 +307,16 @@ impl Engine {
         news: NewManifest,
     ) -> Result<PassResult, String> {
         // A first manifest for a tree observed without one: every path is judged against it, as
-        // in a first observation (the baseline vetted nothing).
-        let rejudge = matches!(news, NewManifest::First) && self.trees[i].state.observed;
+        // in a first observation (the baseline vetted nothing). Kept in the state until a pass
+        // commits everything it found, so a full spool or a crash cannot skip it.
+        {
+            let t = &mut self.trees[i];
+            if matches!(news, NewManifest::First) && t.state.observed {
+                tracing::info!(tree = %t.cfg.name, "first manifest for a baselined tree: judging every path against it");
+                t.state.rejudge = Some(RelPath::from_bytes(Vec::new()));
+            }
+        }
+        let rejudge_from = self.trees[i].state.rejudge.clone();
         let deploy = match news {
             NewManifest::Deploy(release) => Some(release),
             _ => None,
@@ -326,15 +342,16 @@ impl Engine {
         // Release the cache's reference so committing does not copy the snapshot.
         drop(opts);
         let scanned = (snap.stats.files, snap.stats.dirs, snap.stats.bytes);
-        let observed = if t.state.observed && !rejudge {
+        let observed = if t.state.observed && rejudge_from.is_none() {
             // Only what differs from the last observation is judged: a re-scan of an unchanged
             // tree allocates nothing per path.
             differing(&t.state.table, snap.entries)
         } else {
-            // The first observation: every approved path is judged, the missing ones too.
+            // The first observation: every approved path is judged, the missing ones too (and,
+            // judging a baseline again, the paths it saw that are gone).
             let mut paths: BTreeMap<RelPath, Option<Entry>> = BTreeMap::new();
             t.state.table.walk_from(b"", |p, row| {
-                if row.approved.is_some() {
+                if row.approved.is_some() || row.observed.is_some() {
                     paths.insert(RelPath::from_bytes(p), None);
                 }
                 true
@@ -342,17 +359,25 @@ impl Engine {
             for e in snap.entries {
                 paths.insert(e.path.clone(), Some(e));
             }
-            paths.into_iter().collect()
+            let table = &t.state.table;
+            paths
+                .into_iter()
+                .filter(|(p, now)| match &rejudge_from {
+                    // Before the point a judgement of the baseline reached: what changed only.
+                    Some(from) if t.state.observed && p < from => {
+                        match (table.observed(p.as_bytes()), now) {
+                            (None, None) => false,
+                            (Some(old), Some(e)) => !old.matches(e),
+                            _ => true,
+                        }
+                    }
+                    _ => true,
+                })
+                .collect()
         };
         let now = Timestamp::now();
-        if rejudge {
-            tracing::info!(tree = %self.trees[i].cfg.name, "first manifest for a baselined tree: judging every path against it");
-            self.trees[i].state.observed = false;
-        }
-        let passed = self.pass(i, observed, now, deploy.as_deref(), false);
+        let mut result = self.pass(i, observed, now, deploy.as_deref(), false)?;
         let t = &mut self.trees[i];
-        t.state.observed |= rejudge;
-        let mut result = passed?;
         t.state.last_scan = Some(now);
         if rehash {
             t.state.last_full_rehash = Some(now);
@@ -449,11 +474,20 @@ impl Engine {
         realtime: bool,
     ) -> Result<PassResult, String> {
         let t = &self.trees[i];
-        let mut t0 = t
-            .state
-            .last_scan
-            .or(t.manifest.as_ref().map(|m| m.created_at))
-            .unwrap_or(now);
+        let created = t.manifest.as_ref().map(|m| m.created_at);
+        // Full scans only: a real-time update judges what it saw against the last observation.
+        let rejudge_from = t.state.rejudge.clone().filter(|_| !realtime);
+        let mut t0 = if t.state.observed && rejudge_from.is_none() {
+            t.state.last_scan.or(created)
+        } else {
+            // A first judgement (or a baseline judged again): from the manifest's creation, or
+            // the last look if that was earlier.
+            match (t.state.last_scan, created) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        }
+        .unwrap_or(now);
         if realtime {
             // inotify reported the change within the debounce: the window is that short, so a
             // change entry whose window closed an hour ago cannot cover a write made now.
@@ -483,7 +517,7 @@ impl Engine {
                 })
                 .collect()
         } else {
-            tracker.observe(&t.state, observed, t0, now, deploy)
+            tracker.observe(&t.state, observed, t0, now, deploy, rejudge_from.as_ref())
         };
         // Paths that changed in this pass are judged by `observe`; open changes of every other path
         // (unchanged since the last look) are re-checked against the approved state and the log.
@@ -523,11 +557,19 @@ impl Engine {
         let mut next = 0usize;
         let mut overflow = false;
         let mut evidence = Vec::new();
+        // Where a judgement of the baseline must resume: the first path in its range not committed.
+        let mut resume: Option<RelPath> = None;
         for p in pending {
             let n = p.events.len();
             if overflow || next + n > kept.len() {
                 // Not spooled: leave the path as it was so the next scan sees the change again.
                 overflow = true;
+                if let Some(from) = &rejudge_from
+                    && p.path >= *from
+                    && resume.as_ref().is_none_or(|r| p.path < *r)
+                {
+                    resume = Some(p.path.clone());
+                }
                 continue;
             }
             let seqs: Vec<u64> = kept[next..next + n].iter().map(|e| e.seq).collect();
@@ -542,6 +584,10 @@ impl Engine {
         }
         // Many changed rows are merged into the compact base, so lookups stay binary searches.
         Arc::make_mut(&mut t.state.table).settle();
+        if rejudge_from.is_some() {
+            // Saved with the commit point: a crash neither skips nor repeats part of it.
+            t.state.rejudge = resume;
+        }
         t.state.outbox = kept.clone();
         t.state
             .save(&t.dir)
@@ -607,24 +653,36 @@ impl Engine {
             return NewManifest::Unchanged;
         };
         let t = &mut self.trees[i];
+        let fetched = t.cfg.manifest.is_none();
         let now_stamp = [stamp(&path), stamp(&sign::sig_path(&path))];
         if t.manifest_stamp == Some(now_stamp) {
             return NewManifest::Unchanged;
         }
         t.manifest_stamp = Some(now_stamp);
-        if t.cfg.manifest.is_none() && now_stamp[0].is_none() {
+        if fetched && now_stamp[0].is_none() {
             // The collector has none for this tree (yet).
             return NewManifest::Unchanged;
         }
         let in_force_digest = t.manifest.as_ref().map(|m| m.digest);
+        let reverify = std::mem::take(&mut t.reverify);
         let loaded = (|| -> Result<Option<(Manifest, Vec<u8>)>, String> {
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             // The manifest in force, unchanged (every start, every reload): judging it again
-            // could not change what is in force, and a large one costs a second to parse.
+            // could not change what is in force, and a large one costs a second to parse. After
+            // a change of keys its signature is checked again, so the log says when the release
+            // in force rests on a key no longer trusted.
             if in_force_digest == Some(blake3::hash(&bytes)) {
+                if reverify
+                    && (require || !keys.is_empty() || fetched)
+                    && let Err(e) = sign::verify_bytes(&bytes, &path, &keys)
+                {
+                    tracing::error!(tree = %t.cfg.name, error = %e,
+                        "the manifest in force no longer verifies with the trusted keys; it stays in force until a newer signed one arrives");
+                }
                 return Ok(None);
             }
-            if require || !keys.is_empty() {
+            // A manifest from the collector counts only when signed by a key this agent trusts.
+            if require || !keys.is_empty() || fetched {
                 sign::verify_bytes(&bytes, &path, &keys).map_err(|e| e.to_string())?;
             }
             let m = Manifest::parse(&bytes, &path).map_err(|e| e.to_string())?;
@@ -726,18 +784,19 @@ fn log_event(host: &str, ev: &ChangeEvent) {
 /// the manifest parsed again.
 fn load_in_force(dir: &Path, state: &mut TreeState) -> Option<InForce> {
     let release = state.release.clone()?;
-    let path = dir.join("manifest.json");
-    let bytes = std::fs::read(&path).ok()?;
-    let digest = blake3::hash(&bytes);
-    if let (Some(from), Some(created_at)) = (state.approved_from, state.manifest_created_at)
-        && from == *digest.as_bytes()
-    {
+    // The saved state says which manifest is in force; manifest.json may already hold the next
+    // one (a crash during its deploy), which then comes into force again as the deploy it is.
+    if let (Some(from), Some(created_at)) = (state.approved_from, state.manifest_created_at) {
         return Some(InForce {
             release,
             created_at,
-            digest,
+            digest: blake3::Hash::from_bytes(from),
         });
     }
+    // A state from before the approved states were saved with it.
+    let path = dir.join("manifest.json");
+    let bytes = std::fs::read(&path).ok()?;
+    let digest = blake3::hash(&bytes);
     let m = Manifest::parse(&bytes, &path).ok()?;
     let in_force = InForce {
         release: m.release,

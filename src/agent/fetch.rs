@@ -3,9 +3,10 @@
 //! A tree without a `manifest` path takes the signed manifest the collector holds for it
 //! (`GET /api/v1/manifests/{tree}`), and every agent takes the collector's change entries
 //! (`GET /api/v1/changes`) beside `[changes] dir`. They are written as files in the state dir, in
-//! the same form as local ones, and the engine reads them exactly like local ones: the signature
-//! is checked against this agent's own trusted keys, so a compromised collector can authorize
-//! nothing.
+//! the same form as local ones, and the engine reads them like local ones, except that a valid
+//! signature by one of this agent's own trusted keys is always required: a compromised collector
+//! can authorize nothing. Without `[trust] release_keys` (or `approver_keys`) nothing of that
+//! kind is fetched.
 
 use std::path::{Path, PathBuf};
 
@@ -49,45 +50,66 @@ pub struct Fetched {
 /// Fetches what the collector distributes and writes what differs from the files kept.
 pub async fn fetch(sink: &Sink, cfg: &AgentConfig) -> Result<Fetched, String> {
     let mut out = Fetched::default();
-    for tree in cfg.trees.iter().filter(|t| t.manifest.is_none()) {
-        let Some(doc) = manifest(sink, &tree.name)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            continue;
-        };
-        let Some(text) = doc.manifest else {
-            return Err(format!(
-                "manifest for tree {:?}: no `manifest` text",
-                tree.name
-            ));
-        };
-        let path = manifest_path(&cfg.state_dir, &tree.name);
-        if keep(&path, text.as_bytes(), doc.minisig.as_deref())? {
-            out.manifests.push(tree.name.clone());
+    let mut failed = Vec::new();
+    let wanted = cfg
+        .trees
+        .iter()
+        .filter(|t| t.manifest.is_none() && !cfg.release_keys.is_empty());
+    for tree in wanted {
+        // One tree's trouble does not keep the others (or the tickets) from arriving.
+        match fetch_manifest(sink, cfg, &tree.name).await {
+            Ok(true) => out.manifests.push(tree.name.clone()),
+            Ok(false) => {}
+            Err(e) => failed.push(format!("manifest for tree {:?}: {e}", tree.name)),
         }
     }
-    let dir = changes_dir(&cfg.state_dir);
-    for doc in changes(sink).await.map_err(|e| e.to_string())? {
-        let (Some(id), Some(text)) = (doc.id, doc.toml) else {
-            return Err("change entry without `id` or `toml`".into());
-        };
-        if !safe_file_stem(&id) {
-            tracing::warn!(
-                id,
-                "change entry from the collector skipped: its id is not a file name"
-            );
-            continue;
-        }
-        if keep(
-            &dir.join(format!("{id}.toml")),
-            text.as_bytes(),
-            doc.minisig.as_deref(),
-        )? {
-            out.changes += 1;
+    if !cfg.approver_keys.is_empty() {
+        match changes(sink).await {
+            Ok(docs) => {
+                let dir = changes_dir(&cfg.state_dir);
+                for doc in docs {
+                    let (Some(id), Some(text)) = (doc.id, doc.toml) else {
+                        failed.push("a change entry without `id` or `toml`".into());
+                        continue;
+                    };
+                    if !safe_file_stem(&id) {
+                        tracing::warn!(
+                            id,
+                            "change entry from the collector skipped: its id is not a file name"
+                        );
+                        continue;
+                    }
+                    let path = dir.join(format!("{id}.toml"));
+                    match keep(&path, text.as_bytes(), doc.minisig.as_deref()) {
+                        Ok(true) => out.changes += 1,
+                        Ok(false) => {}
+                        Err(e) => failed.push(e),
+                    }
+                }
+            }
+            Err(e) => failed.push(format!("change entries: {e}")),
         }
     }
-    Ok(out)
+    if failed.is_empty() {
+        Ok(out)
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
+/// Fetches one tree's manifest; whether a new one was written.
+async fn fetch_manifest(sink: &Sink, cfg: &AgentConfig, tree: &str) -> Result<bool, String> {
+    let Some(doc) = manifest(sink, tree).await.map_err(|e| e.to_string())? else {
+        return Ok(false);
+    };
+    let Some(text) = doc.manifest else {
+        return Err("no `manifest` text".into());
+    };
+    keep(
+        &manifest_path(&cfg.state_dir, tree),
+        text.as_bytes(),
+        doc.minisig.as_deref(),
+    )
 }
 
 async fn manifest(sink: &Sink, tree: &str) -> Result<Option<Doc>, ClientError> {

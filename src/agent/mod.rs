@@ -551,6 +551,12 @@ pub async fn fetch_at_start(sink: &Sink, cfg: &AgentConfig) {
     if !cfg.has_collector() {
         return;
     }
+    if cfg.release_keys.is_empty() && cfg.trees.iter().any(|t| t.manifest.is_none()) {
+        tracing::warn!("no [trust] release_keys: manifests on the collector are not taken");
+    }
+    if cfg.approver_keys.is_empty() {
+        tracing::info!("no [trust] approver_keys: change entries on the collector are not taken");
+    }
     match tokio::time::timeout(Duration::from_secs(10), fetch::fetch(sink, cfg)).await {
         Ok(Ok(f)) => {
             if f != fetch::Fetched::default() {

@@ -85,6 +85,13 @@ struct Persisted {
     /// The snapshot file generation this state builds on.
     #[serde(default)]
     generation: u64,
+    /// Whether the tree was ever observed (older files: inferred from the files present).
+    #[serde(default)]
+    observed: Option<bool>,
+    /// A first manifest came into force after a baseline: paths from this one (hex) on are still
+    /// to be judged against it.
+    #[serde(default)]
+    rejudge: Option<String>,
     /// Snapshot changes since that file was written: path → encoded entry (hex), or gone.
     #[serde(default)]
     delta: Vec<(String, Option<String>)>,
@@ -115,6 +122,9 @@ pub struct TreeState {
     /// Whether the tree was ever observed (before that, a path's previous state is the approved
     /// one).
     pub observed: bool,
+    /// Paths from this one on are to be judged against the approved state at the next full scan
+    /// (a first manifest for a tree observed without one); moves on as passes commit them.
+    pub rejudge: Option<RelPath>,
     /// BLAKE3 of the manifest whose approved states are in the table (saved with it).
     pub approved_from: Option<[u8; 32]>,
     /// The approved states changed: the next save rewrites `snapshot.bin`.
@@ -217,7 +227,7 @@ impl TreeState {
             };
             delta.insert(path(&k)?, entry);
         }
-        let observed = bin.is_some() || !delta.is_empty();
+        let observed = p.observed.unwrap_or(bin.is_some() || !delta.is_empty());
         let (mut table, approved_from) = match bin {
             Some(f) => (f.table, f.approved_from),
             None => (Table::default(), None),
@@ -235,6 +245,10 @@ impl TreeState {
             open,
             table: std::sync::Arc::new(table),
             observed,
+            rejudge: match p.rejudge {
+                Some(h) => Some(path(&h)?),
+                None => None,
+            },
             approved_from,
             rewrite: false,
             delta,
@@ -261,6 +275,8 @@ impl TreeState {
                 .map(|(k, v)| (hex::encode(k.as_bytes()), v.clone()))
                 .collect(),
             generation: self.generation,
+            observed: Some(self.observed),
+            rejudge: self.rejudge.as_ref().map(|p| hex::encode(p.as_bytes())),
             delta: if with_delta {
                 self.delta
                     .iter()

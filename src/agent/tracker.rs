@@ -63,6 +63,8 @@ impl Tracker<'_> {
 
     /// Judges observations of `observed` paths made in the window (t0, now]; `deploy` is the
     /// release id when a newer signed manifest has just come into force.
+    /// Paths from `rejudge_from` on are judged as in a first observation: their previous state
+    /// is the approved one (a first manifest for a baselined tree).
     pub fn observe(
         &self,
         state: &TreeState,
@@ -70,6 +72,7 @@ impl Tracker<'_> {
         t0: Timestamp,
         now: Timestamp,
         deploy: Option<&str>,
+        rejudge_from: Option<&RelPath>,
     ) -> Vec<Pending> {
         let ctx = Context {
             host: self.host,
@@ -86,7 +89,8 @@ impl Tracker<'_> {
         let mut out = Vec::new();
         for (path, entry) in observed {
             // Before the first observation, the previous state is the approved one.
-            let before: Option<State> = if state.observed {
+            let first_look = !state.observed || rejudge_from.is_some_and(|from| path >= *from);
+            let before: Option<State> = if !first_look {
                 state.table.observed(path.as_bytes()).map(|o| o.state())
             } else {
                 self.approved(state, &path)

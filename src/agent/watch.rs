@@ -306,6 +306,13 @@ fn debounce_loop(
                 rescan: &mut Option<String>| match m {
         Msg::Paths(ps) => {
             for (p, w) in ps {
+                let excluded = p
+                    .strip_prefix(&root)
+                    .map(|r| exclude.is_match(r))
+                    .unwrap_or(true);
+                if excluded && !manifest.contains(&p) {
+                    continue;
+                }
                 match w {
                     Write::Open => {
                         writing.entry(p.clone()).or_insert_with(Instant::now);
@@ -315,13 +322,7 @@ fn debounce_loop(
                     }
                     Write::Other => {}
                 }
-                let excluded = p
-                    .strip_prefix(&root)
-                    .map(|r| exclude.is_match(r))
-                    .unwrap_or(true);
-                if !excluded || manifest.contains(&p) {
-                    paths.insert(p);
-                }
+                paths.insert(p);
             }
         }
         Msg::Rescan(why) => *rescan = Some(why),
