@@ -252,7 +252,7 @@ PY
   VERDICT=$(awk -v r="$RATIO" 'BEGIN { print (r <= 1.5) ? "met" : "NOT met" }')
   MACH="before: $LB; after: $LA; $(other_cpu "$B0" "$B1" "$OURS" "$(minus "$W1" "$W0")")"
   row "re-scan of the unchanged tree, stat cache ($NF files, $ND dirs)" "driftwatch scan --config scan.toml --format json" \
-      "**${SC_MED} s** median (mean $SC_MEAN ± $SC_SD s, CPU $SC_CPU s/run); **${RATIO}×** the floor. In-process scan (walk + judgement, \`scanned.seconds\`) $IN_S s (the rest: start, state load ($SNAP snapshot.bin), manifest verify + parse ($MAN), state save)" \
+      "**${SC_MED} s** median (mean $SC_MEAN ± $SC_SD s, CPU $SC_CPU s/run); **${RATIO}×** the floor. In-process scan (walk + judgement, \`scanned.seconds\`) $IN_S s (the rest: start, state load ($SNAP snapshot.bin), manifest read and hashed to see it is the one in force ($MAN), state save)" \
       "≤ 1.5× floor: $VERDICT" "$MACH"
   row "metadata floor (same hyperfine run)" "find \$D -type f -printf '%s %T@\\n'" \
       "**${F_MED} s** median (mean $F_MEAN ± $F_SD s, CPU $F_CPU s/run)" "-" "(same run)"
