@@ -40,6 +40,9 @@ pub struct TreeRuntime {
     manifest_stamp: Option<[Option<Stamp>; 2]>,
     /// The trusted keys changed (SIGHUP): the manifest in force is verified again, for the log.
     reverify: bool,
+    /// A deploy whose full scan has not committed yet (the scan failed, or is still to run):
+    /// it stays a deploy until a pass commits it.
+    pending_deploy: Option<String>,
 }
 
 /// The manifest in force, apart from its entries.
@@ -235,6 +238,7 @@ impl Engine {
                 warned: BTreeSet::new(),
                 manifest_stamp: None,
                 reverify: false,
+                pending_deploy: None,
             });
         }
     }
@@ -313,14 +317,24 @@ impl Engine {
             let t = &mut self.trees[i];
             if matches!(news, NewManifest::First) && t.state.observed {
                 tracing::info!(tree = %t.cfg.name, "first manifest for a baselined tree: judging every path against it");
-                t.state.rejudge = Some(RelPath::from_bytes(Vec::new()));
+                // The baseline's changes happened at some time before: the window starts at the
+                // manifest's creation, or at the last look if that was earlier.
+                let created = t.manifest.as_ref().map(|m| m.created_at);
+                let t0 = match (t.state.last_scan, created) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (a, b) => a.or(b).unwrap_or_else(Timestamp::now),
+                };
+                t.state.rejudge = Some(state::Rejudge {
+                    from: RelPath::from_bytes(Vec::new()),
+                    t0,
+                });
             }
         }
-        let rejudge_from = self.trees[i].state.rejudge.clone();
-        let deploy = match news {
-            NewManifest::Deploy(release) => Some(release),
-            _ => None,
-        };
+        let rejudge_from = self.trees[i].state.rejudge.as_ref().map(|r| r.from.clone());
+        if let NewManifest::Deploy(release) = news {
+            self.trees[i].pending_deploy = Some(release);
+        }
+        let deploy = self.trees[i].pending_deploy.clone();
         let started = Instant::now();
         let t = &self.trees[i];
         let cache: Option<Arc<dyn snapshot::StatCache>> = if rehash || !t.state.observed {
@@ -378,6 +392,7 @@ impl Engine {
         let now = Timestamp::now();
         let mut result = self.pass(i, observed, now, deploy.as_deref(), false)?;
         let t = &mut self.trees[i];
+        t.pending_deploy = None;
         t.state.last_scan = Some(now);
         if rehash {
             t.state.last_full_rehash = Some(now);
@@ -415,8 +430,11 @@ impl Engine {
             news => return self.scan_tree(i, false, news),
         }
         let t = &self.trees[i];
-        if !t.state.observed {
-            return self.full_scan(i, false);
+        if !t.state.observed || t.state.rejudge.is_some() || t.pending_deploy.is_some() {
+            // Judged against the last observation, these paths would be reported again when
+            // the pending deploy or judgement of the baseline reaches them: a full scan does it
+            // now, once.
+            return self.scan_tree(i, false, NewManifest::Unchanged);
         }
         let skip = own_files(&t.cfg);
         let mut paths: BTreeMap<RelPath, Option<Entry>> = BTreeMap::new();
@@ -473,15 +491,17 @@ impl Engine {
         deploy: Option<&str>,
         realtime: bool,
     ) -> Result<PassResult, String> {
+        // Events saved in an outbox whose spool append failed go first, before that outbox
+        // is replaced.
+        self.recover_outboxes().map_err(|e| e.to_string())?;
         let t = &self.trees[i];
         let created = t.manifest.as_ref().map(|m| m.created_at);
-        // Full scans only: a real-time update judges what it saw against the last observation.
-        let rejudge_from = t.state.rejudge.clone().filter(|_| !realtime);
-        let mut t0 = if t.state.observed && rejudge_from.is_none() {
+        // Full scans only (real-time updates defer to a full scan while one is under way).
+        let rejudge = t.state.rejudge.clone().filter(|_| !realtime);
+        let mut t0 = if t.state.observed {
             t.state.last_scan.or(created)
         } else {
-            // A first judgement (or a baseline judged again): from the manifest's creation, or
-            // the last look if that was earlier.
+            // A first observation: from the manifest's creation, or the last look if earlier.
             match (t.state.last_scan, created) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -517,7 +537,7 @@ impl Engine {
                 })
                 .collect()
         } else {
-            tracker.observe(&t.state, observed, t0, now, deploy, rejudge_from.as_ref())
+            tracker.observe(&t.state, observed, t0, now, deploy, rejudge.as_ref())
         };
         // Paths that changed in this pass are judged by `observe`; open changes of every other path
         // (unchanged since the last look) are re-checked against the approved state and the log.
@@ -564,9 +584,9 @@ impl Engine {
             if overflow || next + n > kept.len() {
                 // Not spooled: leave the path as it was so the next scan sees the change again.
                 overflow = true;
-                if let Some(from) = &rejudge_from
-                    && p.path >= *from
-                    && resume.as_ref().is_none_or(|r| p.path < *r)
+                if let Some(r) = &rejudge
+                    && p.path >= r.from
+                    && resume.as_ref().is_none_or(|at| p.path < *at)
                 {
                     resume = Some(p.path.clone());
                 }
@@ -584,14 +604,18 @@ impl Engine {
         }
         // Many changed rows are merged into the compact base, so lookups stay binary searches.
         Arc::make_mut(&mut t.state.table).settle();
-        if rejudge_from.is_some() {
+        if let Some(r) = rejudge {
             // Saved with the commit point: a crash neither skips nor repeats part of it.
-            t.state.rejudge = resume;
+            t.state.rejudge = resume.map(|from| state::Rejudge { from, t0: r.t0 });
         }
         t.state.outbox = kept.clone();
-        t.state
-            .save(&t.dir)
-            .map_err(|e| format!("{}: {e}", t.dir.display()))?;
+        if let Err(e) = t.state.save(&t.dir) {
+            // Nothing was spooled: go back to what is on disk, so these changes are observed
+            // (and reported) again by the next pass instead of being taken as reported.
+            let why = format!("{}: {e}", t.dir.display());
+            self.reset_tree(i);
+            return Err(why);
+        }
         // 3. Spool (fsync), then log.
         if !kept.is_empty() {
             self.spool
@@ -623,6 +647,25 @@ impl Engine {
         })
     }
 
+    /// Replaces a tree's in-memory state with the one saved on disk (after a failed save).
+    fn reset_tree(&mut self, i: usize) {
+        let t = &mut self.trees[i];
+        match TreeState::load(&t.dir) {
+            Ok(mut state) => {
+                t.manifest = load_in_force(&t.dir, &mut state);
+                t.state = state;
+                t.manifest_stamp = None;
+                t.pending_deploy = None;
+            }
+            Err(why) => {
+                tracing::error!(tree = %t.cfg.name, %why, "state unreadable after a failed save: re-baselining against the manifest");
+                t.state = TreeState::default();
+                t.manifest = None;
+                t.manifest_stamp = None;
+            }
+        }
+    }
+
     /// Spools the saved outbox events the spool does not have: the agent died between saving a
     /// tree's state and appending its events.
     fn recover_outboxes(&mut self) -> Result<(), SpoolError> {
@@ -639,7 +682,7 @@ impl Engine {
         missing.sort_by_key(|e| e.seq);
         tracing::warn!(
             events = missing.len(),
-            "spooling events saved just before a crash"
+            "spooling events saved but not spooled yet (a crash or a failed write)"
         );
         spool.append_numbered(&missing)
     }

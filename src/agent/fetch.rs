@@ -47,8 +47,9 @@ pub struct Fetched {
     pub changes: usize,
 }
 
-/// Fetches what the collector distributes and writes what differs from the files kept.
-pub async fn fetch(sink: &Sink, cfg: &AgentConfig) -> Result<Fetched, String> {
+/// Fetches what the collector distributes and writes what differs from the files kept; also
+/// says what could not be fetched (the rest is kept and acted on all the same).
+pub async fn fetch(sink: &Sink, cfg: &AgentConfig) -> (Fetched, Vec<String>) {
     let mut out = Fetched::default();
     let mut failed = Vec::new();
     let wanted = cfg
@@ -90,11 +91,7 @@ pub async fn fetch(sink: &Sink, cfg: &AgentConfig) -> Result<Fetched, String> {
             Err(e) => failed.push(format!("change entries: {e}")),
         }
     }
-    if failed.is_empty() {
-        Ok(out)
-    } else {
-        Err(failed.join("; "))
-    }
+    (out, failed)
 }
 
 /// Fetches one tree's manifest; whether a new one was written.

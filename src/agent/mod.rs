@@ -429,24 +429,24 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
                 if !cfg.has_collector() {
                     continue;
                 }
-                match fetch::fetch(&sink, &cfg).await {
-                    Ok(f) if f.changes > 0 => {
-                        tracing::info!(entries = f.changes, manifests = ?f.manifests, "fetched from the collector");
+                let (f, failed) = fetch::fetch(&sink, &cfg).await;
+                if !failed.is_empty() {
+                    tracing::debug!(error = %failed.join("; "), "not everything could be fetched from the collector");
+                }
+                if f.changes > 0 {
+                    tracing::info!(entries = f.changes, manifests = ?f.manifests, "fetched from the collector");
+                    let _ = tx.send(Command::Scan {
+                        tree: None,
+                        rehash: None,
+                    });
+                } else {
+                    for tree in f.manifests {
+                        tracing::info!(tree = %tree, "manifest fetched from the collector");
                         let _ = tx.send(Command::Scan {
-                            tree: None,
+                            tree: Some(tree),
                             rehash: None,
                         });
                     }
-                    Ok(f) => {
-                        for tree in f.manifests {
-                            tracing::info!(tree = %tree, "manifest fetched from the collector");
-                            let _ = tx.send(Command::Scan {
-                                tree: Some(tree),
-                                rehash: None,
-                            });
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "nothing fetched from the collector"),
                 }
             }
         })
@@ -558,13 +558,13 @@ pub async fn fetch_at_start(sink: &Sink, cfg: &AgentConfig) {
         tracing::info!("no [trust] approver_keys: change entries on the collector are not taken");
     }
     match tokio::time::timeout(Duration::from_secs(10), fetch::fetch(sink, cfg)).await {
-        Ok(Ok(f)) => {
+        Ok((f, failed)) => {
             if f != fetch::Fetched::default() {
                 tracing::info!(entries = f.changes, manifests = ?f.manifests, "fetched from the collector");
             }
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "nothing fetched from the collector; using what was fetched before")
+            if !failed.is_empty() {
+                tracing::warn!(error = %failed.join("; "), "not everything could be fetched from the collector; using what was fetched before");
+            }
         }
         Err(_) => tracing::warn!(
             "the collector did not answer within 10 s; using what was fetched before"

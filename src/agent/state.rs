@@ -89,9 +89,11 @@ struct Persisted {
     #[serde(default)]
     observed: Option<bool>,
     /// A first manifest came into force after a baseline: paths from this one (hex) on are still
-    /// to be judged against it.
+    /// to be judged against it, in a window starting at `rejudge_t0`.
     #[serde(default)]
     rejudge: Option<String>,
+    #[serde(default)]
+    rejudge_t0: Option<Timestamp>,
     /// Snapshot changes since that file was written: path → encoded entry (hex), or gone.
     #[serde(default)]
     delta: Vec<(String, Option<String>)>,
@@ -99,6 +101,15 @@ struct Persisted {
     /// spools the ones the spool does not have yet (a crash between the two writes).
     #[serde(default)]
     outbox: Vec<crate::event::ChangeEvent>,
+}
+
+/// A judgement of a baseline against its first manifest, still under way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejudge {
+    /// Paths from this one on are still to be judged.
+    pub from: RelPath,
+    /// Start of their observation window, fixed when the judgement began.
+    pub t0: Timestamp,
 }
 
 /// Everything the agent tracks for one tree.
@@ -122,9 +133,9 @@ pub struct TreeState {
     /// Whether the tree was ever observed (before that, a path's previous state is the approved
     /// one).
     pub observed: bool,
-    /// Paths from this one on are to be judged against the approved state at the next full scan
-    /// (a first manifest for a tree observed without one); moves on as passes commit them.
-    pub rejudge: Option<RelPath>,
+    /// Paths still to be judged against the approved state by full scans (a first manifest for
+    /// a tree observed without one); moves on as passes commit them.
+    pub rejudge: Option<Rejudge>,
     /// BLAKE3 of the manifest whose approved states are in the table (saved with it).
     pub approved_from: Option<[u8; 32]>,
     /// The approved states changed: the next save rewrites `snapshot.bin`.
@@ -245,9 +256,13 @@ impl TreeState {
             open,
             table: std::sync::Arc::new(table),
             observed,
-            rejudge: match p.rejudge {
-                Some(h) => Some(path(&h)?),
-                None => None,
+            rejudge: match (p.rejudge, p.rejudge_t0) {
+                (Some(h), Some(t0)) => Some(Rejudge {
+                    from: path(&h)?,
+                    t0,
+                }),
+                (None, None) => None,
+                _ => return Err(bad("rejudge")),
             },
             approved_from,
             rewrite: false,
@@ -276,7 +291,11 @@ impl TreeState {
                 .collect(),
             generation: self.generation,
             observed: Some(self.observed),
-            rejudge: self.rejudge.as_ref().map(|p| hex::encode(p.as_bytes())),
+            rejudge: self
+                .rejudge
+                .as_ref()
+                .map(|r| hex::encode(r.from.as_bytes())),
+            rejudge_t0: self.rejudge.as_ref().map(|r| r.t0),
             delta: if with_delta {
                 self.delta
                     .iter()

@@ -63,8 +63,9 @@ impl Tracker<'_> {
 
     /// Judges observations of `observed` paths made in the window (t0, now]; `deploy` is the
     /// release id when a newer signed manifest has just come into force.
-    /// Paths from `rejudge_from` on are judged as in a first observation: their previous state
-    /// is the approved one (a first manifest for a baselined tree).
+    /// Paths from `rejudge`'s path on are judged as in a first observation, in the window
+    /// (its t0, now]: their previous state is the approved one (a first manifest for a
+    /// baselined tree).
     pub fn observe(
         &self,
         state: &TreeState,
@@ -72,7 +73,7 @@ impl Tracker<'_> {
         t0: Timestamp,
         now: Timestamp,
         deploy: Option<&str>,
-        rejudge_from: Option<&RelPath>,
+        rejudge: Option<&super::state::Rejudge>,
     ) -> Vec<Pending> {
         let ctx = Context {
             host: self.host,
@@ -81,15 +82,18 @@ impl Tracker<'_> {
             entries: self.entries,
             now,
         };
-        let obs = Observation {
-            t0,
-            t: now,
-            observed_at: now,
-        };
         let mut out = Vec::new();
+        let window = t0;
         for (path, entry) in observed {
             // Before the first observation, the previous state is the approved one.
-            let first_look = !state.observed || rejudge_from.is_some_and(|from| path >= *from);
+            let rejudged = rejudge.filter(|r| path >= r.from);
+            let first_look = !state.observed || rejudged.is_some();
+            let t0 = rejudged.map_or(window, |r| r.t0);
+            let obs = Observation {
+                t0,
+                t: now,
+                observed_at: now,
+            };
             let before: Option<State> = if !first_look {
                 state.table.observed(path.as_bytes()).map(|o| o.state())
             } else {
