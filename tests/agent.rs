@@ -1239,6 +1239,40 @@ fn a_write_put_back_between_two_scans_is_caught_in_real_time() {
 
 // 9 ------------------------------------------------------------------------------------------
 
+/// More changes at once than the spool can hold: the agent counts the drops and, as soon as the
+/// spool has drained, resyncs with a full scan, so every change reaches the collector once,
+/// long before the next scheduled scan (an hour away here).
+#[test]
+fn changes_beyond_a_full_spool_arrive_after_the_resync() {
+    let st = Setup::with(|s| s.extra = "\n[spool]\nmax_size = \"2KiB\"\n".into());
+    let agent = Agent::start(&st.config);
+    let mut changed = BTreeSet::new();
+    for i in 0..30 {
+        let p = format!("wp-content/uploads/burst{i:02}.php");
+        st.fx.write(&p, format!("<?php // {i}\n").as_bytes());
+        changed.insert(p);
+    }
+    wait_events(
+        &st.db(),
+        "every change of the burst",
+        secs(30),
+        || agent.proc.log(),
+        |evs| changed.iter().all(|p| !about(evs, "shop", p).is_empty()),
+    );
+    assert!(
+        agent.proc.logged("spool full: events dropped"),
+        "the burst was meant to overflow the spool:\n{}",
+        agent.proc.log()
+    );
+    assert!(
+        agent.proc.logged("full scan to resync"),
+        "{}",
+        agent.proc.log()
+    );
+    let evs = events_db(&st.db());
+    assert_exactly_once(&evs, "shop", &changed, "unauthorized", &agent.proc.log());
+}
+
 /// The first manifest of a baselined tree is judged whole even when the spool cannot take it all
 /// at once: the scans that follow report what did not fit, and every path exactly once.
 #[test]

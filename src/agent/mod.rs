@@ -332,8 +332,11 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
         let (spool, wake, summaries) = (spool.clone(), wake.clone(), summaries.clone());
         let mut live_rx = live_rx.clone();
         let mut stop_rx = stopping.subscribe();
+        let tx = tx.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(500);
+            // Drops already followed by a resync.
+            let mut resynced = 0u64;
             loop {
                 let Live { cfg, sink } = live_rx.borrow_and_update().clone();
                 let scans: Vec<ScanSummary> =
@@ -341,7 +344,26 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
                         .into_values()
                         .collect();
                 match flush(&spool, &sink, &cfg, scans.clone()).await {
-                    Ok(_) => backoff = Duration::from_millis(500),
+                    Ok(_) => {
+                        backoff = Duration::from_millis(500);
+                        // Events a full spool refused are found again by a full scan: run it as
+                        // soon as the spool has room, not at the next scheduled one.
+                        let (dropped, depth) = {
+                            let s = spool.lock().unwrap_or_else(|e| e.into_inner());
+                            (s.dropped, s.depth())
+                        };
+                        if dropped > resynced && depth == 0 {
+                            tracing::info!(
+                                dropped,
+                                "spool drained after drops: full scan to resync"
+                            );
+                            resynced = dropped;
+                            let _ = tx.send(Command::Scan {
+                                tree: None,
+                                rehash: None,
+                            });
+                        }
+                    }
                     Err(e) => {
                         // Keep the summaries for the next attempt.
                         {
