@@ -264,13 +264,7 @@ fn sighup_switches_the_collector_and_spooled_events_arrive() {
         .proc
         .wait_line("reload", secs(20), |l| l.contains("config reloaded"));
     fx.write("wp-content/uploads/late.php", b"<?php // late\n");
-    let diag = || {
-        format!(
-            "--- agent log:\n{}\n--- collector log:\n{}",
-            agent.proc.log(),
-            collector.proc.log()
-        )
-    };
+    let diag = || both_logs(&agent.proc, &collector.proc);
     let evs = wait_events(
         &site.db,
         "both events at the new collector",
@@ -360,13 +354,7 @@ fn manifests_and_change_entries_come_from_the_collector() {
         b"<?php system($_GET['c']);\n",
     );
     let agent = Agent::start(&config);
-    let diag = || {
-        format!(
-            "--- agent log:\n{}\n--- collector log:\n{}",
-            agent.proc.log(),
-            collector.proc.log()
-        )
-    };
+    let diag = || both_logs(&agent.proc, &collector.proc);
     let evs = wait_events(&site.db, "the pre-existing shell", secs(20), diag, |evs| {
         !about(evs, "shop", "wp-content/uploads/shell.php").is_empty()
     });
@@ -501,13 +489,7 @@ fn remote_collector_down_then_back_gets_every_event_exactly_once() {
 
     // Collector back on the same address.
     let collector = Remote::start(&site.config);
-    let diag = || {
-        format!(
-            "--- agent log:\n{}\n--- collector log:\n{}",
-            agent.proc.log(),
-            collector.proc.log()
-        )
-    };
+    let diag = || both_logs(&agent.proc, &collector.proc);
     let evs = wait_events(
         &site.db,
         "every spooled event after the restart",
@@ -1004,6 +986,15 @@ fn a_crash_during_a_deploy_still_records_the_deploy() {
         assert_eq!(found.len(), 1, "{p}: {evs:#?}");
         assert_eq!(s(found[0], "status"), "release:r2", "{found:#?}");
     }
+}
+
+/// The agent's and the collector's logs, for a failure message.
+fn both_logs(agent: &Proc, collector: &Proc) -> String {
+    format!(
+        "--- agent log:\n{}\n--- collector log:\n{}",
+        agent.log(),
+        collector.log()
+    )
 }
 
 /// `manifest build` of `root` as release `release` of tree `tree`, signed with the fixture's
