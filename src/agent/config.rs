@@ -645,6 +645,29 @@ mod tests {
     }
 
     #[test]
+    fn durations_that_would_spin_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "host = \"web-1\"\nstate_dir = \"{}\"\n\n[[tree]]\nname = \"shop\"\nroot = \"{}\"\n\n[trust]\nrequire_signatures = false\n\n[scan]\ndebounce = \"0s\"\n\n[collector]\nheartbeat = \"0s\"\n",
+            dir.path().join("state").display(),
+            dir.path().display()
+        );
+        let problems = AgentConfig::parse(&text, &dir.path().join("agent.toml")).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("scan.debounce: must be at least 10ms")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("collector.heartbeat: must be at least 1s")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn reload_keeps_what_needs_a_restart_and_takes_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("t");
