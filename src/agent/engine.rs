@@ -362,20 +362,23 @@ impl Engine {
             differing(&t.state.table, snap.entries)
         } else {
             // The first observation: every approved path is judged, the missing ones too (and,
-            // judging a baseline again, the paths it saw that are gone).
-            let mut paths: BTreeMap<RelPath, Option<Entry>> = BTreeMap::new();
-            t.state.table.walk_from(b"", |p, row| {
-                if row.approved.is_some() || row.observed.is_some() {
-                    paths.insert(RelPath::from_bytes(p), None);
+            // judging a baseline again, the paths it saw that are gone). A merge of two sorted
+            // lists: no second index of a whole tree's entries.
+            let table = &t.state.table;
+            let mut all: Vec<(RelPath, Option<Entry>)> = Vec::with_capacity(snap.entries.len());
+            let mut scanned = snap.entries.into_iter().peekable();
+            table.walk_from(b"", |p, _| {
+                while let Some(e) = scanned.next_if(|e| e.path.as_bytes() < p) {
+                    all.push((e.path.clone(), Some(e)));
+                }
+                match scanned.next_if(|e| e.path.as_bytes() == p) {
+                    Some(e) => all.push((e.path.clone(), Some(e))),
+                    None => all.push((RelPath::from_bytes(p), None)),
                 }
                 true
             });
-            for e in snap.entries {
-                paths.insert(e.path.clone(), Some(e));
-            }
-            let table = &t.state.table;
-            paths
-                .into_iter()
+            all.extend(scanned.map(|e| (e.path.clone(), Some(e))));
+            all.into_iter()
                 .filter(|(p, now)| match &rejudge_from {
                     // Before the point a judgement of the baseline reached: what changed only.
                     Some(from) if t.state.observed && p < from => {

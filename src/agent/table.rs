@@ -799,6 +799,9 @@ impl Base {
             };
             extras.insert(i, x);
         }
+        if extras.keys().any(|i| *i as usize >= recs.len()) {
+            return None;
+        }
         // Every index in range, the extra flag exactly where there are extras.
         for (i, rec) in recs.iter().enumerate() {
             let hash_ok = |h: u32| h == NO_HASH || (h as usize) < hashes.len();
