@@ -31,8 +31,6 @@ pub struct TreeRuntime {
     pub cfg: TreeConfig,
     /// Its remembered state.
     pub state: TreeState,
-    /// The manifest in force (its approved states are in the state's table).
-    pub manifest: Option<InForce>,
     dir: PathBuf,
     warned: BTreeSet<String>,
     /// Stat stamps of the manifest file and its signature when last read: unchanged files are
@@ -43,17 +41,6 @@ pub struct TreeRuntime {
     /// A deploy whose full scan has not committed yet (the scan failed, or is still to run):
     /// it stays a deploy until a pass commits it.
     pending_deploy: Option<String>,
-}
-
-/// The manifest in force, apart from its entries.
-#[derive(Debug, Clone)]
-pub struct InForce {
-    /// Its release id.
-    pub release: String,
-    /// When it was built: a first observation window starts there.
-    pub created_at: Timestamp,
-    /// BLAKE3 of its bytes: the same file seen again is neither verified nor parsed again.
-    pub digest: blake3::Hash,
 }
 
 /// What a look at a tree's manifest file found.
@@ -228,12 +215,11 @@ impl Engine {
                 tracing::warn!(tree = %w.name, %why, "state unreadable: re-baselining against the manifest");
                 TreeState::default()
             });
-            let manifest = load_in_force(&dir, &mut state);
+            restore_approved(&dir, &mut state);
             tracing::info!(tree = %w.name, root = %w.root.display(), release = ?state.release, "watching tree");
             self.trees.push(TreeRuntime {
                 cfg: w,
                 state,
-                manifest,
                 dir,
                 warned: BTreeSet::new(),
                 manifest_stamp: None,
@@ -319,7 +305,7 @@ impl Engine {
                 tracing::info!(tree = %t.cfg.name, "first manifest for a baselined tree: judging every path against it");
                 // The baseline's changes happened at some time before: the window starts at the
                 // manifest's creation, or at the last look if that was earlier.
-                let created = t.manifest.as_ref().map(|m| m.created_at);
+                let created = t.state.in_force().map(|m| m.created_at);
                 let t0 = match (t.state.last_scan, created) {
                     (Some(a), Some(b)) => a.min(b),
                     (a, b) => a.or(b).unwrap_or_else(Timestamp::now),
@@ -404,7 +390,7 @@ impl Engine {
             tree: &t.cfg,
             host: &self.cfg.host,
             entries: &self.entries,
-            has_manifest: t.manifest.is_some(),
+            has_manifest: t.state.in_force().is_some(),
         };
         let summary = tracker.summary(&t.state, now, started.elapsed().as_secs_f64());
         t.state
@@ -498,7 +484,7 @@ impl Engine {
         // is replaced.
         self.recover_outboxes().map_err(|e| e.to_string())?;
         let t = &self.trees[i];
-        let created = t.manifest.as_ref().map(|m| m.created_at);
+        let created = t.state.in_force().map(|m| m.created_at);
         // Full scans only (real-time updates defer to a full scan while one is under way).
         let rejudge = t.state.rejudge.clone().filter(|_| !realtime);
         let mut t0 = if t.state.observed {
@@ -521,9 +507,9 @@ impl Engine {
             tree: &t.cfg,
             host: &self.cfg.host,
             entries: &self.entries,
-            has_manifest: t.manifest.is_some(),
+            has_manifest: t.state.in_force().is_some(),
         };
-        let baseline_without_manifest = !t.state.observed && t.manifest.is_none();
+        let baseline_without_manifest = !t.state.observed && t.state.in_force().is_none();
         let mut pending = if baseline_without_manifest {
             tracing::warn!(tree = %t.cfg.name, "no manifest: the first scan becomes the baseline; nothing in it is vetted");
             observed
@@ -655,7 +641,7 @@ impl Engine {
         let t = &mut self.trees[i];
         match TreeState::load(&t.dir) {
             Ok(mut state) => {
-                t.manifest = load_in_force(&t.dir, &mut state);
+                restore_approved(&t.dir, &mut state);
                 t.state = state;
                 t.manifest_stamp = None;
                 t.pending_deploy = None;
@@ -663,7 +649,6 @@ impl Engine {
             Err(why) => {
                 tracing::error!(tree = %t.cfg.name, %why, "state unreadable after a failed save: re-baselining against the manifest");
                 t.state = TreeState::default();
-                t.manifest = None;
                 t.manifest_stamp = None;
             }
         }
@@ -709,7 +694,7 @@ impl Engine {
             // The collector has none for this tree (yet).
             return NewManifest::Unchanged;
         }
-        let in_force_digest = t.manifest.as_ref().map(|m| m.digest);
+        let in_force_digest = t.state.in_force().map(|m| m.digest);
         let reverify = std::mem::take(&mut t.reverify);
         let loaded = (|| -> Result<Option<(Manifest, Vec<u8>)>, String> {
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -717,7 +702,7 @@ impl Engine {
             // could not change what is in force, and a large one costs a second to parse. After
             // a change of keys its signature is checked again, so the log says when the release
             // in force rests on a key no longer trusted.
-            if in_force_digest == Some(blake3::hash(&bytes)) {
+            if in_force_digest == Some(*blake3::hash(&bytes).as_bytes()) {
                 if reverify
                     && (require || !keys.is_empty() || fetched)
                     && let Err(e) = sign::verify_bytes(&bytes, &path, &keys)
@@ -752,10 +737,7 @@ impl Engine {
                 return NewManifest::Unchanged;
             }
         };
-        let in_force = t
-            .manifest
-            .as_ref()
-            .map(|f| (f.created_at, f.release.clone()));
+        let in_force = t.state.in_force().map(|f| (f.created_at, f.release));
         match in_force {
             Some((at, rel)) if m.created_at <= at => {
                 if m.created_at < at && t.warned.insert(format!("rollback {}", m.release)) {
@@ -779,13 +761,7 @@ impl Engine {
                 t.state.release = Some(m.release.clone());
                 t.state.manifest_created_at = Some(m.created_at);
                 t.state.overlay.clear();
-                let digest = blake3::hash(&bytes);
-                t.manifest = Some(InForce {
-                    release: m.release,
-                    created_at: m.created_at,
-                    digest,
-                });
-                t.state.approve(m.entries, *digest.as_bytes());
+                t.state.approve(m.entries, *blake3::hash(&bytes).as_bytes());
                 news
             }
         }
@@ -824,33 +800,24 @@ fn log_event(host: &str, ev: &ChangeEvent) {
     }
 }
 
-/// The manifest kept in the state dir is the one in force (it may be newer than the file on disk
-/// after an attempted rollback). The table saved with the state normally holds its approved
-/// states already; only when it does not (a crash between the two writes, a rebuilt state) is
-/// the manifest parsed again.
-fn load_in_force(dir: &Path, state: &mut TreeState) -> Option<InForce> {
-    let release = state.release.clone()?;
-    // The saved state says which manifest is in force; manifest.json may already hold the next
-    // one (a crash during its deploy), which then comes into force again as the deploy it is.
-    if let (Some(from), Some(created_at)) = (state.approved_from, state.manifest_created_at) {
-        return Some(InForce {
-            release,
-            created_at,
-            digest: blake3::Hash::from_bytes(from),
-        });
+/// The saved state says which manifest is in force (`manifest.json` in the state dir may already
+/// hold the next one after a crash during its deploy, which then comes into force again as the
+/// deploy it is). Only a state without the approved states saved with it has them restored from
+/// that copy.
+fn restore_approved(dir: &Path, state: &mut TreeState) {
+    if state.release.is_none() || state.approved_from.is_some() {
+        return;
     }
-    // A state from before the approved states were saved with it.
     let path = dir.join("manifest.json");
-    let bytes = std::fs::read(&path).ok()?;
-    let digest = blake3::hash(&bytes);
-    let m = Manifest::parse(&bytes, &path).ok()?;
-    let in_force = InForce {
-        release: m.release,
-        created_at: m.created_at,
-        digest,
+    let Ok(bytes) = std::fs::read(&path) else {
+        return;
     };
-    state.approve(m.entries, *digest.as_bytes());
-    Some(in_force)
+    let Ok(m) = Manifest::parse(&bytes, &path) else {
+        return;
+    };
+    state.release = Some(m.release);
+    state.manifest_created_at = Some(m.created_at);
+    state.approve(m.entries, *blake3::hash(&bytes).as_bytes());
 }
 
 /// The manifest file and its signature are not part of the deployed code.

@@ -103,6 +103,17 @@ struct Persisted {
     outbox: Vec<crate::event::ChangeEvent>,
 }
 
+/// The manifest in force, apart from its entries (they are in the table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InForce {
+    /// Its release id.
+    pub release: String,
+    /// When it was built: a first observation window starts there.
+    pub created_at: Timestamp,
+    /// BLAKE3 of its bytes: the same file seen again is neither verified nor parsed again.
+    pub digest: [u8; 32],
+}
+
 /// A judgement of a baseline against its first manifest, still under way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejudge {
@@ -328,6 +339,15 @@ impl TreeState {
         }
         std::sync::Arc::make_mut(&mut self.table).set_observed(path, observed);
         self.observed = true;
+    }
+
+    /// The manifest in force: there is one when its approved states are in the table.
+    pub fn in_force(&self) -> Option<InForce> {
+        Some(InForce {
+            release: self.release.clone()?,
+            created_at: self.manifest_created_at?,
+            digest: self.approved_from?,
+        })
     }
 
     /// Puts a manifest's approved states in force (`digest`: BLAKE3 of its bytes).

@@ -60,7 +60,7 @@ pub fn run_scan(config: Option<PathBuf>, format: super::Format) -> anyhow::Resul
         summaries.push(summary.clone());
         trees.push(json!({
             "tree": t.cfg.name, "root": t.cfg.root.display().to_string(), "host": cfg.host,
-            "release": t.state.release, "manifest_signed": t.manifest.is_some() && (cfg.require_signatures || !cfg.release_keys.is_empty()),
+            "release": t.state.release, "manifest_signed": t.state.in_force().is_some() && (cfg.require_signatures || !cfg.release_keys.is_empty()),
             "scanned": {"files": result.scanned.0, "dirs": result.scanned.1, "bytes": result.scanned.2, "seconds": summary.seconds},
             "vetted_ratio": if summary.paths == 0 { 1.0 } else { summary.vetted as f64 / summary.paths as f64 },
             "events": result.events, "dropped": result.dropped, "open_unauthorized": open,
