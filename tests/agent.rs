@@ -963,6 +963,44 @@ fn build_r2(fx: &Fx) -> PathBuf {
     m2
 }
 
+/// What lies in the fetched directory counts only when signed by a key the agent trusts, even
+/// where the agent takes local tickets unsigned (`require_signatures = false`, no approver
+/// keys): a collector cannot authorize anything on its own.
+#[test]
+fn an_unsigned_ticket_from_the_collector_authorizes_nothing() {
+    let st = Setup::with(|s| s.approver_keys.clear());
+    let text = st
+        .spec
+        .to_toml()
+        .replace("[trust]\n", "[trust]\nrequire_signatures = false\n");
+    std::fs::write(&st.config, text).expect("write config");
+    let ticket = |id: &str, path: &str| common::Entry::new(id, &[path]).to_toml();
+    st.fx.write_entry_text(
+        "CHG-LOCAL",
+        &ticket("CHG-LOCAL", "wp-content/uploads/local.php"),
+    );
+    let fetched = st.spec.state_dir.join("fetched/changes");
+    std::fs::create_dir_all(&fetched).expect("mkdir");
+    std::fs::write(
+        fetched.join("CHG-EVIL.toml"),
+        ticket("CHG-EVIL", "wp-content/uploads/evil.php"),
+    )
+    .expect("write");
+    st.fx
+        .write("wp-content/uploads/local.php", b"<?php // ticketed\n");
+    st.fx
+        .write("wp-content/uploads/evil.php", b"<?php eval($_POST['x']);\n");
+    let out = st.scan();
+    let evs = events_db(&st.db());
+    let status = |p: &str| {
+        let found = about(&evs, "shop", p);
+        assert_eq!(found.len(), 1, "{p}: {found:#?}\n{}", out.stderr);
+        s(found[0], "status").to_string()
+    };
+    assert_eq!(status("wp-content/uploads/local.php"), "change:CHG-LOCAL");
+    assert_eq!(status("wp-content/uploads/evil.php"), "unauthorized");
+}
+
 /// A crash in the middle of a deploy: the new manifest was already copied into the state dir
 /// when the agent died, its state not yet saved. At the next start the state's release is still
 /// in force, so the new manifest comes into force again as the deploy it is: its files are
