@@ -25,6 +25,9 @@ use crate::sign;
 use crate::snapshot::{self, Entry, Kind, ScanOptions};
 use crate::walk::WalkOptions;
 
+/// The path of a change of the tree as a whole (its root unreadable): `.`, the tree root.
+pub const TREE_ROOT: &[u8] = b".";
+
 /// One tree at run time.
 pub struct TreeRuntime {
     /// Its settings.
@@ -41,6 +44,8 @@ pub struct TreeRuntime {
     /// A deploy whose full scan has not committed yet (the scan failed, or is still to run):
     /// it stays a deploy until a pass commits it.
     pending_deploy: Option<String>,
+    /// How long the last full scan took (real-time summaries repeat it).
+    scan_seconds: f64,
 }
 
 /// What a look at a tree's manifest file found.
@@ -225,6 +230,7 @@ impl Engine {
                 manifest_stamp: None,
                 reverify: false,
                 pending_deploy: None,
+                scan_seconds: 0.0,
             });
         }
     }
@@ -338,7 +344,14 @@ impl Engine {
             cache,
             ..ScanOptions::default()
         };
-        let snap = snapshot::scan(&t.cfg.root, &opts).map_err(|e| e.to_string())?;
+        let snap = match snapshot::scan(&t.cfg.root, &opts) {
+            Ok(snap) => snap,
+            Err(snapshot::ScanError::Walk(e)) => {
+                drop(opts);
+                return self.root_unreadable(i, e.to_string());
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         // Release the cache's reference so committing does not copy the snapshot.
         drop(opts);
         let scanned = (snap.stats.files, snap.stats.dirs, snap.stats.bytes);
@@ -392,7 +405,8 @@ impl Engine {
             entries: &self.entries,
             has_manifest: t.state.in_force().is_some(),
         };
-        let summary = tracker.summary(&t.state, now, started.elapsed().as_secs_f64());
+        t.scan_seconds = started.elapsed().as_secs_f64();
+        let summary = tracker.summary(&t.state, now, t.scan_seconds);
         t.state
             .save(&t.dir)
             .map_err(|e| format!("{}: {e}", t.dir.display()))?;
@@ -468,7 +482,23 @@ impl Engine {
         }
         let now = Timestamp::now();
         // `pass` saved the state.
-        self.pass(i, paths.into_iter().collect(), now, None, true)
+        let mut result = self.pass(i, paths.into_iter().collect(), now, None, true)?;
+        if !result.events.is_empty() {
+            // The vetted ratio stays current between full scans (DESIGN §12.1): a web shell
+            // found in real time is not vetted, now rather than at the next scan. It keeps the
+            // last full scan's duration, which is what that figure reports.
+            let t = &self.trees[i];
+            let tracker = Tracker {
+                tree: &t.cfg,
+                host: &self.cfg.host,
+                entries: &self.entries,
+                has_manifest: t.state.in_force().is_some(),
+            };
+            let summary = tracker.summary(&t.state, now, t.scan_seconds);
+            self.summaries.insert(t.cfg.name.clone(), summary.clone());
+            result.summary = Some(summary);
+        }
+        Ok(result)
     }
 
     /// Classifies observations, spools their events, commits what was spooled, keeps evidence.
@@ -636,6 +666,69 @@ impl Engine {
         })
     }
 
+    /// The tree root leads nowhere (a dangling `current`, a release directory missing, the
+    /// root removed): one `unverifiable` change of the tree itself (path [`TREE_ROOT`]), open
+    /// until a scan reads the root again, which closes it like any path back in its approved
+    /// state. Reported once per episode; the scan still fails (logged by the caller).
+    fn root_unreadable(&mut self, i: usize, why: String) -> Result<PassResult, String> {
+        let root = RelPath::from_bytes(TREE_ROOT.to_vec());
+        if self.trees[i].state.open.contains_key(&root) {
+            return Err(why);
+        }
+        self.recover_outboxes().map_err(|e| e.to_string())?;
+        let t = &self.trees[i];
+        let now = Timestamp::now();
+        let t0 = t.state.last_scan.unwrap_or(now);
+        let mut events = vec![ChangeEvent {
+            seq: 0,
+            tree: t.cfg.name.clone(),
+            path: String::from_utf8_lossy(TREE_ROOT).into_owned(),
+            path_bytes: None,
+            change: "removed".into(),
+            status: Status::Unverifiable.to_string(),
+            observed_at: crate::timefmt::format_timestamp(now),
+            window_start: crate::timefmt::format_timestamp(t0),
+            blake3: None,
+            previous_blake3: None,
+            size: None,
+            resolves: None,
+        }];
+        let fit = self
+            .spool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .number(&mut events);
+        if fit == 0 {
+            self.spool.lock().unwrap_or_else(|e| e.into_inner()).dropped += 1;
+            return Err(format!("{why} (spool full: not reported yet)"));
+        }
+        let t = &mut self.trees[i];
+        t.state.open.insert(
+            root,
+            vec![state::OpenChange {
+                seq: events[0].seq,
+                t0,
+                observed_at: now,
+            }],
+        );
+        t.state.outbox = events.clone();
+        if let Err(e) = t.state.save(&t.dir) {
+            let msg = format!("{why}; and {}: {e}", t.dir.display());
+            self.reset_tree(i);
+            return Err(msg);
+        }
+        self.spool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append_numbered(&events)
+            .map_err(|e| e.to_string())?;
+        if let Some(n) = &self.spooled {
+            n.notify_one();
+        }
+        log_event(&self.cfg.host, &events[0]);
+        Err(format!("{why}: the tree is unverifiable until its root leads to a directory again"))
+    }
+
     /// Replaces a tree's in-memory state with the one saved on disk (after a failed save).
     fn reset_tree(&mut self, i: usize) {
         let t = &mut self.trees[i];
@@ -761,7 +854,8 @@ impl Engine {
                 t.state.release = Some(m.release.clone());
                 t.state.manifest_created_at = Some(m.created_at);
                 t.state.overlay.clear();
-                t.state.approve(m.entries, *blake3::hash(&bytes).as_bytes());
+                t.state
+                    .approve(m.entries, *blake3::hash(&bytes).as_bytes(), deploy);
                 news
             }
         }
@@ -817,7 +911,7 @@ fn restore_approved(dir: &Path, state: &mut TreeState) {
     };
     state.release = Some(m.release);
     state.manifest_created_at = Some(m.created_at);
-    state.approve(m.entries, *blake3::hash(&bytes).as_bytes());
+    state.approve(m.entries, *blake3::hash(&bytes).as_bytes(), false);
 }
 
 /// The manifest file and its signature are not part of the deployed code.

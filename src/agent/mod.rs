@@ -308,10 +308,18 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
                         }
                     }
                     Command::Touched { tree, paths } => {
-                        if let Some(i) = engine.tree_index(&tree)
-                            && let Err(e) = engine.touched(i, &paths)
-                        {
-                            tracing::error!(tree = %tree, error = %e, "real-time update failed");
+                        if let Some(i) = engine.tree_index(&tree) {
+                            match engine.touched(i, &paths) {
+                                Ok(r) => {
+                                    if let Some(s) = r.summary {
+                                        summaries
+                                            .lock()
+                                            .unwrap_or_else(|e| e.into_inner())
+                                            .insert(tree.clone(), s);
+                                    }
+                                }
+                                Err(e) => tracing::error!(tree = %tree, error = %e, "real-time update failed"),
+                            }
                         }
                     }
                 }

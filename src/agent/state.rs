@@ -350,9 +350,16 @@ impl TreeState {
         })
     }
 
-    /// Puts a manifest's approved states in force (`digest`: BLAKE3 of its bytes).
-    pub fn approve(&mut self, entries: Vec<crate::manifest::ManifestEntry>, digest: [u8; 32]) {
-        std::sync::Arc::make_mut(&mut self.table).replace_approved(entries);
+    /// Puts a manifest's approved states in force (`digest`: BLAKE3 of its bytes); `deploy`: it
+    /// replaces an earlier manifest, so what it approves anew is still to land (see
+    /// [`super::table::Row::fresh`]).
+    pub fn approve(
+        &mut self,
+        entries: Vec<crate::manifest::ManifestEntry>,
+        digest: [u8; 32],
+        deploy: bool,
+    ) {
+        std::sync::Arc::make_mut(&mut self.table).replace_approved(entries, deploy);
         self.approved_from = Some(digest);
         self.rewrite = true;
     }

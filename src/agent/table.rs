@@ -90,6 +90,10 @@ pub struct Row {
     pub approved: Option<State>,
     /// Last observed (`None`: not there, or never looked at).
     pub observed: Option<Observed>,
+    /// A deploy is still to land here: the manifest in force approves a state the previous
+    /// manifest did not, and the path has not been observed in it since (DESIGN §12.1). Reaching
+    /// the approved state is then a `release:` change, however long after the manifest.
+    pub fresh: bool,
 }
 
 impl Row {
@@ -138,6 +142,8 @@ const APP_UID: u8 = 2;
 const APP_GID: u8 = 4;
 /// The row has an entry in `Base::extras`.
 const EXTRA: u8 = 8;
+/// [`Row::fresh`]. A high bit: older snapshot files never set it.
+const FRESH: u8 = 0x80;
 
 /// The rare variable-sized parts of a row: symlink targets and problems.
 #[derive(Debug, Clone, Default)]
@@ -217,7 +223,11 @@ impl Base {
             blake3: hash(r.app_hash),
             target: extra.and_then(|x| x.app_target.clone()),
         });
-        Row { approved, observed }
+        Row {
+            approved,
+            observed,
+            fresh: r.flags & FRESH != 0,
+        }
     }
 
     /// The stat-cache facts of row `i`, read straight from its record.
@@ -422,6 +432,9 @@ impl Builder {
             }
             extra.app_target = a.target.clone();
         }
+        if row.fresh {
+            r.flags |= FRESH;
+        }
         if extra.target.is_some() || extra.problem.is_some() || extra.app_target.is_some() {
             r.flags |= EXTRA;
             b.extras.insert(i as u32, extra);
@@ -451,6 +464,7 @@ impl Table {
                 &Row {
                     approved: None,
                     observed: Some(o),
+                    fresh: false,
                 },
             );
         }
@@ -478,38 +492,54 @@ impl Table {
         self.get(path)?.approved
     }
 
-    /// Records what is at `path` now (`None`: nothing).
+    /// Records what is at `path` now (`None`: nothing). A deploy still to land there has landed
+    /// once the path is observed in its approved state.
     pub fn set_observed(&mut self, path: &RelPath, observed: Option<Observed>) {
         let mut row = self.get(path.as_bytes()).unwrap_or_default();
         row.observed = observed;
+        if row.fresh && same_state(&row.observed.as_ref().map(Observed::state), &row.approved) {
+            row.fresh = false;
+        }
         self.delta.insert(path.clone(), row);
         if self.delta.len() >= MERGE_NOW_AT {
             self.merge();
         }
     }
 
-    /// Puts a new manifest's approved states in force; observations are kept.
-    pub fn replace_approved(&mut self, mut approved: Vec<ManifestEntry>) {
+    /// Puts a new manifest's approved states in force; observations are kept. With `deploy`
+    /// (the manifest replaces an earlier one), every path whose approved state changed and is
+    /// not already observed in it becomes [`Row::fresh`]; without, no row is.
+    pub fn replace_approved(&mut self, mut approved: Vec<ManifestEntry>, deploy: bool) {
         approved.sort_by(|a, b| a.path.cmp(&b.path));
         approved.dedup_by(|a, b| a.path == b.path);
         let mut b = Builder::default();
         let mut next = approved.into_iter().peekable();
+        let new_path = |state: State| Row {
+            fresh: deploy,
+            ..approved_only(state)
+        };
         self.walk_from(b"", |p, row| {
             while let Some(a) = next.next_if(|a| a.path.as_bytes() < p) {
-                b.push(a.path.as_bytes(), &approved_only(a.state));
+                b.push(a.path.as_bytes(), &new_path(a.state));
             }
             let approved = next.next_if(|a| a.path.as_bytes() == p).map(|a| a.state);
+            let observed_state = row.observed.as_ref().map(Observed::state);
+            // Still to land: a new approved state, or one the last deploy did not reach yet.
+            let fresh = deploy
+                && (row.fresh || !same_state(&row.approved, &approved))
+                && !same_state(&observed_state, &approved);
             b.push(
                 p,
                 &Row {
                     approved,
                     observed: row.observed,
+                    fresh,
                 },
             );
             true
         });
         for a in next {
-            b.push(a.path.as_bytes(), &approved_only(a.state));
+            b.push(a.path.as_bytes(), &new_path(a.state));
         }
         self.base = b.finish();
         self.delta.clear();
@@ -835,6 +865,16 @@ fn approved_only(state: State) -> Row {
     Row {
         approved: Some(state),
         observed: None,
+        fresh: false,
+    }
+}
+
+/// Equal as compared states (absent equals absent), the way a change is judged.
+fn same_state(a: &Option<State>, b: &Option<State>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => crate::diff::compare(a, b).is_none(),
+        _ => false,
     }
 }
 
@@ -977,7 +1017,7 @@ mod tests {
             approve("same", 1),
             approve("edited", 9),
             approve("gone", 4),
-        ]);
+        ], false);
         assert_eq!(
             t.base.hashes.len(),
             5,
@@ -990,7 +1030,7 @@ mod tests {
         assert!(t.approved(b"extra").is_none());
         assert_eq!(t.observed(b"extra").unwrap().blake3, Some([3; 32]));
         // A new manifest replaces the approved column and drops rows that are neither.
-        t.replace_approved(vec![approve("same", 1)]);
+        t.replace_approved(vec![approve("same", 1)], false);
         assert!(t.get(b"gone").is_none());
         assert_eq!(rows(&t).len(), 3);
     }
@@ -1040,7 +1080,7 @@ mod tests {
         t.replace_approved(vec![ManifestEntry {
             path: path("d/f03"),
             state: obs(3, Some([3; 32])).state(),
-        }]);
+        }], false);
         t.set_observed(&path("d/new"), Some(obs(99, None)));
         let mut out = Vec::new();
         t.encode(&mut out);

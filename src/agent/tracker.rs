@@ -61,6 +61,22 @@ impl Tracker<'_> {
         }
     }
 
+    /// The release a path reaching its approved state deploys, if any (DESIGN §12.1): during
+    /// the pass that brings a newer manifest into force (`deploy`), every path; later, a path
+    /// whose approved state that manifest changed and that had not reached it yet (manifest
+    /// first, files seconds or hours later). Otherwise the path is merely back to its approved
+    /// state: that closes what was open, and is no change of its own.
+    fn deployed(&self, state: &TreeState, path: &RelPath, deploy: Option<&str>) -> Option<String> {
+        if let Some(r) = deploy {
+            return Some(r.to_string());
+        }
+        if state.overlay.contains_key(path) {
+            return None;
+        }
+        let fresh = state.table.get(path.as_bytes()).is_some_and(|r| r.fresh);
+        fresh.then(|| state.release.clone()).flatten()
+    }
+
     /// Judges observations of `observed` paths made in the window (t0, now]; `deploy` is the
     /// release id when a newer signed manifest has just come into force.
     /// Paths from `rejudge`'s path on are judged as in a first observation, in the window
@@ -143,8 +159,8 @@ impl Tracker<'_> {
                     _ => false,
                 };
             let status = if at_approved {
-                // Back to (or deployed into) the approved state.
-                deploy.map(|r| Status::Release(r.to_string()))
+                // Deployed into the approved state (or merely back to it: no counted change).
+                self.deployed(state, &path, deploy).map(Status::Release)
             } else {
                 Some(classify::classify(&change, &obs, None, &ctx))
             };
@@ -242,7 +258,11 @@ impl Tracker<'_> {
                 _ => false,
             } && entry.as_ref().is_none_or(|e| e.problem.is_none());
             if at_approved {
-                let by = deploy.map(|r| Status::Release(r.to_string()));
+                // Files written before their manifest: the deploy they were is recorded as such.
+                // An unreadable root coming back is no deploy of anything.
+                let by = (path.as_bytes() != super::engine::TREE_ROOT)
+                    .then(|| self.deployed(state, path, deploy).map(Status::Release))
+                    .flatten();
                 self.close_open(state, &change, &mut p, now, by.as_ref());
                 out.push(p);
                 continue;

@@ -39,6 +39,9 @@ impl Drop for Watchers {
 enum Msg {
     Paths(Vec<(PathBuf, Write)>),
     Rescan(String),
+    /// The tree root now leads elsewhere (a symlink flip, a directory moved into place, a root
+    /// removed or restored): the watches moved with it, and the tree is scanned whole.
+    RootMoved,
 }
 
 /// What an event says about a file being written.
@@ -152,6 +155,14 @@ impl DirMap {
     }
 }
 
+/// Watches one tree. Paths are always reported under the configured root, whatever it resolves
+/// to: the root may be a symlink (`current -> releases/N`), and the engine judges paths relative
+/// to the configured root.
+///
+/// Invariant: the watches in `dirs` other than `fixed` are those of the directories below the
+/// root's target as it resolved at the last [`TreeWatcher::watch_root`]; a root that resolves
+/// elsewhere (or nowhere) drops all of them before new ones are added, so flips never leak
+/// watches.
 struct TreeWatcher {
     name: String,
     cross_filesystems: bool,
@@ -159,7 +170,25 @@ struct TreeWatcher {
     dirs: DirMap,
     tx: Sender<Msg>,
     limit_logged: bool,
+    /// The configured root.
+    root: PathBuf,
+    /// What it resolved to when last watched, with that directory's device and inode (a
+    /// directory moved into place under the same name is another directory); `None`: it did not
+    /// resolve to a directory.
+    resolved: Option<(PathBuf, u64, u64)>,
+    /// The root directory's own watch.
+    root_wd: Option<WatchDescriptor>,
+    /// The root's parent, watched for the root's name being replaced.
+    parent_wd: Option<WatchDescriptor>,
+    /// Watches that are not part of the tree (the parent, a manifest's directory elsewhere).
+    fixed: Vec<WatchDescriptor>,
+    /// When an unresolvable root was last looked at again.
+    retried: Instant,
 }
+
+/// How often a root that leads nowhere (a dangling `current`) is looked at again: no event says
+/// when the directory it names appears.
+const ROOT_RETRY: Duration = Duration::from_millis(500);
 
 impl TreeWatcher {
     fn new(tree: &TreeConfig, tx: Sender<Msg>) -> std::io::Result<TreeWatcher> {
@@ -170,21 +199,79 @@ impl TreeWatcher {
             dirs: DirMap::default(),
             tx,
             limit_logged: false,
+            root: tree.root.clone(),
+            resolved: None,
+            root_wd: None,
+            parent_wd: None,
+            fixed: Vec::new(),
+            retried: Instant::now(),
         };
-        w.watch_tree(&tree.root);
+        // The parent first: a root replaced while the tree is being watched is noticed.
+        if let Some(parent) = tree.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            w.parent_wd = w.add(parent);
+            w.fixed.extend(w.parent_wd.clone());
+        }
         // A manifest kept outside the tree is watched too: its arrival is what makes a deploy.
         if let Some(m) = &tree.manifest
             && !m.starts_with(&tree.root)
             && let Some(dir) = m.parent()
         {
-            w.add(dir);
+            if let Some(wd) = w.add(dir)
+                && !w.fixed.contains(&wd)
+            {
+                w.fixed.push(wd);
+            }
         }
+        w.watch_root();
         Ok(w)
     }
 
-    fn add(&mut self, dir: &Path) {
-        match self.inotify.watches().add(dir, mask()) {
-            Ok(wd) => self.dirs.insert(wd, dir),
+    /// (Re-)watches the tree below wherever the root leads now; returns whether that changed.
+    fn watch_root(&mut self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let now = self.root.canonicalize().ok().and_then(|p| {
+            let m = std::fs::metadata(&p).ok().filter(|m| m.is_dir())?;
+            Some((p, m.dev(), m.ino()))
+        });
+        if now == self.resolved && (now.is_none() || self.root_wd.is_some()) {
+            return false;
+        }
+        // Drop every watch of the old target: a flip must not leak, nor report the old release.
+        let old: Vec<WatchDescriptor> = self
+            .dirs
+            .spans
+            .keys()
+            .filter(|wd| !self.fixed.contains(wd))
+            .cloned()
+            .collect();
+        for wd in old {
+            let _ = self.inotify.watches().remove(wd.clone());
+            self.dirs.remove(&wd);
+        }
+        self.root_wd = None;
+        self.resolved = now.clone();
+        if now.is_some() {
+            let root = self.root.clone();
+            self.watch_tree(&root);
+        }
+        true
+    }
+
+    /// Watches `dir` and returns the watch. The root is watched at its target (a symlinked root
+    /// watched as the link would miss every write at its top level), under its configured name.
+    fn add(&mut self, dir: &Path) -> Option<WatchDescriptor> {
+        let real = match &self.resolved {
+            Some((target, ..)) if dir == self.root => target.clone(),
+            _ => dir.to_path_buf(),
+        };
+        match self.inotify.watches().add(&real, mask()) {
+            Ok(wd) => {
+                if dir == self.root {
+                    self.root_wd = Some(wd.clone());
+                }
+                self.dirs.insert(wd.clone(), dir);
+                return Some(wd);
+            }
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
                 if !self.limit_logged {
                     tracing::error!(tree = %self.name, dir = %dir.display(),
@@ -197,6 +284,19 @@ impl TreeWatcher {
             }
             Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory"),
         }
+        None
+    }
+
+    /// The root was replaced, removed or came back: move the watches and say so, once.
+    fn root_changed(&mut self) {
+        if !self.watch_root() {
+            return;
+        }
+        match &self.resolved {
+            Some((target, ..)) => tracing::info!(tree = %self.name, root = %self.root.display(), target = %target.display(), dirs = self.dirs.spans.len().saturating_sub(self.fixed.len()), "tree root changed: real-time watches moved to it"),
+            None => tracing::warn!(tree = %self.name, root = %self.root.display(), "tree root does not lead to a directory: watching for it to come back"),
+        }
+        let _ = self.tx.send(Msg::RootMoved);
     }
 
     /// Watches `dir` and every directory below it (never following symlinks).
@@ -222,6 +322,10 @@ impl TreeWatcher {
             };
             // SAFETY: one valid pollfd; a timeout lets the thread notice `stop`.
             let n = unsafe { libc::poll(&mut pfd, 1, 250) };
+            if self.resolved.is_none() && self.retried.elapsed() >= ROOT_RETRY {
+                self.retried = Instant::now();
+                self.root_changed();
+            }
             if n <= 0 {
                 continue;
             }
@@ -240,7 +344,18 @@ impl TreeWatcher {
                     }
                 };
             let mut paths = Vec::new();
+            let mut root_event = false;
             for (wd, m, name) in events {
+                // The root's name replaced in its parent (`ln -sfn`, `mv` into place, `rm -rf`),
+                // or the root directory itself gone or moved away.
+                if (Some(&wd) == self.parent_wd.as_ref()
+                    && name.as_deref() == self.root.file_name())
+                    || (Some(&wd) == self.root_wd.as_ref()
+                        && m.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF))
+                {
+                    root_event = true;
+                    continue;
+                }
                 if m.contains(EventMask::Q_OVERFLOW) {
                     let _ = self
                         .tx
@@ -249,6 +364,10 @@ impl TreeWatcher {
                 }
                 if m.contains(EventMask::IGNORED) {
                     self.dirs.remove(&wd);
+                    if Some(&wd) == self.root_wd.as_ref() {
+                        self.root_wd = None;
+                        root_event = true;
+                    }
                     continue;
                 }
                 let Some(dir) = self.dirs.get(&wd).map(Path::to_path_buf) else {
@@ -281,6 +400,9 @@ impl TreeWatcher {
             if !paths.is_empty() && self.tx.send(Msg::Paths(paths)).is_err() {
                 return;
             }
+            if root_event {
+                self.root_changed();
+            }
         }
     }
 }
@@ -303,7 +425,8 @@ fn debounce_loop(
     let take = |m: Msg,
                 paths: &mut BTreeSet<PathBuf>,
                 writing: &mut HashMap<PathBuf, Instant>,
-                rescan: &mut Option<String>| match m {
+                rescan: &mut Option<String>,
+                moved: &mut bool| match m {
         Msg::Paths(ps) => {
             for (p, w) in ps {
                 let excluded = p
@@ -326,6 +449,7 @@ fn debounce_loop(
             }
         }
         Msg::Rescan(why) => *rescan = Some(why),
+        Msg::RootMoved => *moved = true,
     };
     loop {
         // Ends when the watcher thread stops (the channel closes).
@@ -343,8 +467,9 @@ fn debounce_loop(
         };
         let mut paths = std::mem::take(&mut held);
         let mut rescan: Option<String> = None;
+        let mut moved = false;
         if let Some(first) = first {
-            take(first, &mut paths, &mut writing, &mut rescan);
+            take(first, &mut paths, &mut writing, &mut rescan, &mut moved);
             // Wait for `debounce` of quiet (a file being written is judged once, when it is
             // done), but never longer than a bound, so a steady stream of writes is still
             // reported promptly.
@@ -358,7 +483,7 @@ fn debounce_loop(
                 }
                 match rx.recv_timeout(left) {
                     Ok(m) => {
-                        take(m, &mut paths, &mut writing, &mut rescan);
+                        take(m, &mut paths, &mut writing, &mut rescan, &mut moved);
                         deadline = Instant::now() + debounce;
                     }
                     Err(RecvTimeoutError::Timeout) => break,
@@ -366,8 +491,10 @@ fn debounce_loop(
                 }
             }
         }
-        if let Some(why) = rescan {
-            if !overflowing {
+        if rescan.is_some() || moved {
+            if let Some(why) = rescan
+                && !overflowing
+            {
                 tracing::warn!(tree = %tree, reason = %why, "real-time events lost: full scan of the tree");
                 overflowing = true;
             }

@@ -272,8 +272,11 @@ pub fn validate_batch(b: &EventBatch) -> Result<(), String> {
         if e.tree.is_empty() {
             return Err(format!("{}: must not be empty", at("tree")));
         }
-        RelPath::from_json(&e.path, e.path_bytes.as_deref())
-            .map_err(|m| format!("{}: {m}", at("path")))?;
+        // `.` alone is the tree itself (an agent whose tree root leads nowhere).
+        if !(e.path == "." && e.path_bytes.is_none()) {
+            RelPath::from_json(&e.path, e.path_bytes.as_deref())
+                .map_err(|m| format!("{}: {m}", at("path")))?;
+        }
         if !["added", "removed", "modified", "metadata", "type_changed"]
             .contains(&e.change.as_str())
         {
