@@ -97,6 +97,10 @@ struct Persisted {
     /// Snapshot changes since that file was written: path → encoded entry (hex), or gone.
     #[serde(default)]
     delta: Vec<(String, Option<String>)>,
+    /// Paths (hex) whose deploy landed since that file was written: the delta keeps only a
+    /// path's latest observation, which need not be the one that landed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    landed: Vec<String>,
     /// The events of the last committed pass, spooled after this state was saved: a restart
     /// spools the ones the spool does not have yet (a crash between the two writes).
     #[serde(default)]
@@ -153,6 +157,8 @@ pub struct TreeState {
     rewrite: bool,
     /// Observations not yet in `snapshot.bin` (saved in `state.json`).
     pub delta: BTreeMap<RelPath, Option<Observed>>,
+    /// Deploys landed since `snapshot.bin` was written (saved in `state.json`).
+    pub landed: std::collections::BTreeSet<RelPath>,
     /// Generation of `snapshot.bin`.
     pub generation: u64,
     /// Events of the last committed pass (see [`Persisted::outbox`]).
@@ -257,6 +263,12 @@ impl TreeState {
         for (k, v) in &delta {
             table.set_observed(k, v.clone());
         }
+        let mut landed = std::collections::BTreeSet::new();
+        for k in p.landed {
+            let k = path(&k)?;
+            table.set_landed(&k);
+            landed.insert(k);
+        }
         table.settle();
         Ok(TreeState {
             release: p.release,
@@ -278,6 +290,7 @@ impl TreeState {
             approved_from,
             rewrite: false,
             delta,
+            landed,
             generation: p.generation,
             outbox: p.outbox,
         })
@@ -322,6 +335,14 @@ impl TreeState {
             } else {
                 Vec::new()
             },
+            landed: if with_delta {
+                self.landed
+                    .iter()
+                    .map(|k| hex::encode(k.as_bytes()))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             outbox: self.outbox.clone(),
         }
     }
@@ -331,13 +352,17 @@ impl TreeState {
         // When the next save rewrites snapshot.bin anyway (first save, or a delta that outgrew
         // state.json), the delta would only be thrown away: a first scan of a big tree would
         // otherwise hold a second copy of every observation.
-        if self.generation == 0 || self.rewrite || self.delta.len() > COMPACT_AT {
+        let rewrite = self.generation == 0 || self.rewrite || self.delta.len() > COMPACT_AT;
+        if rewrite {
             self.rewrite = true;
             self.delta.clear();
+            self.landed.clear();
         } else {
             self.delta.insert(path.clone(), observed.clone());
         }
-        std::sync::Arc::make_mut(&mut self.table).set_observed(path, observed);
+        if std::sync::Arc::make_mut(&mut self.table).set_observed(path, observed) && !rewrite {
+            self.landed.insert(path.clone());
+        }
         self.observed = true;
     }
 
@@ -376,6 +401,7 @@ impl TreeState {
                 &encode_file(self.generation, &p, self.approved_from, &self.table),
             )?;
             self.delta.clear();
+            self.landed.clear();
             self.rewrite = false;
         }
         let p = self.persisted(true);

@@ -493,16 +493,27 @@ impl Table {
     }
 
     /// Records what is at `path` now (`None`: nothing). A deploy still to land there has landed
-    /// once the path is observed in its approved state.
-    pub fn set_observed(&mut self, path: &RelPath, observed: Option<Observed>) {
+    /// once the path is observed in its approved state: returns whether that happened now.
+    pub fn set_observed(&mut self, path: &RelPath, observed: Option<Observed>) -> bool {
         let mut row = self.get(path.as_bytes()).unwrap_or_default();
         row.observed = observed;
-        if row.fresh && same_state(&row.observed.as_ref().map(Observed::state), &row.approved) {
-            row.fresh = false;
-        }
+        let landed =
+            row.fresh && same_state(&row.approved, &row.observed.as_ref().map(Observed::state));
+        row.fresh &= !landed;
         self.delta.insert(path.clone(), row);
         if self.delta.len() >= MERGE_NOW_AT {
             self.merge();
+        }
+        landed
+    }
+
+    /// Marks the deploy at `path` landed (replaying a saved state).
+    pub fn set_landed(&mut self, path: &RelPath) {
+        if let Some(mut row) = self.get(path.as_bytes())
+            && row.fresh
+        {
+            row.fresh = false;
+            self.delta.insert(path.clone(), row);
         }
     }
 
@@ -527,7 +538,7 @@ impl Table {
             // Still to land: a new approved state, or one the last deploy did not reach yet.
             let fresh = deploy
                 && (row.fresh || !same_state(&row.approved, &approved))
-                && !same_state(&observed_state, &approved);
+                && !same_state(&approved, &observed_state);
             b.push(
                 p,
                 &Row {
@@ -869,11 +880,12 @@ fn approved_only(state: State) -> Row {
     }
 }
 
-/// Equal as compared states (absent equals absent), the way a change is judged.
-fn same_state(a: &Option<State>, b: &Option<State>) -> bool {
-    match (a, b) {
+/// Whether `actual` is in the `expected` state (absent is absent), judged the way a change is:
+/// what `expected` leaves unset (owners of a manifest built without them) is not compared.
+fn same_state(expected: &Option<State>, actual: &Option<State>) -> bool {
+    match (expected, actual) {
         (None, None) => true,
-        (Some(a), Some(b)) => crate::diff::compare(a, b).is_none(),
+        (Some(e), Some(a)) => crate::diff::compare(e, a).is_none(),
         _ => false,
     }
 }
@@ -1102,6 +1114,45 @@ mod tests {
             })
             .is_none()
         );
+    }
+
+    #[test]
+    fn a_deploy_is_fresh_until_it_lands_and_survives_encoding() {
+        let entry = |p: &str, size: u64| ManifestEntry {
+            path: path(p),
+            state: obs(size, Some([size as u8; 32])).state(),
+        };
+        let fresh = |t: &Table, p: &str| t.get(p.as_bytes()).is_some_and(|r| r.fresh);
+        let mut t = Table::from_observed(vec![
+            (path("same"), obs(1, Some([1; 32]))),
+            (path("edited"), obs(2, Some([2; 32]))),
+            (path("gone"), obs(3, Some([3; 32]))),
+        ]);
+        t.replace_approved(vec![entry("same", 1), entry("edited", 2), entry("gone", 3)], false);
+        assert!(!fresh(&t, "same") && !fresh(&t, "edited"), "a first manifest deploys nothing");
+        // r2: edited changes, gone goes, new comes; same stays as it was.
+        t.replace_approved(vec![entry("same", 1), entry("edited", 9), entry("new", 5)], true);
+        assert!(!fresh(&t, "same"));
+        assert!(fresh(&t, "edited") && fresh(&t, "new") && fresh(&t, "gone"));
+        // Something else lands at `edited` first: still to land.
+        assert!(!t.set_observed(&path("edited"), Some(obs(7, Some([7; 32])))));
+        assert!(fresh(&t, "edited"));
+        let mut bytes = Vec::new();
+        t.encode(&mut bytes);
+        let mut back = Table::decode(&mut Reader { b: &bytes, pos: 0 }).unwrap();
+        assert!(fresh(&back, "edited") && fresh(&back, "new"), "the flag is saved");
+        assert!(back.set_observed(&path("edited"), Some(obs(9, Some([9; 32])))));
+        assert!(!fresh(&back, "edited"), "landed");
+        assert!(back.set_observed(&path("gone"), None), "a removal lands too");
+        back.set_landed(&path("new"));
+        assert!(!fresh(&back, "new"));
+        // A later manifest that keeps `edited` as it is does not make it fresh again...
+        back.replace_approved(vec![entry("edited", 9), entry("new", 5)], true);
+        assert!(!fresh(&back, "edited"));
+        // ...but one whose deploy never landed stays to land under the next manifest.
+        back.replace_approved(vec![entry("edited", 10), entry("new", 5)], true);
+        back.replace_approved(vec![entry("edited", 10), entry("new", 5)], true);
+        assert!(fresh(&back, "edited"));
     }
 
     #[test]

@@ -305,7 +305,9 @@ impl TreeWatcher {
             .follow_links(false)
             .same_file_system(!self.cross_filesystems);
         for e in walker.into_iter().filter_map(|e| e.ok()) {
-            if e.file_type().is_dir() {
+            // The walk's own start may be a symlink (a root `current -> releases/N`): walkdir
+            // descends into it but reports it as a link, and it is watched at its target.
+            if e.file_type().is_dir() || e.depth() == 0 {
                 self.add(e.path());
             }
         }
