@@ -280,7 +280,7 @@ fn rsync_with_delay_updates_is_one_release_change_per_path() {
     wait_in_force(&mut agent, "r3");
     std::thread::sleep(Duration::from_millis(500));
     let out = std::process::Command::new("rsync")
-        .args(["-a", "--delete", "--delay-updates", "--bwlimit=2000"])
+        .args(["-a", "--checksum", "--delete", "--delay-updates", "--bwlimit=2000"])
         .arg(format!("{}/", d.next.display()))
         .arg(format!("{}/", d.fx.root.display()))
         .output()

@@ -13,6 +13,7 @@ use jiff::Timestamp;
 use super::config::{AgentConfig, TreeConfig};
 use super::evidence::Evidence;
 use super::spool::{Spool, SpoolError};
+use super::staging::Staging;
 use super::state::{self, TreeState};
 use super::table::Table;
 use super::tracker::{self, Pending, Tracker};
@@ -46,6 +47,8 @@ pub struct TreeRuntime {
     pending_deploy: Option<String>,
     /// How long the last full scan took (real-time summaries repeat it).
     scan_seconds: f64,
+    /// A deploy's staged copies, held back (see [`super::staging`]).
+    staging: Staging,
 }
 
 /// What a look at a tree's manifest file found.
@@ -231,6 +234,7 @@ impl Engine {
                 reverify: false,
                 pending_deploy: None,
                 scan_seconds: 0.0,
+                staging: Staging::default(),
             });
         }
     }
@@ -282,6 +286,28 @@ impl Engine {
             }
         }
         self.entries = entries;
+    }
+
+    /// When a deploy's held-back staging copy is next due to be judged (see
+    /// [`super::staging`]); the daemon then calls [`Engine::judge_held`].
+    pub fn next_held_due(&self) -> Option<std::time::Instant> {
+        self.trees.iter().filter_map(|t| t.staging.next_due()).min()
+    }
+
+    /// Judges the held-back paths that are due, as real-time updates.
+    pub fn judge_held(&mut self) {
+        let now = std::time::Instant::now();
+        for i in 0..self.trees.len() {
+            let due = self.trees[i].staging.due(now);
+            if due.is_empty() {
+                continue;
+            }
+            let root = self.trees[i].cfg.root.clone();
+            let paths: BTreeSet<PathBuf> = due.iter().map(|p| root.join(p.as_path())).collect();
+            if let Err(e) = self.touched(i, &paths) {
+                tracing::error!(tree = %self.trees[i].cfg.name, error = %e, "judging held-back paths failed");
+            }
+        }
     }
 
     /// Index of a tree by name.
@@ -505,7 +531,7 @@ impl Engine {
     fn pass(
         &mut self,
         i: usize,
-        observed: Vec<(RelPath, Option<Entry>)>,
+        mut observed: Vec<(RelPath, Option<Entry>)>,
         now: Timestamp,
         deploy: Option<&str>,
         realtime: bool,
@@ -513,6 +539,11 @@ impl Engine {
         // Events saved in an outbox whose spool append failed go first, before that outbox
         // is replaced.
         self.recover_outboxes().map_err(|e| e.to_string())?;
+        let t = &mut self.trees[i];
+        if t.state.observed {
+            t.staging
+                .hold(&t.state.table, &mut observed, std::time::Instant::now());
+        }
         let t = &self.trees[i];
         let created = t.state.in_force().map(|m| m.created_at);
         // Full scans only (real-time updates defer to a full scan while one is under way).
@@ -854,6 +885,7 @@ impl Engine {
                 t.state.release = Some(m.release.clone());
                 t.state.manifest_created_at = Some(m.created_at);
                 t.state.overlay.clear();
+                t.staging.reset();
                 t.state
                     .approve(m.entries, *blake3::hash(&bytes).as_bytes(), deploy);
                 news

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod evidence;
 pub mod fetch;
 pub mod spool;
+pub mod staging;
 pub mod state;
 pub mod table;
 pub mod tracker;
@@ -286,7 +287,24 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
             if let Some(r) = ready.take() {
                 let _ = r.send(());
             }
-            while let Ok(cmd) = rx.recv() {
+            loop {
+                // A deploy's staging copies held back are judged when due, even if nothing else
+                // happens then.
+                let cmd = match engine.next_held_due() {
+                    Some(due) => match rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
+                        Ok(cmd) => cmd,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            engine.judge_held();
+                            wake.notify_one();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    },
+                    None => match rx.recv() {
+                        Ok(cmd) => cmd,
+                        Err(_) => break,
+                    },
+                };
                 match cmd {
                     Command::Stop => break,
                     Command::Reload(cfg) => {
