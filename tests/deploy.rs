@@ -163,9 +163,26 @@ fn files_landing_after_their_manifest_are_release_changes() {
     wait_in_force(&mut agent, "r2");
     // Well after the deploy's own scan.
     std::thread::sleep(Duration::from_millis(1500));
+    // A web shell dropped while the deploy is under way is still reported, at most a couple of
+    // seconds late (it is left to settle like a deploy's temporary file).
+    let dropped = Instant::now();
+    d.fx.write("wp-content/uploads/x.php", b"<?php eval($_POST['x']);\n");
     d.land_files(Duration::from_millis(700));
-    let evs = settle(&d.spec.db(), 3, &agent);
-    assert_eq!(summary(&evs), R2_CHANGES, "{}", agent.proc.log());
+    wait_events(
+        &d.spec.db(),
+        "the web shell",
+        secs(5),
+        || agent.proc.log(),
+        |evs| !about(evs, "shop", "wp-content/uploads/x.php").is_empty(),
+    );
+    eprintln!(
+        "web shell during a deploy -> event: {:?}",
+        dropped.elapsed()
+    );
+    let evs = settle(&d.spec.db(), 4, &agent);
+    let mut want = R2_CHANGES.to_vec();
+    want.push("wp-content/uploads/x.php: added unauthorized -> unauthorized");
+    assert_eq!(summary(&evs), want, "{}", agent.proc.log());
 }
 
 /// Files landing hours after the manifest: the scheduled scan (here a one-shot `scan`, with no
@@ -280,7 +297,13 @@ fn rsync_with_delay_updates_is_one_release_change_per_path() {
     wait_in_force(&mut agent, "r3");
     std::thread::sleep(Duration::from_millis(500));
     let out = std::process::Command::new("rsync")
-        .args(["-a", "--checksum", "--delete", "--delay-updates", "--bwlimit=2000"])
+        .args([
+            "-a",
+            "--checksum",
+            "--delete",
+            "--delay-updates",
+            "--bwlimit=2000",
+        ])
         .arg(format!("{}/", d.next.display()))
         .arg(format!("{}/", d.fx.root.display()))
         .output()
@@ -640,7 +663,10 @@ fn a_deploy_day_with_one_web_shell_reads_99_5_percent() {
     publish(&m2, &fx.manifest);
     scan().expect_code(0);
     copy_tree(&next, &fx.root);
-    fx.write("wp-content/uploads/shell.php", b"<?php eval($_POST['x']);\n");
+    fx.write(
+        "wp-content/uploads/shell.php",
+        b"<?php eval($_POST['x']);\n",
+    );
     scan().expect_code(1);
     let out = run([
         OsStr::new("kpi"),
@@ -657,4 +683,79 @@ fn a_deploy_day_with_one_web_shell_reads_99_5_percent() {
     assert_eq!(row["unauthorized"], 1, "{row:#}");
     let c = row["change_compliance"].as_f64().expect("ratio");
     assert!((c - 200.0 / 201.0).abs() < 1e-4, "{row:#}");
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=ci", "-c", "user.email=ci@test"])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+}
+
+/// A deploy by `git pull` into the live tree (manifest first): git replaces each file it
+/// updates (unlink, create, write); every path is still one `release:r2` change.
+#[test]
+fn a_git_pull_deploy_is_one_release_change_per_path() {
+    if which("git").is_none() {
+        eprintln!("SKIPPED: git is not installed");
+        return;
+    }
+    let d = Deploy::new(|s| {
+        s.trees[0].exclude = vec![".git".into(), ".git/**".into(), "var/cache/**".into()]
+    });
+    // origin holds r1, then r2; the live tree is a clone at r1.
+    let origin = d.fx.base.join("origin");
+    copy_tree(&d.fx.root, &origin);
+    git(&origin, &["init", "-q", "-b", "main"]);
+    git(&origin, &["add", "-A"]);
+    git(&origin, &["commit", "-q", "-m", "r1"]);
+    std::fs::remove_dir_all(&d.fx.root).expect("rm");
+    git(
+        &d.fx.base,
+        &[
+            "clone",
+            "-q",
+            origin.to_str().unwrap(),
+            d.fx.root.to_str().unwrap(),
+        ],
+    );
+    for rel in ["app/checkout.js", "app/new.js"] {
+        std::fs::copy(d.next.join(rel), origin.join(rel)).expect("copy");
+    }
+    std::fs::remove_file(origin.join("app/lib/util.js")).expect("rm");
+    git(&origin, &["add", "-A"]);
+    git(&origin, &["commit", "-q", "-m", "r2"]);
+    // The pipeline builds r2's manifest from a checkout of r2 (git keeps no empty app/lib).
+    let build = d.fx.base.join("build");
+    git(
+        &d.fx.base,
+        &[
+            "clone",
+            "-q",
+            origin.to_str().unwrap(),
+            build.to_str().unwrap(),
+        ],
+    );
+    let m2 = d.fx.base.join("m2-git.json");
+    build_manifest(
+        &d.fx,
+        &build,
+        "r2",
+        &m2,
+        &["--exclude", ".git", "--exclude", ".git/**"],
+    );
+    let mut agent = Agent::start(&d.config);
+    publish(&m2, &d.fx.manifest);
+    wait_in_force(&mut agent, "r2");
+    std::thread::sleep(Duration::from_millis(500));
+    git(&d.fx.root, &["pull", "-q", "--ff-only"]);
+    let evs = settle(&d.spec.db(), 4, &agent);
+    let mut want = R2_CHANGES.to_vec();
+    want.push("app/lib: removed release:r2 -> release:r2");
+    want.sort();
+    assert_eq!(summary(&evs), want, "{}", agent.proc.log());
 }

@@ -110,6 +110,9 @@ pub struct Engine {
     pub spooled: Option<Arc<tokio::sync::Notify>>,
     /// The change directory's listing with stat stamps when it was last loaded.
     changes_stamp: Option<Vec<(PathBuf, Option<Stamp>)>>,
+    /// Hold back a deploy's staging copies (see [`super::staging`]): only where something will
+    /// judge them later (the daemon calls [`Engine::judge_held`]); a one-shot scan reports all.
+    pub hold_staging: bool,
 }
 
 /// One file to copy into the evidence store.
@@ -171,6 +174,7 @@ impl Engine {
             summaries: BTreeMap::new(),
             spooled: None,
             changes_stamp: None,
+            hold_staging: false,
             cfg,
         };
         e.sync_trees();
@@ -540,7 +544,7 @@ impl Engine {
         // is replaced.
         self.recover_outboxes().map_err(|e| e.to_string())?;
         let t = &mut self.trees[i];
-        if t.state.observed {
+        if self.hold_staging && t.state.observed {
             t.staging
                 .hold(&t.state.table, &mut observed, std::time::Instant::now());
         }
@@ -757,7 +761,9 @@ impl Engine {
             n.notify_one();
         }
         log_event(&self.cfg.host, &events[0]);
-        Err(format!("{why}: the tree is unverifiable until its root leads to a directory again"))
+        Err(format!(
+            "{why}: the tree is unverifiable until its root leads to a directory again"
+        ))
     }
 
     /// Replaces a tree's in-memory state with the one saved on disk (after a failed save).

@@ -247,6 +247,7 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
     let spool = engine.spool.clone();
     let wake = Arc::new(Notify::new());
     engine.spooled = Some(wake.clone());
+    engine.hold_staging = true;
     let summaries: Arc<Mutex<BTreeMap<String, ScanSummary>>> =
         Arc::new(Mutex::new(BTreeMap::new()));
     let last_scan: Arc<Mutex<Option<Timestamp>>> = Arc::new(Mutex::new(None));

@@ -82,8 +82,7 @@ impl Staging {
             .collect();
         let holds = |p: &RelPath, e: &Option<Entry>| {
             candidate(p, e)
-                && (e.as_ref().is_some_and(|e| e.meta.kind == Kind::File)
-                    || !has_below(&judged, p))
+                && (e.as_ref().is_some_and(|e| e.meta.kind == Kind::File) || !has_below(&judged, p))
         };
         let verdicts: Vec<bool> = observed.iter().map(|(p, e)| holds(p, e)).collect();
         let mut i = 0;
@@ -205,7 +204,10 @@ mod tests {
         let mut gone = vec![(RelPath::from_bytes(b"app/.~tmp~/a.js".to_vec()), None)];
         s.hold(&t, &mut gone, start + Duration::from_secs(1));
         assert_eq!(gone.len(), 1);
-        assert_eq!(s.due(start + SETTLE), [RelPath::from_bytes(b"app/.~tmp~".to_vec())]);
+        assert_eq!(
+            s.due(start + SETTLE),
+            [RelPath::from_bytes(b"app/.~tmp~".to_vec())]
+        );
         // Looked at again before its grace ends: still held.
         let mut again = vec![entry("app/.~tmp~", Kind::Dir, None)];
         s.hold(&t, &mut again, start + SETTLE);

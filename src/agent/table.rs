@@ -1025,11 +1025,10 @@ mod tests {
                 target: None,
             },
         };
-        t.replace_approved(vec![
-            approve("same", 1),
-            approve("edited", 9),
-            approve("gone", 4),
-        ], false);
+        t.replace_approved(
+            vec![approve("same", 1), approve("edited", 9), approve("gone", 4)],
+            false,
+        );
         assert_eq!(
             t.base.hashes.len(),
             5,
@@ -1089,10 +1088,13 @@ mod tests {
                 .chain([(path("l"), link)])
                 .collect(),
         );
-        t.replace_approved(vec![ManifestEntry {
-            path: path("d/f03"),
-            state: obs(3, Some([3; 32])).state(),
-        }], false);
+        t.replace_approved(
+            vec![ManifestEntry {
+                path: path("d/f03"),
+                state: obs(3, Some([3; 32])).state(),
+            }],
+            false,
+        );
         t.set_observed(&path("d/new"), Some(obs(99, None)));
         let mut out = Vec::new();
         t.encode(&mut out);
@@ -1128,10 +1130,19 @@ mod tests {
             (path("edited"), obs(2, Some([2; 32]))),
             (path("gone"), obs(3, Some([3; 32]))),
         ]);
-        t.replace_approved(vec![entry("same", 1), entry("edited", 2), entry("gone", 3)], false);
-        assert!(!fresh(&t, "same") && !fresh(&t, "edited"), "a first manifest deploys nothing");
+        t.replace_approved(
+            vec![entry("same", 1), entry("edited", 2), entry("gone", 3)],
+            false,
+        );
+        assert!(
+            !fresh(&t, "same") && !fresh(&t, "edited"),
+            "a first manifest deploys nothing"
+        );
         // r2: edited changes, gone goes, new comes; same stays as it was.
-        t.replace_approved(vec![entry("same", 1), entry("edited", 9), entry("new", 5)], true);
+        t.replace_approved(
+            vec![entry("same", 1), entry("edited", 9), entry("new", 5)],
+            true,
+        );
         assert!(!fresh(&t, "same"));
         assert!(fresh(&t, "edited") && fresh(&t, "new") && fresh(&t, "gone"));
         // Something else lands at `edited` first: still to land.
@@ -1140,10 +1151,16 @@ mod tests {
         let mut bytes = Vec::new();
         t.encode(&mut bytes);
         let mut back = Table::decode(&mut Reader { b: &bytes, pos: 0 }).unwrap();
-        assert!(fresh(&back, "edited") && fresh(&back, "new"), "the flag is saved");
+        assert!(
+            fresh(&back, "edited") && fresh(&back, "new"),
+            "the flag is saved"
+        );
         assert!(back.set_observed(&path("edited"), Some(obs(9, Some([9; 32])))));
         assert!(!fresh(&back, "edited"), "landed");
-        assert!(back.set_observed(&path("gone"), None), "a removal lands too");
+        assert!(
+            back.set_observed(&path("gone"), None),
+            "a removal lands too"
+        );
         back.set_landed(&path("new"));
         assert!(!fresh(&back, "new"));
         // A later manifest that keeps `edited` as it is does not make it fresh again...

@@ -293,8 +293,12 @@ impl TreeWatcher {
             return;
         }
         match &self.resolved {
-            Some((target, ..)) => tracing::info!(tree = %self.name, root = %self.root.display(), target = %target.display(), dirs = self.dirs.spans.len().saturating_sub(self.fixed.len()), "tree root changed: real-time watches moved to it"),
-            None => tracing::warn!(tree = %self.name, root = %self.root.display(), "tree root does not lead to a directory: watching for it to come back"),
+            Some((target, ..)) => {
+                tracing::info!(tree = %self.name, root = %self.root.display(), target = %target.display(), dirs = self.dirs.spans.len().saturating_sub(self.fixed.len()), "tree root changed: real-time watches moved to it")
+            }
+            None => {
+                tracing::warn!(tree = %self.name, root = %self.root.display(), "tree root does not lead to a directory: watching for it to come back")
+            }
         }
         let _ = self.tx.send(Msg::RootMoved);
     }
