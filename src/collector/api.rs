@@ -326,7 +326,9 @@ async fn post_heartbeat(
     let token = authorize(&state, &headers, &[Role::Agent]).await?;
     let hb: Heartbeat = parse_json(&body)?;
     bound_host(&token, &hb.host)?;
-    blocking(&state, move |s| s.record_heartbeat(&hb, Timestamp::now())).await?;
+    // The outcome says whether the host's coverage changed: the `coverage` alert (§12.3) will
+    // be raised from here; nothing acts on it yet.
+    let _outcome = blocking(&state, move |s| s.record_heartbeat(&hb, Timestamp::now())).await?;
     state.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
     Ok(axum::Json(json!({"ok": true})).into_response())
 }
