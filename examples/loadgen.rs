@@ -745,6 +745,8 @@ fn seed(a: SeedArgs) -> anyhow::Result<()> {
                     last_scan: None,
                     spool_dropped: 0,
                     spool_depth: 0,
+                    config_digest: None,
+                    coverage: vec![],
                 };
                 store
                     .record_heartbeat(&hb, now)

@@ -73,7 +73,31 @@ pub struct CheckOutcome {
 pub fn run(opts: &CheckOptions) -> Result<CheckOutcome, CheckError> {
     let mut warnings = Vec::new();
     let log = load_changes(opts, &mut warnings)?;
-    let exclude = glob::path_set(&opts.exclude).map_err(CheckError::Exclude)?;
+    glob::path_set(&opts.exclude).map_err(CheckError::Exclude)?;
+    let bytes = std::fs::read(&opts.manifest).map_err(|e| ManifestError::Read {
+        path: opts.manifest.clone(),
+        source: e,
+    })?;
+    // The manifest's own exclusions apply on top of --exclude, from the walk on (an excluded
+    // path is never hashed). A canonical manifest gives them from its first line, so the rest
+    // is still verified and parsed while the tree is hashed; any other is loaded first.
+    let (early, release_exclude) = match Manifest::header_exclude(&bytes) {
+        Some(globs) => (None, globs),
+        None => {
+            let mut w = Vec::new();
+            let loaded = load_manifest_bytes(&bytes, &opts.manifest, &opts.pubkeys, &mut w)?;
+            let globs = loaded.0.exclude.clone();
+            (Some((loaded, w)), globs)
+        }
+    };
+    let all: Vec<&str> = opts
+        .exclude
+        .iter()
+        .chain(&release_exclude)
+        .map(String::as_str)
+        .collect();
+    // Both lists compiled alone above / in the manifest parse: the union compiles too.
+    let exclude = glob::path_set(&all).map_err(CheckError::Exclude)?;
     let walk = WalkOptions {
         exclude: exclude.clone(),
         skip: own_files(&opts.root, &opts.manifest),
@@ -88,9 +112,12 @@ pub fn run(opts: &CheckOptions) -> Result<CheckOutcome, CheckError> {
     // Reading, verifying and parsing a large manifest is serial work: do it while the tree is
     // being hashed instead of before. The scan never looks at the manifest.
     let (loaded, snap) = std::thread::scope(|s| {
-        let manifest = s.spawn(|| {
-            let mut w = Vec::new();
-            load_manifest(&opts.manifest, &opts.pubkeys, &mut w).map(|m| (m, w))
+        let manifest = s.spawn(|| match early {
+            Some(done) => Ok(done),
+            None => {
+                let mut w = Vec::new();
+                load_manifest_bytes(&bytes, &opts.manifest, &opts.pubkeys, &mut w).map(|m| (m, w))
+            }
         });
         let snap = snapshot::scan(&opts.root, &scan_opts);
         let loaded = manifest
@@ -174,6 +201,16 @@ pub fn load_manifest(
         path: path.to_path_buf(),
         source: e,
     })?;
+    load_manifest_bytes(&bytes, path, pubkeys, warnings)
+}
+
+/// [`load_manifest`] on bytes already read from `path`.
+fn load_manifest_bytes(
+    bytes: &[u8],
+    path: &Path,
+    pubkeys: &[PathBuf],
+    warnings: &mut Vec<String>,
+) -> Result<(Manifest, bool), CheckError> {
     let signed = if pubkeys.is_empty() {
         warnings.push(format!(
             "{}: signature not checked (no --pubkey given): running unsigned",
@@ -182,10 +219,10 @@ pub fn load_manifest(
         false
     } else {
         let keys = sign::load_public_keys(pubkeys)?;
-        sign::verify_bytes(&bytes, path, &keys)?;
+        sign::verify_bytes(bytes, path, &keys)?;
         true
     };
-    Ok((Manifest::parse(&bytes, path)?, signed))
+    Ok((Manifest::parse(bytes, path)?, signed))
 }
 
 fn load_changes(opts: &CheckOptions, warnings: &mut Vec<String>) -> Result<ChangeLog, CheckError> {

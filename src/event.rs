@@ -103,6 +103,28 @@ pub struct Heartbeat {
     /// Events waiting in the spool.
     #[serde(default)]
     pub spool_depth: u64,
+    /// BLAKE3 (hex) of the agent's effective config (see `agent::coverage::config_digest`);
+    /// absent from agents older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<String>,
+    /// Per tree, what it leaves unwatched (DESIGN §12.1); empty from older agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coverage: Vec<TreeCoverage>,
+}
+
+/// One tree's exclusions, as a heartbeat reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreeCoverage {
+    /// Tree name.
+    pub tree: String,
+    /// Effective exclusions: the agent config's and the manifest in force's, sorted.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// The config's exclusions that the manifest in force does not carry: a coverage reduction
+    /// when not empty.
+    #[serde(default)]
+    pub local_exclude: Vec<String>,
 }
 
 fn default_environment() -> String {

@@ -37,6 +37,10 @@ pub struct Manifest {
     pub created_at: Timestamp,
     /// Who built it (`ci@build-7`).
     pub created_by: String,
+    /// Exclusion globs the release carries (`manifest build --exclude`): every check and agent
+    /// applies them on top of its own. Sorted and without duplicates, so equal sets give equal
+    /// bytes; empty in manifests written before the key existed.
+    pub exclude: Vec<String>,
     /// Entries sorted by path.
     pub entries: Vec<ManifestEntry>,
 }
@@ -73,6 +77,10 @@ struct JsonManifest {
     release: String,
     created_at: String,
     created_by: String,
+    // Any JSON here (absent: an empty list; `null` is refused): a wrong type is reported with
+    // its field name, not as a serde message.
+    #[serde(default = "no_globs")]
+    exclude: serde_json::Value,
     entries: Vec<JsonEntry>,
 }
 
@@ -136,15 +144,33 @@ impl Manifest {
             release: release.to_string(),
             created_at: Timestamp::now(),
             created_by: created_by.to_string(),
+            exclude: Vec::new(),
             entries,
         })
+    }
+
+    /// Records the exclusion globs the release carries (sorted, duplicates dropped). The
+    /// snapshot must have been taken with the same exclusions, so the entries leave them out.
+    pub fn with_exclude(mut self, globs: &[String]) -> Manifest {
+        self.exclude = canonical_globs(globs);
+        self
     }
 
     /// The canonical JSON bytes (what gets signed).
     pub fn to_canonical_json(&self) -> String {
         let q = |s: &str| serde_json::to_string(s).expect("strings serialize");
+        // `exclude` sits between the header and the entries, on the header's line, and only
+        // when there is one: a manifest without exclusions keeps the bytes it always had.
+        let exclude = if self.exclude.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ",\"exclude\":{}",
+                serde_json::to_string(&self.exclude).expect("strings serialize")
+            )
+        };
         let mut out = format!(
-            "{{\"format\":{},\"tree\":{},\"release\":{},\"created_at\":{},\"created_by\":{},\n \"entries\":[",
+            "{{\"format\":{},\"tree\":{},\"release\":{},\"created_at\":{},\"created_by\":{}{exclude},\n \"entries\":[",
             q(FORMAT),
             q(&self.tree),
             q(&self.release),
@@ -184,6 +210,7 @@ impl Manifest {
         }
         let created_at = timefmt::parse_timestamp(&raw.created_at)
             .map_err(|m| invalid("created_at".into(), m))?;
+        let exclude = parse_exclude(&raw.exclude).map_err(|(field, m)| invalid(field, m))?;
         let mut seen = HashSet::with_capacity(raw.entries.len());
         let mut entries = Vec::with_capacity(raw.entries.len());
         for (i, je) in raw.entries.into_iter().enumerate() {
@@ -203,8 +230,28 @@ impl Manifest {
             release: raw.release,
             created_at,
             created_by: raw.created_by,
+            exclude,
             entries,
         })
+    }
+
+    /// The exclusions of a canonical manifest, read from its first line alone (where
+    /// [`Manifest::to_canonical_json`] puts them), so a check can walk the tree with them while
+    /// the rest is verified and parsed. `None` when that line is not a canonical header (a
+    /// manifest written by another tool, or a bad `exclude`): then the caller parses it whole
+    /// first. JSON strings hold no raw newline, so the line is whole tokens, and a later
+    /// second `exclude` key would make the full parse fail: the two readings cannot differ.
+    pub fn header_exclude(bytes: &[u8]) -> Option<Vec<String>> {
+        let line = &bytes[..bytes.iter().position(|b| *b == b'\n')?];
+        let mut header = line.strip_suffix(b",")?.to_vec();
+        header.push(b'}');
+        let serde_json::Value::Object(map) = serde_json::from_slice(&header).ok()? else {
+            return None;
+        };
+        match map.get("exclude") {
+            None => Some(Vec::new()),
+            Some(v) => parse_exclude(v).ok(),
+        }
     }
 
     /// Reads and parses a manifest file (no signature check: see `sign::verify_bytes`).
@@ -215,6 +262,33 @@ impl Manifest {
         })?;
         Ok((Manifest::parse(&bytes, path)?, bytes))
     }
+}
+
+fn no_globs() -> serde_json::Value {
+    serde_json::Value::Array(Vec::new())
+}
+
+/// Sorted, without duplicates: the order globs were given in means nothing.
+fn canonical_globs(globs: &[String]) -> Vec<String> {
+    let set: std::collections::BTreeSet<&String> = globs.iter().collect();
+    set.into_iter().cloned().collect()
+}
+
+/// The `exclude` value: a list of strings, each a valid path glob (compiled the way every
+/// exclusion is, `*` not crossing `/`). Errors name the field (`exclude`, `exclude[2]`).
+fn parse_exclude(v: &serde_json::Value) -> Result<Vec<String>, (String, String)> {
+    let Some(items) = v.as_array() else {
+        return Err(("exclude".into(), format!("{v} is not a list of globs")));
+    };
+    let mut globs = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Some(g) = item.as_str() else {
+            return Err((format!("exclude[{i}]"), format!("{item} is not a string")));
+        };
+        crate::glob::path_set(&[g]).map_err(|m| (format!("exclude[{i}]"), m))?;
+        globs.push(g.to_string());
+    }
+    Ok(canonical_globs(&globs))
 }
 
 fn to_json_entry(e: &ManifestEntry) -> JsonEntry {
@@ -320,6 +394,7 @@ mod tests {
             release: "r1".into(),
             created_at: timefmt::parse_timestamp("2026-11-21T10:00:00Z").unwrap(),
             created_by: "ci".into(),
+            exclude: Vec::new(),
             entries: vec![
                 ManifestEntry {
                     path: RelPath::from_bytes(b"a\nb".to_vec()),
@@ -341,6 +416,79 @@ mod tests {
         let back = Manifest::parse(json.as_bytes(), Path::new("m.json")).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.to_canonical_json(), json);
+    }
+
+    #[test]
+    fn exclusions_are_canonical_and_absent_when_empty() {
+        let plain = sample().to_canonical_json();
+        assert!(!plain.contains("exclude"), "{plain}");
+        let m = sample().with_exclude(&[
+            "var/log/**".into(),
+            "var/cache/**".into(),
+            "var/log/**".into(),
+        ]);
+        assert_eq!(m.exclude, ["var/cache/**", "var/log/**"]);
+        let json = m.to_canonical_json();
+        assert!(
+            json.contains("\"created_by\":\"ci\",\"exclude\":[\"var/cache/**\",\"var/log/**\"],\n \"entries\":["),
+            "{json}"
+        );
+        let back = Manifest::parse(json.as_bytes(), Path::new("m.json")).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.to_canonical_json(), json);
+        // An explicit empty list reads as none, and writes as none.
+        let empty = plain.replace(
+            "\"created_by\":\"ci\",",
+            "\"created_by\":\"ci\",\"exclude\":[],",
+        );
+        let back = Manifest::parse(empty.as_bytes(), Path::new("m.json")).unwrap();
+        assert_eq!(back.to_canonical_json(), plain);
+    }
+
+    #[test]
+    fn header_exclusions_match_the_full_parse() {
+        let m = sample().with_exclude(&["var/cache/**".into()]);
+        let json = m.to_canonical_json();
+        assert_eq!(
+            Manifest::header_exclude(json.as_bytes()),
+            Some(vec!["var/cache/**".to_string()])
+        );
+        let plain = sample().to_canonical_json();
+        assert_eq!(Manifest::header_exclude(plain.as_bytes()), Some(vec![]));
+        // Not canonical (pretty-printed): no answer, the caller parses the whole file.
+        let pretty = serde_json::to_string_pretty(
+            &serde_json::from_str::<serde_json::Value>(&json).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(Manifest::header_exclude(pretty.as_bytes()), None);
+        let bad = json.replace("[\"var/cache/**\"]", "[\"a/[\"]");
+        assert_eq!(Manifest::header_exclude(bad.as_bytes()), None);
+    }
+
+    #[test]
+    fn bad_exclusions_are_named() {
+        let plain = sample().to_canonical_json();
+        for (value, field) in [
+            ("7", "m.json: exclude: 7 is not a list of globs"),
+            ("null", "m.json: exclude: null is not a list of globs"),
+            (
+                "\"var/**\"",
+                "m.json: exclude: \"var/**\" is not a list of globs",
+            ),
+            ("[\"ok/**\",3]", "m.json: exclude[1]: 3 is not a string"),
+            ("[\"a/[\"]", "m.json: exclude[0]: bad glob"),
+            ("[\"\"]", "m.json: exclude[0]: empty glob"),
+        ] {
+            let bad = plain.replace(
+                "\"created_by\":\"ci\",",
+                &format!("\"created_by\":\"ci\",\"exclude\":{value},"),
+            );
+            let err = Manifest::parse(bad.as_bytes(), Path::new("m.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(field), "{err} should start with {field}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 
     #[test]

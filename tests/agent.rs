@@ -1601,3 +1601,154 @@ fn real_time_stays_responsive_after_a_burst_of_unauthorized_files() {
     );
     eprintln!("write after the burst reported in {:?}", t.elapsed());
 }
+
+// Coverage (DESIGN §12.1) ---------------------------------------------------------------------
+
+/// `GET PATH` over HTTP/1.0 (so the answer is never chunked): status and body.
+fn http_get(base: &str, path: &str, token_file: &Path) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let token = std::fs::read_to_string(token_file).expect("token file");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(secs(30))).expect("timeout");
+    write!(
+        s,
+        // The API takes the bearer token, the dashboard its sign-in cookie.
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\nCookie: dw_token={t}\r\n\r\n",
+        t = token.trim()
+    )
+    .expect("request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("response");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (status, body.to_string())
+}
+
+/// Runs an agent whose tree's manifest excludes `var/cache/**` and whose config excludes
+/// `config_exclude`, against a real collector; returns its `GET /api/v1/hosts` row once the
+/// heartbeat reported the manifest's exclusions, and the dashboard HTML.
+fn coverage_seen(fx: &Fx, config_exclude: &[&str]) -> (Value, String, Agent, Remote, RemoteSite) {
+    fx.build_manifest_to(&fx.manifest, &["--exclude", "var/cache/**"]);
+    let site = remote_site(fx);
+    let mut spec = AgentSpec::for_fx(fx);
+    spec.trees[0].exclude = config_exclude.iter().map(|g| g.to_string()).collect();
+    spec.uplink = Uplink::Remote {
+        url: site.url.clone(),
+        token_file: site.agent_token.clone(),
+    };
+    let config = fx.base.join("agent.toml");
+    spec.write(&config);
+    let collector = Remote::start(&site.config);
+    let agent = Agent::start(&config);
+    let host = poll(secs(20), || {
+        let (status, body) = http_get(&site.url, "/api/v1/hosts", &site.reader_token);
+        assert_eq!(status, 200, "{body}");
+        let hosts: Value = serde_json::from_str(&body).expect("hosts JSON");
+        let h = hosts
+            .as_array()?
+            .iter()
+            .find(|h| h["host"] == HOST)?
+            .clone();
+        // The manifest in force has been reported (its exclusion is among the effective ones).
+        let tree = h["trees"].as_array()?.first()?;
+        tree["exclude"]
+            .as_array()?
+            .contains(&Value::from("var/cache/**"))
+            .then_some(h)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no heartbeat with the manifest's exclusions\n{}",
+            both_logs(&agent.proc, &collector.proc)
+        )
+    });
+    let (status, html) = http_get(&site.url, "/", &site.reader_token);
+    assert_eq!(status, 200, "{html}");
+    (host, html, agent, collector, site)
+}
+
+/// A host that excludes more than its manifest reports it in every heartbeat; the collector
+/// lists it per host and tree and marks the host's dashboard row.
+#[test]
+fn local_exclusions_beyond_the_manifest_are_a_coverage_reduction() {
+    let fx = Fx::new();
+    let (h, html, _agent, _collector, _site) =
+        coverage_seen(&fx, &["var/cache/**", "wp-content/uploads/**"]);
+    assert_eq!(h["coverage_reduced"], true, "{h:#}");
+    assert_eq!(
+        h["trees"],
+        serde_json::json!([{
+            "tree": "shop",
+            "exclude": ["var/cache/**", "wp-content/uploads/**"],
+            "local_exclude": ["wp-content/uploads/**"],
+            "coverage_reduced": true,
+        }]),
+        "{h:#}"
+    );
+    let digest = h["config_digest"].as_str().expect("config_digest");
+    assert_eq!(digest.len(), 64, "{digest}");
+    assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{digest}");
+    let row = html
+        .split("<tr>")
+        .find(|r| r.contains(&format!("<td>{HOST}")))
+        .unwrap_or_else(|| panic!("no dashboard row for {HOST}:\n{html}"));
+    assert!(
+        row.contains("coverage reduced: shop: wp-content/uploads/**"),
+        "the host row must show the reduction: {row}"
+    );
+}
+
+/// A host whose config excludes nothing beyond the manifest has no reduction, and the
+/// manifest's exclusions apply in the agent although its config names none.
+#[test]
+fn manifest_exclusions_apply_in_the_agent_without_reducing_coverage() {
+    let fx = Fx::new();
+    let (h, html, agent, collector, site) = coverage_seen(&fx, &[]);
+    assert_eq!(h["coverage_reduced"], false, "{h:#}");
+    assert_eq!(
+        h["trees"][0]["exclude"],
+        serde_json::json!(["var/cache/**"]),
+        "{h:#}"
+    );
+    assert_eq!(
+        h["trees"][0]["local_exclude"],
+        serde_json::json!([]),
+        "{h:#}"
+    );
+    assert!(!html.contains("coverage reduced"), "{html}");
+
+    fx.write("var/cache/fresh.html", b"<html>fresh</html>\n");
+    fx.write(
+        "wp-content/uploads/shell.php",
+        b"<?php system($_GET['c']);\n",
+    );
+    let evs = wait_events(
+        &site.db,
+        "the shell's event",
+        secs(20),
+        || both_logs(&agent.proc, &collector.proc),
+        |evs| !about(evs, "shop", "wp-content/uploads/shell.php").is_empty(),
+    );
+    assert_eq!(
+        s(
+            about(&evs, "shop", "wp-content/uploads/shell.php")[0],
+            "status"
+        ),
+        "unauthorized"
+    );
+    assert!(
+        evs.iter().all(|e| !s(e, "path").starts_with("var/cache")),
+        "the manifest excludes var/cache: {evs:#?}"
+    );
+    assert!(
+        agent.drift_lines("var/cache/fresh.html").is_empty(),
+        "{}",
+        agent.proc.log()
+    );
+}

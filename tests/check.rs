@@ -408,6 +408,122 @@ fn exclude_double_star_hides_changes_under_it() {
     fx.check(&[]).expect_code(1);
 }
 
+/// The var/cache drift of [`exclude_double_star_hides_changes_under_it`].
+fn cache_drift(fx: &Fx) {
+    fx.write("var/cache/new.html", b"<html>new</html>");
+    fx.append("var/cache/page.html", b"changed");
+    fx.write("var/cache/sub/dir/deep.html", b"deep");
+}
+
+#[test]
+fn exclusions_recorded_in_the_manifest_apply_without_exclude() {
+    let fx = Fx::new();
+    fx.build_manifest_to(
+        &fx.manifest,
+        &["--exclude", "var/cache/**", "--exclude", "var/log/**"],
+    );
+    let text = fs::read_to_string(&fx.manifest).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        m["exclude"],
+        serde_json::json!(["var/cache/**", "var/log/**"]),
+        "{text}"
+    );
+    assert!(
+        !text.contains("var/cache/page.html"),
+        "excluded paths are not approved: {text}"
+    );
+    run([
+        os("verify"),
+        fx.manifest.as_os_str(),
+        os("--pubkey"),
+        fx.release.public.as_os_str(),
+    ])
+    .expect_code(0);
+
+    cache_drift(&fx);
+    // Checked without --exclude: the release's own exclusions hide the cache.
+    let r = fx.check(&[]).expect_code(0).json();
+    assert!(
+        changes(&r)
+            .iter()
+            .all(|c| !c["path"].as_str().unwrap().starts_with("var/cache")),
+        "{r:#}"
+    );
+    assert_eq!(r["summary"]["unauthorized"], 0, "{r:#}");
+    // Counted as excluded, exactly as a --exclude of the same glob counts them.
+    let plain = fx.base.join("plain.json");
+    fx.build_manifest_to(&plain, &[]);
+    let by_flag = fx
+        .check_with(&plain, true, &["--exclude", "var/cache/**"])
+        .expect_code(0)
+        .json();
+    assert_eq!(
+        r["summary"]["excluded"], by_flag["summary"]["excluded"],
+        "{r:#}"
+    );
+    assert!(r["summary"]["excluded"].as_u64().unwrap() >= 4, "{r:#}");
+    // The host's own exclusions still add to the manifest's.
+    fx.write("app/x.php", b"<?php");
+    fx.check(&[]).expect_code(1);
+    fx.check(&["--exclude", "app/x.php"]).expect_code(0);
+    // Unsigned runs apply them too.
+    fx.check_with(&fx.manifest, false, &["--exclude", "app/x.php"])
+        .expect_code(0);
+}
+
+#[test]
+fn manifest_exclusions_are_covered_by_the_signature() {
+    let fx = Fx::new();
+    fx.build_manifest_to(&fx.manifest, &["--exclude", "var/cache/**"]);
+    // An attacker widening the release's exclusions to hide his upload breaks the signature.
+    fx.write("wp-content/uploads/x.php", b"<?php system($_GET['c']);");
+    let text = fs::read_to_string(&fx.manifest).unwrap();
+    let widened = text.replace("[\"var/cache/**\"]", "[\"var/cache/**\",\"wp-content/**\"]");
+    assert_ne!(widened, text);
+    fs::write(&fx.manifest, widened).unwrap();
+    let line = fx.check(&[]).error_line().to_string();
+    assert!(line.contains(fx.manifest.to_str().unwrap()), "{line}");
+}
+
+#[test]
+fn manifest_without_exclusions_keeps_its_old_form() {
+    let fx = Fx::new();
+    fx.build_manifest();
+    let text = fs::read_to_string(&fx.manifest).unwrap();
+    assert!(!text.contains("exclude"), "{text}");
+    assert!(
+        text.contains("\"created_by\":\"ci@test\",\n \"entries\":["),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_manifest_exclusions_are_errors_naming_file_and_field() {
+    let fx = Fx::new();
+    fx.build_manifest();
+    let text = fs::read_to_string(&fx.manifest).unwrap();
+    let at = "\"created_by\":\"ci@test\",";
+    for (value, field) in [
+        ("7", "exclude"),
+        ("[\"a/[\"]", "exclude[0]"),
+        ("[\"var/**\", 3]", "exclude[1]"),
+    ] {
+        // Canonical (the header line) and not (one line, whole file): both are refused.
+        for bad in [
+            text.replacen(at, &format!("{at}\"exclude\":{value},"), 1),
+            text.replacen(at, &format!("{at}\"exclude\":{value},"), 1)
+                .replace('\n', ""),
+        ] {
+            fs::write(&fx.manifest, &bad).unwrap();
+            let out = fx.check_with(&fx.manifest, false, &[]);
+            let line = out.error_line();
+            let want = format!("{}: {field}: ", fx.manifest.display());
+            assert!(line.contains(&want), "{line} should contain {want}");
+        }
+    }
+}
+
 #[test]
 fn exclude_single_star_does_not_hide_deeper_paths() {
     let fx = Fx::new();

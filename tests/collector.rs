@@ -2048,8 +2048,12 @@ fn bad_collector_configs_and_token_commands_fail_with_one_line() {
             format!("[limits]\nrequests_per_minute = 0\n{UNSIGNED}"),
             "requests_per_minute",
         ),
-        // require_signatures defaults to true: it needs approver keys.
-        (String::new(), "approver_keys"),
+        // An explicit [trust] that requires signatures needs approver keys (a config with no
+        // [trust] at all starts, refusing uploads: see minimal_config_without_trust_...).
+        (
+            "[trust]\nrequire_signatures = true\n".to_string(),
+            "approver_keys",
+        ),
     ];
     for (extra, named) in cases {
         let site = Site::with(&extra);
@@ -2166,4 +2170,133 @@ fn kpi_of_past_days_does_not_depend_on_when_it_was_first_looked_at() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The minimal collector config of docs/design.md §5 has no `[trust]`: tokens, ingestion,
+/// heartbeats and the KPI work; manifest and change uploads answer 409 naming the missing
+/// keys; `config check` warns and passes.
+#[test]
+fn minimal_config_without_trust_ingests_and_refuses_uploads() {
+    let site = Site::with(
+        "max_body = \"8MiB\"\nsilent_after = \"2h\"\n\n[kpi]\ntarget = 0.97\ntimezone = \"UTC\"\n",
+    );
+    let cfg = site.config.to_str().expect("utf-8");
+    let out = common::run(["config", "check", "--config", cfg]);
+    out.expect_code(0);
+    let warnings = out.warnings();
+    assert_eq!(warnings.len(), 1, "{}", out.stderr);
+    assert!(
+        warnings[0].contains(cfg)
+            && warnings[0].contains("[trust]")
+            && warnings[0].contains("trust.release_keys")
+            && warnings[0].contains("trust.approver_keys"),
+        "{}",
+        warnings[0]
+    );
+
+    let agent = site.token("agent", Some("web-01"));
+    let reader = site.token("reader", None);
+    let admin = site.token("admin", None);
+    let c = site.start();
+    assert!(
+        c.stderr().contains("no [trust] table"),
+        "start-up must warn:\n{}",
+        c.stderr()
+    );
+    let r = c.ingest(&agent, &batch("web-01", simple_events(1, 3, "app/x")));
+    assert_eq!(r["acked_seq"], 3, "{r:#}");
+    c.post_json(
+        "/api/v1/heartbeat",
+        Some(&agent),
+        &json!({"host": "web-01"}),
+    )
+    .expect(200);
+    assert!(c.get_json("/api/v1/kpi", &reader).is_array());
+    assert_eq!(
+        c.get_json("/api/v1/events", &reader)
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+
+    let manifest = json!({"manifest": "{}", "minisig": null});
+    let body = serde_json::to_vec(&manifest).unwrap();
+    let put = http(
+        &c.addr,
+        "PUT",
+        "/api/v1/manifests/shop",
+        Some(&admin),
+        Some(&body),
+    );
+    let post = c.post_json(
+        "/api/v1/changes",
+        Some(&admin),
+        &json!({"toml": "id = \"CHG-1\"\n"}),
+    );
+    let approve = c.post_json(
+        "/api/v1/changes/CHG-1/approve",
+        Some(&admin),
+        &json!({"toml": "id = \"CHG-1\"\n"}),
+    );
+    for r in [&put, &post, &approve] {
+        r.expect(409);
+        let why = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            why.contains("no [trust] table") && why.contains("trust.release_keys"),
+            "{}",
+            r.text()
+        );
+    }
+    // Nothing was stored.
+    c.get("/api/v1/manifests/shop", Some(&reader)).expect(404);
+    assert_eq!(c.get_json("/api/v1/changes", &reader), json!([]));
+}
+
+/// Heartbeats with coverage are listed per host and tree; an older agent's heartbeat without
+/// the fields is accepted and shows no coverage.
+#[test]
+fn hosts_list_the_coverage_their_heartbeats_report() {
+    let site = Site::new();
+    let (a1, a2) = (
+        site.token("agent", Some("web-01")),
+        site.token("agent", Some("web-02")),
+    );
+    let reader = site.token("reader", None);
+    let c = site.start();
+    let hb = json!({
+        "host": "web-01", "agent_version": "9", "config_digest": "ab".repeat(32),
+        "coverage": [
+            {"tree": "shop", "exclude": ["tmp/**", "var/cache/**"], "local_exclude": ["tmp/**"]},
+            {"tree": "blog", "exclude": ["var/cache/**"], "local_exclude": []},
+        ],
+    });
+    c.post_json("/api/v1/heartbeat", Some(&a1), &hb).expect(200);
+    c.post_json(
+        "/api/v1/heartbeat",
+        Some(&a2),
+        &json!({"host": "web-02", "agent_version": "0.1"}),
+    )
+    .expect(200);
+    // A malformed coverage is a 400 with a reason, not a silent default.
+    let bad = json!({"host": "web-01", "coverage": [{"tree": "shop", "exclude": "tmp/**"}]});
+    c.post_json("/api/v1/heartbeat", Some(&a1), &bad)
+        .expect(400);
+
+    let hosts = c.get_json("/api/v1/hosts", &reader);
+    let h1 = host_info(&hosts, "web-01");
+    assert_eq!(h1["config_digest"], "ab".repeat(32));
+    assert_eq!(h1["coverage_reduced"], true);
+    assert_eq!(
+        h1["trees"],
+        json!([
+            {"tree": "blog", "exclude": ["var/cache/**"], "local_exclude": [], "coverage_reduced": false},
+            {"tree": "shop", "exclude": ["tmp/**", "var/cache/**"], "local_exclude": ["tmp/**"], "coverage_reduced": true},
+        ])
+    );
+    let h2 = host_info(&hosts, "web-02");
+    assert_eq!(
+        (&h2["config_digest"], &h2["coverage_reduced"]),
+        (&Value::Null, &json!(false))
+    );
+    assert_eq!(h2["trees"], json!([]));
 }

@@ -25,8 +25,8 @@ use collector_common::{Collector, batch, simple_events, toml_str};
 use driftwatch::event::{ChangeEvent, EventBatch, Heartbeat, IngestResult, ScanSummary};
 use driftwatch::kpi::HostDay;
 use driftwatch::store::{
-    self, ChainHead, ChainReport, EventQuery, HostInfo, LatestScan, Role, Store, StoredChange,
-    StoredEvent, StoredManifest,
+    self, ChainHead, ChainReport, EventQuery, HeartbeatOutcome, HostInfo, HostTree, LatestScan,
+    Role, Store, StoredChange, StoredEvent, StoredManifest,
 };
 
 /// The server the tests use unless `DRIFTWATCH_TEST_PG` names another.
@@ -192,6 +192,7 @@ type TokenRow = (i64, Role, Option<String>, String, Option<String>);
 #[derive(Debug, PartialEq)]
 struct Outcome {
     ingests: Vec<IngestResult>,
+    heartbeats: Vec<HeartbeatOutcome>,
     queries: Vec<(String, Vec<StoredEvent>)>,
     hosts: Vec<HostInfo>,
     days: Vec<(String, Vec<HostDay>)>,
@@ -359,6 +360,32 @@ fn scenario(s: &dyn Store) -> Outcome {
     )
     .expect("reclassify");
 
+    // Day 2: coverage reported, repeated, changed, and an older agent without it.
+    let covered = |local: &[&str], digest: &str| -> Heartbeat {
+        let mut h = hb("web-02", "production", 0, 0);
+        h.config_digest = Some(digest.into());
+        h.coverage = vec![driftwatch::event::TreeCoverage {
+            tree: "shop".into(),
+            exclude: ["var/cache/**"]
+                .iter()
+                .chain(local)
+                .map(|g| g.to_string())
+                .collect(),
+            local_exclude: local.iter().map(|g| g.to_string()).collect(),
+        }];
+        h
+    };
+    let heartbeats = vec![
+        s.record_heartbeat(&covered(&[], "d1"), ts(d2, 6, 0))
+            .expect("heartbeat"),
+        s.record_heartbeat(&covered(&[], "d1"), ts(d2, 6, 1))
+            .expect("heartbeat"),
+        s.record_heartbeat(&covered(&["wp-content/**"], "d2"), ts(d2, 6, 2))
+            .expect("heartbeat"),
+        s.record_heartbeat(&hb("stg-01", "staging", 0, 0), ts(d2, 6, 3))
+            .expect("heartbeat"),
+    ];
+
     // Day 2: spool losses, change entries, manifests.
     s.record_heartbeat(&hb("web-01", "production", 5, 40), ts(d2, 7, 0))
         .expect("heartbeat");
@@ -497,6 +524,7 @@ fn scenario(s: &dyn Store) -> Outcome {
         .collect();
     Outcome {
         ingests,
+        heartbeats,
         queries,
         hosts: s.hosts(ts(d3, 12, 30)).expect("hosts"),
         days,
@@ -558,6 +586,31 @@ fn postgres_and_sqlite_store_the_same_history_and_chain() {
     assert_eq!(h("web-01").spool_dropped, 5, "the highest count reported");
     assert_eq!(h("web-01").spool_depth, 3, "the last heartbeat's depth");
     assert_eq!(h("web-02").spool_depth, 0);
+    let changed: Vec<bool> = pg.heartbeats.iter().map(|o| o.coverage_changed).collect();
+    assert_eq!(
+        changed,
+        [true, false, true, false],
+        "first report, same, changed, none"
+    );
+    assert_eq!(h("web-02").config_digest.as_deref(), Some("d2"));
+    assert!(h("web-02").coverage_reduced);
+    assert_eq!(
+        h("web-02").trees,
+        [HostTree {
+            tree: "shop".into(),
+            exclude: vec!["var/cache/**".into(), "wp-content/**".into()],
+            local_exclude: vec!["wp-content/**".into()],
+            coverage_reduced: true,
+        }]
+    );
+    assert_eq!(
+        (
+            h("stg-01").config_digest.as_ref(),
+            h("stg-01").coverage_reduced
+        ),
+        (None, false)
+    );
+    assert!(h("stg-01").trees.is_empty());
     let latest = |i: usize| -> Vec<(&str, f64, &str)> {
         pg.latest_scans[i]
             .1
@@ -684,7 +737,7 @@ fn reopening_keeps_history_and_newer_schemas_are_refused() {
     assert!(err.contains("schema version 99"), "{err}");
 }
 
-/// A database written by schema version 1 (no `hosts.spool_depth`) is brought up to date when
+/// A database written by schema version 1 (no `hosts.spool_depth`, no `hosts.coverage`) is brought up to date when
 /// opened, by several instances at once, and keeps its history.
 #[test]
 fn a_version_1_database_is_migrated_when_opened() {
@@ -712,13 +765,14 @@ fn a_version_1_database_is_migrated_when_opened() {
     let mut c = db.client();
     c.batch_execute(
         "ALTER TABLE hosts DROP COLUMN spool_depth;
+         ALTER TABLE hosts DROP COLUMN coverage;
          UPDATE meta SET value = '1' WHERE key = 'schema_version';",
     )
     .expect("downgrade to version 1");
     let has_depth = |c: &mut postgres::Client| -> i64 {
         c.query_one(
             "SELECT COUNT(*) FROM information_schema.columns
-             WHERE table_name = 'hosts' AND column_name = 'spool_depth'",
+             WHERE table_name = 'hosts' AND column_name IN ('spool_depth', 'coverage')",
             &[],
         )
         .expect("columns")
@@ -733,12 +787,12 @@ fn a_version_1_database_is_migrated_when_opened() {
         hs.into_iter().map(|h| h.join().expect("thread")).collect()
     });
     assert!(heads.iter().all(|h| *h == head), "{heads:?} vs {head:?}");
-    assert_eq!(has_depth(&mut c), 1);
+    assert_eq!(has_depth(&mut c), 2, "both columns back");
     let version: String = c
         .query_one("SELECT value FROM meta WHERE key = 'schema_version'", &[])
         .expect("meta")
         .get(0);
-    assert_eq!(version, "2");
+    assert_eq!(version, "3");
 
     let s = db.open();
     let hosts = s.hosts(ts(d, 10, 0)).expect("hosts");
@@ -756,6 +810,17 @@ fn a_version_1_database_is_migrated_when_opened() {
     s.record_heartbeat(&hb("web-01", "production", 4, 6), ts(d, 11, 0))
         .expect("heartbeat");
     assert_eq!(s.hosts(ts(d, 11, 0)).expect("hosts")[0].spool_depth, 6);
+    // The new coverage column takes a heartbeat's coverage.
+    let mut with = hb("web-01", "production", 4, 6);
+    with.config_digest = Some("abc".into());
+    let o = s.record_heartbeat(&with, ts(d, 11, 1)).expect("heartbeat");
+    assert!(o.coverage_changed);
+    assert_eq!(
+        s.hosts(ts(d, 11, 1)).expect("hosts")[0]
+            .config_digest
+            .as_deref(),
+        Some("abc")
+    );
 }
 
 #[test]

@@ -278,6 +278,22 @@ pub struct TreeConfig {
     pub cross_filesystems: bool,
 }
 
+impl TreeConfig {
+    /// The compiled exclusions with a manifest's added (DESIGN §12.1: the manifest in force's
+    /// and the config's both apply). Both lists were validated when read, so compiling their
+    /// union cannot fail in practice; if it did, the config's alone stay, and it is logged.
+    pub fn with_manifest_exclude(&self, manifest: &[String]) -> GlobSet {
+        if manifest.is_empty() {
+            return glob::path_set(&self.exclude_globs).unwrap_or_else(|_| self.exclude.clone());
+        }
+        let all = super::coverage::effective(&self.exclude_globs, manifest);
+        glob::path_set(&all).unwrap_or_else(|why| {
+            tracing::error!(tree = %self.name, %why, "the manifest's exclusions could not be added; the config's apply");
+            glob::path_set(&self.exclude_globs).unwrap_or_default()
+        })
+    }
+}
+
 /// Where events go.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Uplink {

@@ -51,6 +51,15 @@ pub struct TreeRuntime {
     staging: Staging,
 }
 
+impl TreeRuntime {
+    /// Puts the tree's effective exclusions (the config's plus the manifest in force's) in
+    /// `cfg.exclude`, which every walk, judgement and summary of the tree reads. Called
+    /// whenever either side changes: a reload, a state loaded, a manifest come into force.
+    fn apply_manifest_exclude(&mut self) {
+        self.cfg.exclude = self.cfg.with_manifest_exclude(&self.state.manifest_exclude);
+    }
+}
+
 /// What a look at a tree's manifest file found.
 #[derive(Debug, PartialEq, Eq)]
 enum NewManifest {
@@ -217,6 +226,7 @@ impl Engine {
         for w in wanted {
             if let Some(t) = self.trees.iter_mut().find(|t| t.cfg.name == w.name) {
                 t.cfg = w;
+                t.apply_manifest_exclude();
                 // Keys may have changed: judge the manifest again.
                 t.manifest_stamp = None;
                 t.reverify = true;
@@ -229,7 +239,7 @@ impl Engine {
             });
             restore_approved(&dir, &mut state);
             tracing::info!(tree = %w.name, root = %w.root.display(), release = ?state.release, "watching tree");
-            self.trees.push(TreeRuntime {
+            let mut t = TreeRuntime {
                 cfg: w,
                 state,
                 dir,
@@ -239,7 +249,9 @@ impl Engine {
                 pending_deploy: None,
                 scan_seconds: 0.0,
                 staging: Staging::default(),
-            });
+            };
+            t.apply_manifest_exclude();
+            self.trees.push(t);
         }
     }
 
@@ -449,6 +461,14 @@ impl Engine {
         Ok(result)
     }
 
+    /// The exclusions of the manifest in force, per tree (for the heartbeat's coverage).
+    pub fn manifest_exclusions(&self) -> BTreeMap<String, Vec<String>> {
+        self.trees
+            .iter()
+            .map(|t| (t.cfg.name.clone(), t.state.manifest_exclude.clone()))
+            .collect()
+    }
+
     /// Re-examines paths touched in real time (a directory is re-walked whole).
     pub fn touched(
         &mut self,
@@ -478,7 +498,9 @@ impl Engine {
             let Ok(rel) = abs.strip_prefix(&t.cfg.root) else {
                 continue;
             };
-            if rel.as_os_str().is_empty() {
+            // The watcher drops what the config excludes; the manifest's exclusions are known
+            // here only. Same rule as the walk: an excluded path is not examined.
+            if rel.as_os_str().is_empty() || t.cfg.exclude.is_match(rel) {
                 continue;
             }
             let rel = RelPath::from_bytes(
@@ -782,6 +804,7 @@ impl Engine {
                 t.manifest_stamp = None;
             }
         }
+        t.apply_manifest_exclude();
     }
 
     /// Spools the saved outbox events the spool does not have: the agent died between saving a
@@ -890,6 +913,8 @@ impl Engine {
                 tracing::info!(tree = %t.cfg.name, release = %m.release, deploy, "manifest in force");
                 t.state.release = Some(m.release.clone());
                 t.state.manifest_created_at = Some(m.created_at);
+                t.state.manifest_exclude = m.exclude;
+                t.apply_manifest_exclude();
                 t.state.overlay.clear();
                 t.staging.reset();
                 t.state
@@ -949,6 +974,7 @@ fn restore_approved(dir: &Path, state: &mut TreeState) {
     };
     state.release = Some(m.release);
     state.manifest_created_at = Some(m.created_at);
+    state.manifest_exclude = m.exclude;
     state.approve(m.entries, *blake3::hash(&bytes).as_bytes(), false);
 }
 

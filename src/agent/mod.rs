@@ -5,6 +5,7 @@
 //! signal handlers, then waits for SIGTERM.
 
 pub mod config;
+pub mod coverage;
 pub mod engine;
 pub mod evidence;
 pub mod fetch;
@@ -88,7 +89,9 @@ impl Sink {
                 .await
                 .map(|_| ()),
             Sink::Embedded(store) => {
-                in_store(store, move |s| s.record_heartbeat(&hb, Timestamp::now())).await
+                in_store(store, move |s| s.record_heartbeat(&hb, Timestamp::now()))
+                    .await
+                    .map(|_| ())
             }
         }
     }
@@ -134,6 +137,8 @@ pub fn embedded_collector_config(
         audit_key: None,
         audit_pubkey: None,
         evidence_dir: Some(cfg.state_dir.join("evidence")),
+        // The agent's own [trust] rules apply (its config check requires what it needs).
+        uploads_refused: None,
     }
 }
 
@@ -251,6 +256,10 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
     let summaries: Arc<Mutex<BTreeMap<String, ScanSummary>>> =
         Arc::new(Mutex::new(BTreeMap::new()));
     let last_scan: Arc<Mutex<Option<Timestamp>>> = Arc::new(Mutex::new(None));
+    // The exclusions of each tree's manifest in force, published by the engine thread: a
+    // change sends a heartbeat at once, so the collector learns of a coverage change without
+    // waiting a heartbeat period. Starts with what the saved state has in force.
+    let (excl_tx, excl_rx) = tokio::sync::watch::channel(engine.manifest_exclusions());
 
     // The embedded collector serves the dashboard and API on the same store.
     let mut server = None;
@@ -277,6 +286,14 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
         let wake = wake.clone();
         let summaries = summaries.clone();
         let last_scan = last_scan.clone();
+        let publish = move |engine: &Engine| {
+            let now = engine.manifest_exclusions();
+            excl_tx.send_if_modified(|old| {
+                let changed = *old != now;
+                *old = now;
+                changed
+            });
+        };
         std::thread::Builder::new().name("engine".into()).spawn(move || {
             let _alive = alive_tx;
             let mut ready = Some(ready_tx);
@@ -284,6 +301,7 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
             for name in trees {
                 scan_one(&mut engine, &name, None, &summaries, &last_scan);
             }
+            publish(&engine);
             wake.notify_one();
             if let Some(r) = ready.take() {
                 let _ = r.send(());
@@ -342,6 +360,7 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
                         }
                     }
                 }
+                publish(&engine);
                 wake.notify_one();
             }
         })?
@@ -432,9 +451,12 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
     let heartbeat = {
         let (spool, last_scan) = (spool.clone(), last_scan.clone());
         let mut live_rx = live_rx.clone();
+        let mut excl_rx = excl_rx;
+        let mut excl_open = true;
         tokio::spawn(async move {
             loop {
                 let Live { cfg, sink } = live_rx.borrow_and_update().clone();
+                let in_force = excl_rx.borrow_and_update().clone();
                 let (dropped, depth) = {
                     let s = spool.lock().unwrap_or_else(|e| e.into_inner());
                     (s.dropped, s.depth())
@@ -450,6 +472,15 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
                         .map(crate::timefmt::format_timestamp),
                     spool_dropped: dropped,
                     spool_depth: depth,
+                    config_digest: Some(coverage::config_digest(&cfg)),
+                    coverage: cfg
+                        .trees
+                        .iter()
+                        .map(|t| {
+                            let release = in_force.get(&t.name).map_or(&[][..], Vec::as_slice);
+                            coverage::tree_coverage(&t.name, &t.exclude_globs, release)
+                        })
+                        .collect(),
                 };
                 if let Err(e) = sink.heartbeat(hb).await {
                     tracing::debug!(error = %e, "heartbeat not delivered");
@@ -458,6 +489,8 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
                     _ = tokio::time::sleep(cfg.heartbeat) => {},
                     // New settings: a heartbeat at once, then at the new period.
                     r = live_rx.changed() => if r.is_err() { return },
+                    // A manifest with other exclusions came into force: the same.
+                    r = excl_rx.changed(), if excl_open => excl_open = r.is_ok(),
                 }
             }
         })

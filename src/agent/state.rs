@@ -78,6 +78,9 @@ struct Persisted {
     version: u32,
     release: Option<String>,
     manifest_created_at: Option<Timestamp>,
+    /// The exclusions of the manifest in force (older files: none).
+    #[serde(default)]
+    manifest_exclude: Vec<String>,
     last_scan: Option<Timestamp>,
     last_full_rehash: Option<Timestamp>,
     overlay: Vec<(String, Option<StateDto>)>,
@@ -134,6 +137,8 @@ pub struct TreeState {
     pub release: Option<String>,
     /// Its `created_at`: only a newer manifest is a deploy.
     pub manifest_created_at: Option<Timestamp>,
+    /// Its exclusions: the tree's effective exclusions are these plus the config's.
+    pub manifest_exclude: Vec<String>,
     /// When the last observation finished.
     pub last_scan: Option<Timestamp>,
     /// When the last full rehash finished.
@@ -273,6 +278,7 @@ impl TreeState {
         Ok(TreeState {
             release: p.release,
             manifest_created_at: p.manifest_created_at,
+            manifest_exclude: p.manifest_exclude,
             last_scan: p.last_scan,
             last_full_rehash: p.last_full_rehash,
             overlay,
@@ -301,6 +307,7 @@ impl TreeState {
             version: 1,
             release: self.release.clone(),
             manifest_created_at: self.manifest_created_at,
+            manifest_exclude: self.manifest_exclude.clone(),
             last_scan: self.last_scan,
             last_full_rehash: self.last_full_rehash,
             overlay: self

@@ -129,9 +129,16 @@ pub fn run_config_check(config: Option<PathBuf>) -> anyhow::Result<u8> {
     let problems = if is_agent {
         check_agent(&text, &path)
     } else {
-        CollectorConfig::parse(&text, &path)
-            .err()
-            .unwrap_or_default()
+        match CollectorConfig::parse(&text, &path) {
+            Ok(cfg) => {
+                // Valid, but worth knowing (a collector without [trust] refuses uploads).
+                for w in cfg.warnings() {
+                    eprintln!("driftwatch: warning: {w}");
+                }
+                Vec::new()
+            }
+            Err(problems) => problems,
+        }
     };
     if problems.is_empty() {
         println!(

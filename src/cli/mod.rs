@@ -179,7 +179,8 @@ pub struct BuildArgs {
     /// Tree name (default: the root directory's name).
     #[arg(long, value_name = "NAME")]
     pub tree: Option<String>,
-    /// Leave paths out (glob relative to the root; `*` does not cross `/`). Repeatable.
+    /// Leave paths out (glob relative to the root; `*` does not cross `/`). Repeatable. Recorded
+    /// in the manifest (`exclude`), so every check and agent applies it too.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
     /// Sign with this secret key, writing FILE.minisig (needs -o).
@@ -392,8 +393,10 @@ fn manifest_build(args: BuildArgs) -> anyhow::Result<u8> {
             hostname()
         )
     });
+    // The exclusions travel with the release: every check and agent applies them (§12.1).
     let manifest =
-        Manifest::from_snapshot(&snap, &tree, &args.release, &created_by, !args.no_owner)?;
+        Manifest::from_snapshot(&snap, &tree, &args.release, &created_by, !args.no_owner)?
+            .with_exclude(&args.exclude);
     let json = manifest.to_canonical_json();
     match &args.output {
         Some(path) => {

@@ -329,7 +329,9 @@ async fn post_heartbeat(
     let token = authorize(&state, &headers, &[Role::Agent]).await?;
     let hb: Heartbeat = parse_json(&body)?;
     bound_host(&token, &hb.host)?;
-    blocking(&state, move |s| s.record_heartbeat(&hb, Timestamp::now())).await?;
+    // The outcome says whether the host's coverage changed: the `coverage` alert (§12.3) will
+    // be raised from here; nothing acts on it yet.
+    let _outcome = blocking(&state, move |s| s.record_heartbeat(&hb, Timestamp::now())).await?;
     state.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
     Ok(axum::Json(json!({"ok": true})).into_response())
 }
@@ -349,6 +351,7 @@ async fn put_manifest(
     body: Bytes,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Role::Admin]).await?;
+    uploads_allowed(&state)?;
     let doc: SignedDoc = parse_json(&body)?;
     let text = doc
         .manifest
@@ -381,6 +384,17 @@ async fn put_manifest(
         axum::Json(json!({"tree": m.tree, "release": m.release})),
     )
         .into_response())
+}
+
+/// Without a `[trust]` table nothing uploaded could be checked: manifests and change entries
+/// are refused with 409 Conflict (the request is valid; the collector's configuration is what
+/// conflicts with it, and retrying will not help until an operator sets the keys: not the 503
+/// of a passing outage, which clients and load balancers retry and count against the instance).
+fn uploads_allowed(state: &AppState) -> ApiResult<()> {
+    match &state.cfg.uploads_refused {
+        Some(why) => Err(ApiError::new(StatusCode::CONFLICT, why.clone())),
+        None => Ok(()),
+    }
 }
 
 fn check_signature(
@@ -437,6 +451,7 @@ async fn post_change(
     body: Bytes,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Role::Admin]).await?;
+    uploads_allowed(&state)?;
     store_change(&state, None, &body).await
 }
 
@@ -447,6 +462,7 @@ async fn approve_change(
     body: Bytes,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Role::Admin]).await?;
+    uploads_allowed(&state)?;
     let known = id.clone();
     let exists = blocking(&state, move |s| {
         Ok(s.changes()?.into_iter().any(|c| c.id == known))

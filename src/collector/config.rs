@@ -190,6 +190,9 @@ pub struct CollectorConfig {
     pub audit_pubkey: Option<PathBuf>,
     /// Evidence store to serve (embedded mode: the agent's `STATE_DIR/evidence`).
     pub evidence_dir: Option<PathBuf>,
+    /// Why manifest and change-entry uploads are refused, when they are: the config has no
+    /// `[trust]` table, so nothing uploaded could be checked. Ingestion, KPI and reads work.
+    pub uploads_refused: Option<String>,
 }
 
 /// Parses `8MiB`, `512KiB`, `1GiB`, `100000` (bytes).
@@ -225,6 +228,9 @@ impl CollectorConfig {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
+        // The minimal config (§5) has no [trust]: the collector still ingests and serves the
+        // KPI, and refuses uploads it could not check until keys are set.
+        let has_trust = table.contains_key("trust");
         let mut problems: Vec<String> = crate::confkeys::strip_unknown(&mut table, &SCHEMA)
             .into_iter()
             .map(|m| format!("{p}: {m}"))
@@ -303,7 +309,7 @@ impl CollectorConfig {
             );
         }
         let (release_keys, approver_keys) = raw.trust.load_keys(&mut |name, m| field(name, Err(m)));
-        if raw.trust.require_signatures && raw.trust.approver_keys.is_empty() {
+        if has_trust && raw.trust.require_signatures && raw.trust.approver_keys.is_empty() {
             field("trust.approver_keys", Err("require_signatures = true needs at least one approver key (or set require_signatures = false)".into()));
         }
         if let Some(t) = &raw.tls {
@@ -343,7 +349,17 @@ impl CollectorConfig {
             audit_key: raw.audit.key,
             audit_pubkey: raw.audit.pubkey,
             evidence_dir: None,
+            uploads_refused: (!has_trust).then(|| {
+                format!(
+                    "{p}: no [trust] table: manifest and change-entry uploads are refused until trust.release_keys and trust.approver_keys are set (or trust.require_signatures = false)"
+                )
+            }),
         })
+    }
+
+    /// What is valid but worth saying (`config check`, start-up): one line each.
+    pub fn warnings(&self) -> Vec<String> {
+        self.uploads_refused.iter().cloned().collect()
     }
 
     /// The change-log policy these settings imply.
@@ -382,7 +398,6 @@ mod tests {
             "silent_after",
             "kpi.target",
             "kpi.timezone",
-            "trust.approver_keys",
         ] {
             assert!(
                 errs.iter().any(|e| e.contains(want)),
@@ -391,6 +406,33 @@ mod tests {
         }
         let errs = CollectorConfig::parse("lisen = \"x\"\n", Path::new("c.toml")).unwrap_err();
         assert!(errs[0].contains("lisen"), "{errs:?}");
+    }
+
+    #[test]
+    fn without_trust_the_config_loads_and_uploads_are_refused() {
+        let c = CollectorConfig::parse("storage = \"sqlite:///tmp/x.db\"\n", Path::new("c.toml"))
+            .unwrap();
+        let why = c.uploads_refused.as_deref().unwrap();
+        assert!(why.starts_with("c.toml: no [trust] table"), "{why}");
+        assert!(why.contains("trust.release_keys") && why.contains("trust.approver_keys"));
+        assert_eq!(c.warnings(), [why.to_string()]);
+        // An explicit [trust] that needs keys and names none is still an error.
+        let errs = CollectorConfig::parse(
+            "storage = \"sqlite:///tmp/x.db\"\n[trust]\nrequire_signatures = true\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.contains("trust.approver_keys")),
+            "{errs:?}"
+        );
+        let c = CollectorConfig::parse(
+            "storage = \"sqlite:///tmp/x.db\"\n[trust]\nrequire_signatures = false\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.uploads_refused, None);
+        assert!(c.warnings().is_empty());
     }
 
     #[test]

@@ -354,9 +354,26 @@ fn page(state: &AppState, d: &Data, env: Option<&str>) -> String {
     let info: BTreeMap<&str, &HostInfo> = d.hosts.iter().map(|x| (x.host.as_str(), x)).collect();
     for r in &d.host_rows {
         let cls = if r.met { "" } else { " class=bad" };
+        // A host excluding more than its releases do watches less than they ask (§12.1).
+        let mark = info
+            .get(r.host.as_str())
+            .filter(|x| x.coverage_reduced)
+            .map(|x| {
+                let globs: Vec<String> = x
+                    .trees
+                    .iter()
+                    .filter(|t| t.coverage_reduced)
+                    .map(|t| format!("{}: {}", t.tree, t.local_exclude.join(", ")))
+                    .collect();
+                format!(
+                    " <span class=coverage>coverage reduced: {}</span>",
+                    esc(&globs.join("; "))
+                )
+            })
+            .unwrap_or_default();
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td{cls}>{}</td><td>{}/{}</td><td>{}</td></tr>",
+            "<tr><td>{}{mark}</td><td>{}</td><td>{}</td><td>{}</td><td{cls}>{}</td><td>{}/{}</td><td>{}</td></tr>",
             esc(&r.host),
             esc(&r.environment),
             r.changes,
@@ -366,7 +383,6 @@ fn page(state: &AppState, d: &Data, env: Option<&str>) -> String {
             r.host_days,
             r.silent_host_days
         );
-        let _ = info.get(r.host.as_str());
     }
     h.push_str("</table><footer>driftwatch ");
     h.push_str(env!("CARGO_PKG_VERSION"));
@@ -441,6 +457,6 @@ fn chart(days: &[KpiRow], target: f64) -> String {
 const STYLE: &str = "<style>body{font:15px/1.4 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}main{max-width:1100px;margin:auto;padding:16px}\
 h1 small,h2 small{color:#667;font-weight:normal;font-size:60%}table{border-collapse:collapse;width:100%;background:#fff;margin-bottom:16px}\
 td,th{border-bottom:1px solid #e3e6ea;padding:4px 6px;text-align:left;font-size:13px}.hash{font-family:monospace;font-size:11px;max-width:140px;overflow:hidden;text-overflow:ellipsis}\
-.path{font-family:monospace}.bad{color:#b00020;font-weight:600}.ok{color:#137333}.cards{display:flex;gap:12px}.card{background:#fff;padding:8px 14px;border-left:6px solid #999;flex:1}\
+.path{font-family:monospace}.bad{color:#b00020;font-weight:600}.coverage{color:#8a4b00;font-weight:600;font-size:13px}.ok{color:#137333}.cards{display:flex;gap:12px}.card{background:#fff;padding:8px 14px;border-left:6px solid #999;flex:1}\
 .card.ok{border-color:#137333}.card.miss{border-color:#b00020}.big{font-size:32px;margin:0}svg{background:#fff}.line{fill:none;stroke:#1a5fb4;stroke-width:2}\
 .target{stroke:#b00020;stroke-dasharray:6 4}.pt{fill:#1a5fb4}.pt.miss{fill:#b00020}.label{font-size:11px;fill:#667}.filters{margin:8px 0}footer{color:#667;font-size:12px}</style>";

@@ -57,6 +57,10 @@ impl Collector {
         store: Arc<dyn Store>,
     ) -> Result<Collector, CollectorError> {
         let tls = cfg.tls.as_ref().map(tls_acceptor).transpose()?;
+        for w in cfg.warnings() {
+            tracing::warn!("{w}");
+            eprintln!("driftwatch: warning: {w}");
+        }
         let listener =
             TcpListener::bind(cfg.listen)
                 .await

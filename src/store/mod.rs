@@ -180,6 +180,34 @@ pub struct HostInfo {
     pub retired: bool,
     /// Seconds since it was last seen (the API marks it silent beyond `silent_after`).
     pub silent_for_seconds: i64,
+    /// Digest of the agent's effective config, from its last heartbeat (`None`: an agent
+    /// that does not report it).
+    pub config_digest: Option<String>,
+    /// Whether any tree excludes more than its manifest in force (DESIGN §12.1).
+    pub coverage_reduced: bool,
+    /// Per tree, the exclusions its last heartbeat reported (empty from older agents).
+    pub trees: Vec<HostTree>,
+}
+
+/// One tree's exclusions on a host, as its last heartbeat reported them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostTree {
+    /// Tree name.
+    pub tree: String,
+    /// Effective exclusions (the agent config's and the manifest in force's).
+    pub exclude: Vec<String>,
+    /// The config's exclusions the manifest in force does not carry.
+    pub local_exclude: Vec<String>,
+    /// `local_exclude` is not empty: the host watches less than the release asks.
+    pub coverage_reduced: bool,
+}
+
+/// What storing a heartbeat found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeartbeatOutcome {
+    /// The host's reported coverage (config digest or any tree's exclusions) differs from what
+    /// its previous heartbeat reported: where a `coverage` alert will hook in (§12.3).
+    pub coverage_changed: bool,
 }
 
 /// The latest scan summary of one tree on one host.
@@ -284,8 +312,12 @@ pub trait Store: Send + Sync + 'static {
     fn list_tokens(&self) -> Result<Vec<Token>, StoreError>;
     /// Revokes a token; revoking a host's last agent token retires the host (no longer expected).
     fn revoke_token(&self, id: i64, now: Timestamp) -> Result<Token, StoreError>;
-    /// Notes a heartbeat.
-    fn record_heartbeat(&self, hb: &Heartbeat, now: Timestamp) -> Result<(), StoreError>;
+    /// Notes a heartbeat, with the coverage it reports.
+    fn record_heartbeat(
+        &self,
+        hb: &Heartbeat,
+        now: Timestamp,
+    ) -> Result<HeartbeatOutcome, StoreError>;
     /// Stores a batch idempotently.
     fn ingest(&self, batch: &EventBatch, now: Timestamp) -> Result<IngestResult, StoreError>;
     /// Lists events.

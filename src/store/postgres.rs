@@ -30,15 +30,16 @@ use super::records::{
     is_violation, kpi_body, live_from, micros, new_secret, reclass_body, seal_range, token_hash,
 };
 use super::{
-    ChainHead, ChainReport, EventQuery, HostInfo, LatestScan, Role, Store, StoreError,
-    StoredChange, StoredEvent, StoredManifest, Token, keep_latest,
+    ChainHead, ChainReport, EventQuery, HeartbeatOutcome, HostInfo, LatestScan, Role, Store,
+    StoreError, StoredChange, StoredEvent, StoredManifest, Token, keep_latest,
 };
 use crate::event::{EventBatch, Heartbeat, IngestResult};
 use crate::kpi::HostDay;
 use crate::timefmt;
 
-/// Schema version this code writes. 2: `hosts.spool_depth`.
-const SCHEMA_VERSION: i64 = 2;
+/// Schema version this code writes. 2: `hosts.spool_depth`. 3: `hosts.coverage` (added by
+/// [`upgrade`] alone, for new and old databases alike).
+const SCHEMA_VERSION: i64 = 3;
 
 /// Advisory lock held while migrating, so instances starting together create the tables once.
 const MIGRATION_LOCK: i64 = 0x6472_6966_7477_6d31; // "driftwm1"
@@ -362,6 +363,18 @@ fn upgrade(tx: &mut Transaction<'_>) -> Result<(), ::postgres::Error> {
         tx.batch_execute(
             "ALTER TABLE hosts ADD COLUMN IF NOT EXISTS spool_depth BIGINT NOT NULL DEFAULT 0",
         )?;
+    }
+    // 3: the coverage of the last heartbeat (records::coverage_column); NULL until an agent
+    // that reports it sends one.
+    let has_coverage: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute
+               WHERE attrelid = to_regclass('hosts') AND attname = 'coverage' AND NOT attisdropped)",
+            &[],
+        )?
+        .try_get(0)?;
+    if !has_coverage {
+        tx.batch_execute("ALTER TABLE hosts ADD COLUMN IF NOT EXISTS coverage TEXT")?;
     }
     Ok(())
 }
@@ -909,23 +922,38 @@ impl Store for PgStore {
         })
     }
 
-    fn record_heartbeat(&self, hb: &Heartbeat, now: Timestamp) -> Res<()> {
+    fn record_heartbeat(&self, hb: &Heartbeat, now: Timestamp) -> Res<HeartbeatOutcome> {
         let day = self.day_of(now).to_string();
+        let coverage = records::coverage_column(hb);
         self.with(|c| {
             let mut tx = c.transaction().map_err(db("heartbeat"))?;
             upsert_host(&mut tx, &hb.host, &hb.environment, micros(now), &day)?;
+            // FOR UPDATE: two collectors taking heartbeats of one host must not both see the
+            // old coverage and both report a change.
+            let before: Option<String> = tx
+                .query_one(
+                    "SELECT coverage FROM hosts WHERE name = $1 FOR UPDATE",
+                    &[&hb.host],
+                )
+                .map_err(db("heartbeat"))?
+                .get(0);
             tx.execute(
-                "UPDATE hosts SET agent_version = $1, spool_dropped = GREATEST(spool_dropped, $2), spool_depth = $3
-                 WHERE name = $4",
+                "UPDATE hosts SET agent_version = $1, spool_dropped = GREATEST(spool_dropped, $2), spool_depth = $3,
+                   coverage = $4
+                 WHERE name = $5",
                 &[
                     &hb.agent_version,
                     &(hb.spool_dropped as i64),
                     &(hb.spool_depth as i64),
+                    &coverage,
                     &hb.host,
                 ],
             )
             .map_err(db("heartbeat"))?;
-            tx.commit().map_err(db("heartbeat"))
+            tx.commit().map_err(db("heartbeat"))?;
+            Ok(HeartbeatOutcome {
+                coverage_changed: before != coverage,
+            })
         })
     }
 
@@ -1226,7 +1254,7 @@ impl Store for PgStore {
             Ok(c.query(
                 "SELECT name, environment, first_seen, last_seen, agent_version, last_seq, missing_seqs, replays,
                    spool_dropped, retired_day, (SELECT COUNT(*) FROM events e WHERE e.host = h.name AND e.open),
-                   spool_depth
+                   spool_depth, coverage
                  FROM hosts h ORDER BY name",
                 &[],
             )
@@ -1234,6 +1262,8 @@ impl Store for PgStore {
             .iter()
             .map(|r| {
                 let last: i64 = r.get(3);
+                let (config_digest, trees) =
+                    records::coverage_of(r.get::<_, Option<String>>(12).as_deref());
                 HostInfo {
                     host: r.get(0),
                     environment: r.get(1),
@@ -1248,6 +1278,9 @@ impl Store for PgStore {
                     retired: r.get::<_, Option<String>>(9).is_some(),
                     open_unauthorized: r.get::<_, i64>(10) as u64,
                     silent_for_seconds: (now_us - last).max(0) / 1_000_000,
+                    coverage_reduced: trees.iter().any(|t| t.coverage_reduced),
+                    config_digest,
+                    trees,
                 }
             })
             .collect())

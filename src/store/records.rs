@@ -10,8 +10,8 @@ use jiff::civil::Date;
 use serde_json::json;
 
 use super::chain::{self, GENESIS};
-use super::{ChainReport, StoreError};
-use crate::event::ChangeEvent;
+use super::{ChainReport, HostTree, StoreError};
+use crate::event::{ChangeEvent, Heartbeat, TreeCoverage};
 use crate::kpi::HostDay;
 use crate::timefmt;
 
@@ -31,6 +31,48 @@ pub fn new_secret() -> Result<String, StoreError> {
             message: e.to_string(),
         })?;
     Ok(format!("dw_{}", hex::encode(raw)))
+}
+
+/// The `hosts.coverage` column as stored by both backends.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CoverageColumn {
+    config_digest: Option<String>,
+    trees: Vec<TreeCoverage>,
+}
+
+/// A heartbeat's coverage as stored in `hosts.coverage`: canonical JSON (trees sorted by name),
+/// so equal coverage gives equal text and a change is a text comparison. `None` when the
+/// heartbeat carries neither a digest nor trees (an agent older than the fields).
+pub fn coverage_column(hb: &Heartbeat) -> Option<String> {
+    if hb.config_digest.is_none() && hb.coverage.is_empty() {
+        return None;
+    }
+    let mut trees = hb.coverage.clone();
+    trees.sort_by(|a, b| a.tree.cmp(&b.tree));
+    let col = CoverageColumn {
+        config_digest: hb.config_digest.clone(),
+        trees,
+    };
+    Some(serde_json::to_string(&col).expect("plain data serializes"))
+}
+
+/// `hosts.coverage` read back: the config digest and the trees, each marked reduced when it
+/// excludes more than its manifest. A value this code cannot read (hand-edited) shows as none.
+pub fn coverage_of(col: Option<&str>) -> (Option<String>, Vec<HostTree>) {
+    let Some(c) = col.and_then(|c| serde_json::from_str::<CoverageColumn>(c).ok()) else {
+        return (None, Vec::new());
+    };
+    let trees = c
+        .trees
+        .into_iter()
+        .map(|t| HostTree {
+            coverage_reduced: !t.local_exclude.is_empty(),
+            tree: t.tree,
+            exclude: t.exclude,
+            local_exclude: t.local_exclude,
+        })
+        .collect();
+    (c.config_digest, trees)
 }
 
 /// A timestamp as stored: microseconds since the Unix epoch.

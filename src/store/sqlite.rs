@@ -18,15 +18,16 @@ use super::records::{
     is_violation, kpi_body, live_from, micros, new_secret, reclass_body, seal_range,
 };
 use super::{
-    ChainHead, ChainReport, EventQuery, HostInfo, LatestScan, Role, Store, StoreError,
-    StoredChange, StoredEvent, StoredManifest, Token, keep_latest,
+    ChainHead, ChainReport, EventQuery, HeartbeatOutcome, HostInfo, LatestScan, Role, Store,
+    StoreError, StoredChange, StoredEvent, StoredManifest, Token, keep_latest,
 };
 use crate::event::{EventBatch, Heartbeat, IngestResult};
 use crate::kpi::HostDay;
 use crate::timefmt;
 
-/// Schema version this code writes. 2: `hosts.spool_depth`.
-const SCHEMA_VERSION: i64 = 2;
+/// Schema version this code writes. 2: `hosts.spool_depth`. 3: `hosts.coverage` (added by
+/// [`migrate`] alone, for new and old files alike).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -169,6 +170,16 @@ fn migrate(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     )?;
     if !has_depth {
         tx.execute_batch("ALTER TABLE hosts ADD COLUMN spool_depth INTEGER NOT NULL DEFAULT 0")?;
+    }
+    // 3: the coverage of the last heartbeat (records::coverage_column); NULL until an agent
+    // that reports it sends one.
+    let has_coverage: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('hosts') WHERE name = 'coverage')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_coverage {
+        tx.execute_batch("ALTER TABLE hosts ADD COLUMN coverage TEXT")?;
     }
     Ok(())
 }
@@ -337,17 +348,35 @@ impl Store for SqliteStore {
         Ok(token)
     }
 
-    fn record_heartbeat(&self, hb: &Heartbeat, now: Timestamp) -> Res<()> {
+    fn record_heartbeat(&self, hb: &Heartbeat, now: Timestamp) -> Res<HeartbeatOutcome> {
         let day = self.day_of(now).to_string();
+        let coverage = records::coverage_column(hb);
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("heartbeat"))?;
         upsert_host(&tx, &hb.host, &hb.environment, micros(now), &day)?;
+        let before: Option<String> = tx
+            .query_row(
+                "SELECT coverage FROM hosts WHERE name = ?1",
+                [&hb.host],
+                |r| r.get(0),
+            )
+            .map_err(db("heartbeat"))?;
         tx.execute(
-            "UPDATE hosts SET agent_version = ?1, spool_dropped = MAX(spool_dropped, ?2), spool_depth = ?3 WHERE name = ?4",
-            params![hb.agent_version, hb.spool_dropped as i64, hb.spool_depth as i64, hb.host],
+            "UPDATE hosts SET agent_version = ?1, spool_dropped = MAX(spool_dropped, ?2), spool_depth = ?3, coverage = ?4
+             WHERE name = ?5",
+            params![
+                hb.agent_version,
+                hb.spool_dropped as i64,
+                hb.spool_depth as i64,
+                coverage,
+                hb.host
+            ],
         )
         .map_err(db("heartbeat"))?;
-        tx.commit().map_err(db("heartbeat"))
+        tx.commit().map_err(db("heartbeat"))?;
+        Ok(HeartbeatOutcome {
+            coverage_changed: before != coverage,
+        })
     }
 
     fn ingest(&self, batch: &EventBatch, now: Timestamp) -> Res<IngestResult> {
@@ -632,7 +661,8 @@ impl Store for SqliteStore {
         let mut st = conn
             .prepare(
                 "SELECT name, environment, first_seen, last_seen, agent_version, last_seq, missing_seqs, replays, spool_dropped,
-                   retired_day, (SELECT COUNT(*) FROM events e WHERE e.host = h.name AND e.open = 1), spool_depth
+                   retired_day, (SELECT COUNT(*) FROM events e WHERE e.host = h.name AND e.open = 1), spool_depth,
+                   coverage
                  FROM hosts h ORDER BY name",
             )
             .map_err(db("hosts"))?;
@@ -640,6 +670,8 @@ impl Store for SqliteStore {
         let rows = st
             .query_map([], |r| {
                 let last: i64 = r.get(3)?;
+                let (config_digest, trees) =
+                    records::coverage_of(r.get::<_, Option<String>>(12)?.as_deref());
                 Ok(HostInfo {
                     host: r.get(0)?,
                     environment: r.get(1)?,
@@ -654,6 +686,9 @@ impl Store for SqliteStore {
                     retired: r.get::<_, Option<String>>(9)?.is_some(),
                     open_unauthorized: r.get::<_, i64>(10)? as u64,
                     silent_for_seconds: (now_us - last).max(0) / 1_000_000,
+                    coverage_reduced: trees.iter().any(|t| t.coverage_reduced),
+                    config_digest,
+                    trees,
                 })
             })
             .map_err(db("hosts"))?;

@@ -387,6 +387,8 @@ pub mod seed {
             last_scan: None,
             spool_dropped: 0,
             spool_depth: 0,
+            config_digest: None,
+            coverage: vec![],
         };
         store
             .record_heartbeat(&hb, now)
