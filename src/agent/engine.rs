@@ -12,6 +12,7 @@ use jiff::Timestamp;
 
 use super::config::{AgentConfig, TreeConfig};
 use super::evidence::Evidence;
+use super::observe::{Files, Observer, Scope};
 use super::spool::{Spool, SpoolError};
 use super::staging::Staging;
 use super::state::{self, TreeState};
@@ -23,8 +24,53 @@ use crate::event::{ChangeEvent, ScanSummary};
 use crate::manifest::Manifest;
 use crate::pathbytes::RelPath;
 use crate::sign;
-use crate::snapshot::{self, Entry, Kind, ScanOptions};
-use crate::walk::WalkOptions;
+use crate::snapshot::{self, Entry};
+
+/// Why a pass over a tree did not complete. Nothing of such a pass was taken as reported: its
+/// changes are observed again by the next pass.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The observer could not look at the tree at all.
+    #[error(transparent)]
+    Observe(#[from] snapshot::ScanError),
+    /// The tree root leads nowhere; reported as one `unverifiable` change of the tree.
+    #[error("{0}: the tree is unverifiable until its root leads to a directory again")]
+    RootUnreadable(crate::walk::WalkError),
+    /// The tree root leads nowhere, and the spool had no room to say so yet.
+    #[error("{0} (not reported yet: the spool is full)")]
+    RootUnreported(crate::walk::WalkError),
+    /// The spool could not be written.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The tree's state could not be saved (the pass was undone).
+    #[error("{}: {source}", dir.display())]
+    Save {
+        /// The tree's state dir.
+        dir: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+/// Why a manifest file was not taken in force (logged once per distinct reason).
+#[derive(Debug, thiserror::Error)]
+enum ManifestRefused {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Signature(#[from] sign::SignError),
+    #[error(transparent)]
+    Parse(#[from] crate::manifest::ManifestError),
+    #[error("{}: tree: {got:?} is not {want:?}", path.display())]
+    OtherTree {
+        path: PathBuf,
+        got: String,
+        want: String,
+    },
+}
 
 /// The path of a change of the tree as a whole (its root unreadable): `.`, the tree root.
 pub const TREE_ROOT: &[u8] = b".";
@@ -119,6 +165,8 @@ pub struct Engine {
     pub spooled: Option<Arc<tokio::sync::Notify>>,
     /// The change directory's listing with stat stamps when it was last loaded.
     changes_stamp: Option<Vec<(PathBuf, Option<Stamp>)>>,
+    /// How trees are looked at (files on disk; see [`super::observe`]).
+    observer: Box<dyn Observer>,
     /// Hold back a deploy's staging copies (see [`super::staging`]): only where something will
     /// judge them later (the daemon calls [`Engine::judge_held`]); a one-shot scan reports all.
     pub hold_staging: bool,
@@ -184,6 +232,7 @@ impl Engine {
             spooled: None,
             changes_stamp: None,
             hold_staging: false,
+            observer: Box::new(Files),
             cfg,
         };
         e.sync_trees();
@@ -332,7 +381,7 @@ impl Engine {
     }
 
     /// A full scan of one tree (`rehash` ignores the stat cache).
-    pub fn full_scan(&mut self, i: usize, rehash: bool) -> Result<PassResult, String> {
+    pub fn full_scan(&mut self, i: usize, rehash: bool) -> Result<PassResult, EngineError> {
         self.load_changes();
         let news = self.refresh_manifest(i);
         self.scan_tree(i, rehash, news)
@@ -343,7 +392,7 @@ impl Engine {
         i: usize,
         rehash: bool,
         news: NewManifest,
-    ) -> Result<PassResult, String> {
+    ) -> Result<PassResult, EngineError> {
         // A first manifest for a tree observed without one: every path is judged against it, as
         // in a first observation (the baseline vetted nothing). Kept in the state until a pass
         // commits everything it found, so a full spool or a crash cannot skip it.
@@ -376,26 +425,21 @@ impl Engine {
         } else {
             Some(t.state.table.clone())
         };
-        let opts = ScanOptions {
-            walk: WalkOptions {
-                exclude: t.cfg.exclude.clone(),
-                skip: own_files(&t.cfg),
-                cross_filesystems: t.cfg.cross_filesystems,
-            },
+        let skip = own_files(&t.cfg);
+        let scope = Scope {
+            root: &t.cfg.root,
+            exclude: &t.cfg.exclude,
+            skip: &skip,
+            cross_filesystems: t.cfg.cross_filesystems,
             threads: self.cfg.threads,
-            cache,
-            ..ScanOptions::default()
         };
-        let snap = match snapshot::scan(&t.cfg.root, &opts) {
+        // The cache's reference is given away and dropped with the scan, so committing does not
+        // copy the table.
+        let snap = match self.observer.full(&scope, cache) {
             Ok(snap) => snap,
-            Err(snapshot::ScanError::Walk(e)) => {
-                drop(opts);
-                return self.root_unreadable(i, e.to_string());
-            }
-            Err(e) => return Err(e.to_string()),
+            Err(snapshot::ScanError::Walk(e)) => return self.root_unreadable(i, e),
+            Err(e) => return Err(e.into()),
         };
-        // Release the cache's reference so committing does not copy the snapshot.
-        drop(opts);
         let scanned = (snap.stats.files, snap.stats.dirs, snap.stats.bytes);
         let observed = if t.state.observed && rejudge_from.is_none() {
             // Only what differs from the last observation is judged: a re-scan of an unchanged
@@ -449,9 +493,10 @@ impl Engine {
         };
         t.scan_seconds = started.elapsed().as_secs_f64();
         let summary = tracker.summary(&t.state, now, t.scan_seconds);
-        t.state
-            .save(&t.dir)
-            .map_err(|e| format!("{}: {e}", t.dir.display()))?;
+        t.state.save(&t.dir).map_err(|source| EngineError::Save {
+            dir: t.dir.clone(),
+            source,
+        })?;
         self.summaries.insert(t.cfg.name.clone(), summary.clone());
         // A full scan frees a whole tree's worth of temporary entries: give them back to the
         // system instead of keeping the peak as resident memory.
@@ -474,7 +519,7 @@ impl Engine {
         &mut self,
         i: usize,
         abs_paths: &BTreeSet<PathBuf>,
-    ) -> Result<PassResult, String> {
+    ) -> Result<PassResult, EngineError> {
         // A manifest or ticket may arrive between scans: a new release found now turns this
         // update into a full scan, so every deployed path is judged against it.
         self.load_changes();
@@ -506,29 +551,20 @@ impl Engine {
             let rel = RelPath::from_bytes(
                 std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()).to_vec(),
             );
-            let entry = snapshot::examine(abs, rel.clone());
+            let scope = Scope {
+                root: &t.cfg.root,
+                exclude: &t.cfg.exclude,
+                skip: &skip,
+                cross_filesystems: t.cfg.cross_filesystems,
+                threads: self.cfg.threads,
+            };
+            let (entry, below) = self.observer.path(&scope, abs, &rel);
             // Whatever was below a path that changed type or vanished is gone unless seen again.
             for p in t.state.table.observed_below(&rel) {
                 paths.entry(p).or_insert(None);
             }
-            if let Some(e) = &entry
-                && e.meta.kind == Kind::Dir
-            {
-                let opts = ScanOptions {
-                    walk: WalkOptions {
-                        exclude: t.cfg.exclude.clone(),
-                        skip: skip.clone(),
-                        cross_filesystems: t.cfg.cross_filesystems,
-                    },
-                    threads: self.cfg.threads,
-                    prefix: Some(rel.clone()),
-                    ..ScanOptions::default()
-                };
-                if let Ok(sub) = snapshot::scan(abs, &opts) {
-                    for e in sub.entries {
-                        paths.insert(e.path.clone(), Some(e));
-                    }
-                }
+            for e in below {
+                paths.insert(e.path.clone(), Some(e));
             }
             paths.insert(rel, entry);
         }
@@ -561,10 +597,10 @@ impl Engine {
         now: Timestamp,
         deploy: Option<&str>,
         realtime: bool,
-    ) -> Result<PassResult, String> {
+    ) -> Result<PassResult, EngineError> {
         // Events saved in an outbox whose spool append failed go first, before that outbox
         // is replaced.
-        self.recover_outboxes().map_err(|e| e.to_string())?;
+        self.recover_outboxes()?;
         let t = &mut self.trees[i];
         if self.hold_staging && t.state.observed {
             t.staging
@@ -685,20 +721,19 @@ impl Engine {
             t.state.rejudge = resume.map(|from| state::Rejudge { from, t0: r.t0 });
         }
         t.state.outbox = kept.clone();
-        if let Err(e) = t.state.save(&t.dir) {
+        if let Err(source) = t.state.save(&t.dir) {
             // Nothing was spooled: go back to what is on disk, so these changes are observed
             // (and reported) again by the next pass instead of being taken as reported.
-            let why = format!("{}: {e}", t.dir.display());
+            let dir = t.dir.clone();
             self.reset_tree(i);
-            return Err(why);
+            return Err(EngineError::Save { dir, source });
         }
         // 3. Spool (fsync), then log.
         if !kept.is_empty() {
             self.spool
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .append_numbered(&kept)
-                .map_err(|e| e.to_string())?;
+                .append_numbered(&kept)?;
             if let Some(n) = &self.spooled {
                 n.notify_one();
             }
@@ -727,12 +762,16 @@ impl Engine {
     /// root removed): one `unverifiable` change of the tree itself (path [`TREE_ROOT`]), open
     /// until a scan reads the root again, which closes it like any path back in its approved
     /// state. Reported once per episode; the scan still fails (logged by the caller).
-    fn root_unreadable(&mut self, i: usize, why: String) -> Result<PassResult, String> {
+    fn root_unreadable(
+        &mut self,
+        i: usize,
+        why: crate::walk::WalkError,
+    ) -> Result<PassResult, EngineError> {
         let root = RelPath::from_bytes(TREE_ROOT.to_vec());
         if self.trees[i].state.open.contains_key(&root) {
-            return Err(why);
+            return Err(EngineError::RootUnreadable(why));
         }
-        self.recover_outboxes().map_err(|e| e.to_string())?;
+        self.recover_outboxes()?;
         let t = &self.trees[i];
         let now = Timestamp::now();
         let t0 = t.state.last_scan.unwrap_or(now);
@@ -757,7 +796,7 @@ impl Engine {
             .number(&mut events);
         if fit == 0 {
             self.spool.lock().unwrap_or_else(|e| e.into_inner()).dropped += 1;
-            return Err(format!("{why} (spool full: not reported yet)"));
+            return Err(EngineError::RootUnreported(why));
         }
         let t = &mut self.trees[i];
         t.state.open.insert(
@@ -769,23 +808,21 @@ impl Engine {
             }],
         );
         t.state.outbox = events.clone();
-        if let Err(e) = t.state.save(&t.dir) {
-            let msg = format!("{why}; and {}: {e}", t.dir.display());
+        if let Err(source) = t.state.save(&t.dir) {
+            let dir = t.dir.clone();
             self.reset_tree(i);
-            return Err(msg);
+            tracing::error!(tree = %self.trees[i].cfg.name, error = %why, "tree root unreadable");
+            return Err(EngineError::Save { dir, source });
         }
         self.spool
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .append_numbered(&events)
-            .map_err(|e| e.to_string())?;
+            .append_numbered(&events)?;
         if let Some(n) = &self.spooled {
             n.notify_one();
         }
         log_event(&self.cfg.host, &events[0]);
-        Err(format!(
-            "{why}: the tree is unverifiable until its root leads to a directory again"
-        ))
+        Err(EngineError::RootUnreadable(why))
     }
 
     /// Replaces a tree's in-memory state with the one saved on disk (after a failed save).
@@ -849,8 +886,11 @@ impl Engine {
         }
         let in_force_digest = t.state.in_force().map(|m| m.digest);
         let reverify = std::mem::take(&mut t.reverify);
-        let loaded = (|| -> Result<Option<(Manifest, Vec<u8>)>, String> {
-            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let loaded = (|| -> Result<Option<(Manifest, Vec<u8>)>, ManifestRefused> {
+            let bytes = std::fs::read(&path).map_err(|source| ManifestRefused::Read {
+                path: path.clone(),
+                source,
+            })?;
             // The manifest in force, unchanged (every start, every reload): judging it again
             // could not change what is in force, and a large one costs a second to parse. After
             // a change of keys its signature is checked again, so the log says when the release
@@ -867,16 +907,15 @@ impl Engine {
             }
             // A manifest from the collector counts only when signed by a key this agent trusts.
             if require || !keys.is_empty() || fetched {
-                sign::verify_bytes(&bytes, &path, &keys).map_err(|e| e.to_string())?;
+                sign::verify_bytes(&bytes, &path, &keys)?;
             }
-            let m = Manifest::parse(&bytes, &path).map_err(|e| e.to_string())?;
+            let m = Manifest::parse(&bytes, &path)?;
             if m.tree != t.cfg.name {
-                return Err(format!(
-                    "{}: tree: {:?} is not {:?}",
-                    path.display(),
-                    m.tree,
-                    t.cfg.name
-                ));
+                return Err(ManifestRefused::OtherTree {
+                    path: path.clone(),
+                    got: m.tree,
+                    want: t.cfg.name.clone(),
+                });
             }
             Ok(Some((m, bytes)))
         })();
@@ -884,6 +923,7 @@ impl Engine {
             Ok(Some(x)) => x,
             Ok(None) => return NewManifest::Unchanged,
             Err(why) => {
+                let why = why.to_string();
                 if t.warned.insert(why.clone()) {
                     tracing::error!(tree = %t.cfg.name, %why, "manifest rejected; it authorizes nothing");
                 }

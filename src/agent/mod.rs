@@ -9,6 +9,7 @@ pub mod coverage;
 pub mod engine;
 pub mod evidence;
 pub mod fetch;
+pub mod observe;
 pub mod spool;
 pub mod staging;
 pub mod state;

@@ -388,3 +388,266 @@ pub fn commit(state: &mut TreeState, p: Pending, seqs: &[u64]) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The judgement, without a daemon: a tree state built in memory, observations handed in,
+    //! the events and commits checked.
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::manifest::ManifestEntry;
+    use crate::snapshot::{Kind, Meta};
+
+    fn cfg() -> TreeConfig {
+        TreeConfig {
+            name: "shop".into(),
+            root: PathBuf::from("/srv/shop"),
+            manifest: None,
+            exclude_globs: vec!["var/cache/**".into()],
+            exclude: crate::glob::path_set(&["var/cache/**".to_string()]).unwrap(),
+            cross_filesystems: false,
+        }
+    }
+
+    fn p(s: &str) -> RelPath {
+        RelPath::from_bytes(s.as_bytes())
+    }
+
+    fn file(path: &str, content: u8) -> Entry {
+        Entry {
+            path: p(path),
+            meta: Meta {
+                kind: Kind::File,
+                size: 10,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 1,
+                ctime_ns: 1,
+                ino: u64::from(content),
+                dev: 1,
+                nlink: 1,
+            },
+            blake3: Some([content; 32]),
+            target: None,
+            problem: None,
+        }
+    }
+
+    fn approve(state: &mut TreeState, files: &[(&str, u8)], release: &str, deploy: bool) {
+        let entries = files
+            .iter()
+            .map(|(path, c)| ManifestEntry {
+                path: p(path),
+                state: State::of(&file(path, *c)),
+            })
+            .collect();
+        state.release = Some(release.into());
+        state.manifest_created_at = Some("2026-11-01T00:00:00Z".parse().unwrap());
+        state.approve(entries, [release.len() as u8; 32], deploy);
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    /// r1 in force and observed as approved: `index.php` (1) and `app.js` (2).
+    fn observed_r1() -> TreeState {
+        let mut st = TreeState::default();
+        approve(&mut st, &[("index.php", 1), ("app.js", 2)], "r1", false);
+        for (path, c) in [("index.php", 1), ("app.js", 2)] {
+            st.observe(&p(path), Some(Observed::of(&file(path, c))));
+        }
+        st
+    }
+
+    fn judge(
+        st: &mut TreeState,
+        entries: &[ChangeEntry],
+        seen: Vec<(RelPath, Option<Entry>)>,
+        deploy: Option<&str>,
+    ) -> Vec<ChangeEvent> {
+        let cfg = cfg();
+        let t = Tracker {
+            tree: &cfg,
+            host: "web-01",
+            entries,
+            has_manifest: true,
+        };
+        let now = ts("2026-11-20T12:00:00Z");
+        let mut pending = t.observe(st, seen, ts("2026-11-20T11:00:00Z"), now, deploy, None);
+        let changed: BTreeSet<RelPath> = pending
+            .iter()
+            .filter(|x| x.changed)
+            .map(|x| x.path.clone())
+            .collect();
+        pending.splice(0..0, t.reconsider_open(st, now, deploy, &changed));
+        let mut events = Vec::new();
+        for item in pending {
+            let seqs: Vec<u64> = (0..item.events.len())
+                .map(|k| (events.len() + k + 1) as u64)
+                .collect();
+            events.extend(item.events.iter().cloned().zip(&seqs).map(|(mut e, s)| {
+                e.seq = *s;
+                e
+            }));
+            commit(st, item, &seqs);
+        }
+        events
+    }
+
+    fn brief(events: &[ChangeEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| format!("{} {} {}", e.path, e.change, e.status))
+            .collect()
+    }
+
+    #[test]
+    fn an_edit_opens_and_putting_it_back_closes_without_counting() {
+        let mut st = observed_r1();
+        let ev = judge(
+            &mut st,
+            &[],
+            vec![(p("app.js"), Some(file("app.js", 9)))],
+            None,
+        );
+        assert_eq!(brief(&ev), ["app.js modified unauthorized"]);
+        assert!(st.open.contains_key(&p("app.js")));
+        let ev = judge(
+            &mut st,
+            &[],
+            vec![(p("app.js"), Some(file("app.js", 2)))],
+            None,
+        );
+        assert_eq!(
+            brief(&ev),
+            ["app.js modified resolved"],
+            "no counted change"
+        );
+        assert_eq!(ev[0].resolves, Some(1));
+        assert!(st.open.is_empty());
+    }
+
+    #[test]
+    fn a_deploy_lands_as_release_whenever_the_files_come() {
+        let mut st = observed_r1();
+        // r2 changes app.js and adds new.js; the deploy's own pass sees nothing yet.
+        approve(
+            &mut st,
+            &[("index.php", 1), ("app.js", 3), ("new.js", 4)],
+            "r2",
+            true,
+        );
+        assert!(judge(&mut st, &[], vec![], Some("r2")).is_empty());
+        // Later, without a deploy in this pass: each lands as r2, once.
+        let ev = judge(
+            &mut st,
+            &[],
+            vec![(p("app.js"), Some(file("app.js", 3)))],
+            None,
+        );
+        assert_eq!(brief(&ev), ["app.js modified release:r2"]);
+        let ev = judge(
+            &mut st,
+            &[],
+            vec![(p("new.js"), Some(file("new.js", 4)))],
+            None,
+        );
+        assert_eq!(brief(&ev), ["new.js added release:r2"]);
+        // Edited and put back: no second deploy.
+        judge(
+            &mut st,
+            &[],
+            vec![(p("new.js"), Some(file("new.js", 8)))],
+            None,
+        );
+        let ev = judge(
+            &mut st,
+            &[],
+            vec![(p("new.js"), Some(file("new.js", 4)))],
+            None,
+        );
+        assert_eq!(brief(&ev), ["new.js modified resolved"]);
+    }
+
+    #[test]
+    fn files_before_their_manifest_close_as_the_release() {
+        let mut st = observed_r1();
+        let ev = judge(
+            &mut st,
+            &[],
+            vec![(p("app.js"), Some(file("app.js", 3)))],
+            None,
+        );
+        assert_eq!(brief(&ev), ["app.js modified unauthorized"]);
+        approve(&mut st, &[("index.php", 1), ("app.js", 3)], "r2", true);
+        let ev = judge(&mut st, &[], vec![], Some("r2"));
+        assert_eq!(brief(&ev), ["app.js modified release:r2"]);
+        assert_eq!(ev[0].resolves, Some(1), "re-classifies the earlier verdict");
+        assert!(st.open.is_empty());
+    }
+
+    #[test]
+    fn tickets_excludes_and_unreadable_files() {
+        let mut st = observed_r1();
+        let ticket = ChangeEntry::parse(
+            "id = \"CHG-1\"\nsummary = \"s\"\nrequested_by = \"alice\"\napproved_by = \"bob\"\n\
+             approved_at = \"2026-11-20T10:00:00Z\"\nhosts = [\"web-*\"]\ntrees = [\"shop\"]\n\
+             paths = [\"app.js\"]\nstart = \"2026-11-20T10:00:00Z\"\nend = \"2026-11-20T13:00:00Z\"\n",
+            Path::new("CHG-1.toml"),
+        )
+        .unwrap();
+        let mut broken = file("index.php", 1);
+        broken.problem = Some("Permission denied".into());
+        let ev = judge(
+            &mut st,
+            std::slice::from_ref(&ticket),
+            vec![
+                (p("app.js"), Some(file("app.js", 5))),
+                (p("index.php"), Some(broken)),
+                (p("var/cache/x"), Some(file("var/cache/x", 6))),
+            ],
+            None,
+        );
+        assert_eq!(
+            brief(&ev),
+            [
+                "app.js modified change:CHG-1",
+                "index.php modified unverifiable"
+            ]
+        );
+        // The ticketed content is now approved: seeing it again is no change.
+        let ev = judge(
+            &mut st,
+            &[ticket],
+            vec![(p("app.js"), Some(file("app.js", 5)))],
+            None,
+        );
+        assert!(ev.is_empty(), "{ev:?}");
+    }
+
+    #[test]
+    fn the_summary_counts_what_was_judged() {
+        let mut st = observed_r1();
+        let cfg = cfg();
+        let t = Tracker {
+            tree: &cfg,
+            host: "web-01",
+            entries: &[],
+            has_manifest: true,
+        };
+        let now = ts("2026-11-20T12:00:00Z");
+        assert_eq!(t.summary(&st, now, 0.0).vetted, 2);
+        judge(
+            &mut st,
+            &[],
+            vec![(p("shell.php"), Some(file("shell.php", 7)))],
+            None,
+        );
+        let s = t.summary(&st, now, 0.0);
+        assert_eq!((s.vetted, s.paths), (2, 3), "the web shell is not vetted");
+    }
+}
