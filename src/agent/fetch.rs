@@ -190,6 +190,46 @@ fn keep(path: &Path, text: &[u8], minisig: Option<&str>) -> Result<bool, String>
     Ok(true)
 }
 
+/// Looks for manifests and change entries on the collector every heartbeat period; what
+/// arrives is judged by a scan of the trees concerned at once. Runs until aborted.
+pub(super) fn spawn_poller(
+    mut live_rx: tokio::sync::watch::Receiver<super::Live>,
+    tx: std::sync::mpsc::Sender<super::Command>,
+) -> tokio::task::JoinHandle<()> {
+    use super::{Command, Live};
+    tokio::spawn(async move {
+        loop {
+            let Live { cfg, sink } = live_rx.borrow_and_update().clone();
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.heartbeat) => {},
+                r = live_rx.changed() => if r.is_err() { return } else { continue },
+            }
+            if !cfg.has_collector() {
+                continue;
+            }
+            let (f, failed) = fetch(&sink, &cfg).await;
+            if !failed.is_empty() {
+                tracing::debug!(error = %failed.join("; "), "not everything could be fetched from the collector");
+            }
+            if f.changes > 0 {
+                tracing::info!(entries = f.changes, manifests = ?f.manifests, "fetched from the collector");
+                let _ = tx.send(Command::Scan {
+                    tree: None,
+                    rehash: None,
+                });
+            } else {
+                for tree in f.manifests {
+                    tracing::info!(tree = %tree, "manifest fetched from the collector");
+                    let _ = tx.send(Command::Scan {
+                        tree: Some(tree),
+                        rehash: None,
+                    });
+                }
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,25 +1,31 @@
 //! The agent daemon: scheduled and real-time detection, durable reporting (DESIGN §9).
 //!
-//! Read top to bottom: [`run`] loads the config, starts the engine thread (scans, state, spool),
-//! the uplink (spool → collector, with backoff), the heartbeat, the real-time watcher and the
-//! signal handlers, then waits for SIGTERM.
+//! Read top to bottom: [`run`] loads the config, starts the engine thread (`worker`: scans,
+//! state, spool), the uplink (`uplink`: spool → collector, with backoff), the heartbeat
+//! (`heartbeat`), the collector poller (`fetch`), the real-time watcher (`watch`) and the signal
+//! handlers, then waits for SIGTERM. The judgement itself is `engine` (passes and the commit
+//! protocol) over `tracker` (classification), `observe` (how a tree is looked at), `table` and
+//! `state` (what is remembered), `staging` (a deploy's copies on their way in).
 
 pub mod config;
 pub mod coverage;
 pub mod engine;
 pub mod evidence;
 pub mod fetch;
+mod heartbeat;
 pub mod observe;
 pub mod spool;
 pub mod staging;
 pub mod state;
 pub mod table;
 pub mod tracker;
+mod uplink;
 pub mod watch;
+mod worker;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -31,7 +37,7 @@ use crate::collector::config::CollectorConfig;
 use crate::event::{EventBatch, Heartbeat, IngestResult, ScanSummary};
 use crate::store::{Store, sqlite::SqliteStore};
 use config::{AgentConfig, Uplink};
-use engine::{Engine, PassResult};
+use engine::Engine;
 use spool::Spool;
 
 /// Work for the engine thread.
@@ -254,9 +260,6 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
     let wake = Arc::new(Notify::new());
     engine.spooled = Some(wake.clone());
     engine.hold_staging = true;
-    let summaries: Arc<Mutex<BTreeMap<String, ScanSummary>>> =
-        Arc::new(Mutex::new(BTreeMap::new()));
-    let last_scan: Arc<Mutex<Option<Timestamp>>> = Arc::new(Mutex::new(None));
     // The exclusions of each tree's manifest in force, published by the engine thread: a
     // change sends a heartbeat at once, so the collector learns of a coverage change without
     // waiting a heartbeat period. Starts with what the saved state has in force.
@@ -278,94 +281,16 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
     }
 
     // Engine thread: owns the state; everything else talks to it through `tx`.
-    let (tx, rx) = mpsc::channel::<Command>();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-    // Dropped when the engine thread ends, however it ends: a dead engine must stop the agent
-    // (systemd restarts it) rather than leave a process that looks alive and watches nothing.
-    let (alive_tx, mut alive_rx) = tokio::sync::oneshot::channel::<()>();
-    let engine_thread = {
-        let wake = wake.clone();
-        let summaries = summaries.clone();
-        let last_scan = last_scan.clone();
-        let publish = move |engine: &Engine| {
-            let now = engine.manifest_exclusions();
-            excl_tx.send_if_modified(|old| {
-                let changed = *old != now;
-                *old = now;
-                changed
-            });
-        };
-        std::thread::Builder::new().name("engine".into()).spawn(move || {
-            let _alive = alive_tx;
-            let mut ready = Some(ready_tx);
-            let trees: Vec<String> = engine.trees.iter().map(|t| t.cfg.name.clone()).collect();
-            for name in trees {
-                scan_one(&mut engine, &name, None, &summaries, &last_scan);
-            }
-            publish(&engine);
-            wake.notify_one();
-            if let Some(r) = ready.take() {
-                let _ = r.send(());
-            }
-            loop {
-                // A deploy's staging copies held back are judged when due, even if nothing else
-                // happens then.
-                let cmd = match engine.next_held_due() {
-                    Some(due) => match rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
-                        Ok(cmd) => cmd,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            engine.judge_held();
-                            wake.notify_one();
-                            continue;
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    },
-                    None => match rx.recv() {
-                        Ok(cmd) => cmd,
-                        Err(_) => break,
-                    },
-                };
-                match cmd {
-                    Command::Stop => break,
-                    Command::Reload(cfg) => {
-                        engine.reload(*cfg);
-                        let trees: Vec<String> = engine.trees.iter().map(|t| t.cfg.name.clone()).collect();
-                        for name in trees {
-                            if engine.trees.iter().any(|t| t.cfg.name == name && t.state.last_scan.is_none()) {
-                                scan_one(&mut engine, &name, None, &summaries, &last_scan);
-                            }
-                        }
-                    }
-                    Command::Scan { tree, rehash } => {
-                        let names: Vec<String> = match tree {
-                            Some(t) => vec![t],
-                            None => engine.trees.iter().map(|t| t.cfg.name.clone()).collect(),
-                        };
-                        for name in names {
-                            scan_one(&mut engine, &name, rehash, &summaries, &last_scan);
-                        }
-                    }
-                    Command::Touched { tree, paths } => {
-                        if let Some(i) = engine.tree_index(&tree) {
-                            match engine.touched(i, &paths) {
-                                Ok(r) => {
-                                    if let Some(s) = r.summary {
-                                        summaries
-                                            .lock()
-                                            .unwrap_or_else(|e| e.into_inner())
-                                            .insert(tree.clone(), s);
-                                    }
-                                }
-                                Err(e) => tracing::error!(tree = %tree, error = %e, "real-time update failed"),
-                            }
-                        }
-                    }
-                }
-                publish(&engine);
-                wake.notify_one();
-            }
-        })?
+    let shared = worker::Shared {
+        wake: wake.clone(),
+        ..Default::default()
     };
+    let worker::Worker {
+        tx,
+        ready: ready_rx,
+        alive: mut alive_rx,
+        thread: engine_thread,
+    } = worker::spawn(engine, shared.clone(), excl_tx)?;
 
     // What the uplink and the heartbeat use; SIGHUP replaces it.
     let (live_tx, live_rx) = tokio::sync::watch::channel(Live {
@@ -375,165 +300,24 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
 
     // Uplink: spool → collector, exponential backoff with jitter, never losing what is not acked.
     let stopping = Arc::new(tokio::sync::watch::channel(false).0);
-    let uplink = {
-        let (spool, wake, summaries) = (spool.clone(), wake.clone(), summaries.clone());
-        let mut live_rx = live_rx.clone();
-        let mut stop_rx = stopping.subscribe();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(500);
-            // Drops already followed by a resync.
-            let mut resynced = 0u64;
-            loop {
-                let Live { cfg, sink } = live_rx.borrow_and_update().clone();
-                let scans: Vec<ScanSummary> =
-                    std::mem::take(&mut *summaries.lock().unwrap_or_else(|e| e.into_inner()))
-                        .into_values()
-                        .collect();
-                match flush(&spool, &sink, &cfg, scans.clone()).await {
-                    Ok(_) => {
-                        backoff = Duration::from_millis(500);
-                        // Events a full spool refused are found again by a full scan: run it as
-                        // soon as the spool has room, not at the next scheduled one.
-                        let (dropped, depth) = {
-                            let s = spool.lock().unwrap_or_else(|e| e.into_inner());
-                            (s.dropped, s.depth())
-                        };
-                        if dropped > resynced && depth == 0 {
-                            tracing::info!(
-                                dropped,
-                                "spool drained after drops: full scan to resync"
-                            );
-                            resynced = dropped;
-                            let _ = tx.send(Command::Scan {
-                                tree: None,
-                                rehash: None,
-                            });
-                        }
-                    }
-                    Err(e) => {
-                        // Keep the summaries for the next attempt.
-                        {
-                            let mut s = summaries.lock().unwrap_or_else(|e| e.into_inner());
-                            for sc in scans {
-                                s.entry(sc.tree.clone()).or_insert(sc);
-                            }
-                        }
-                        if !matches!(sink, Sink::None) {
-                            tracing::warn!(error = %e, retry_in = ?backoff, "uplink: collector unreachable; events stay in the spool");
-                        }
-                        let jitter = Duration::from_millis(u64::from(
-                            Timestamp::now().subsec_nanosecond().unsigned_abs() % 250,
-                        ));
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff + jitter) => {},
-                            _ = stop_rx.changed() => return,
-                            // A reloaded [collector] is tried at once.
-                            _ = live_rx.changed() => backoff = Duration::from_millis(250),
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(60));
-                        continue;
-                    }
-                }
-                if *stop_rx.borrow() {
-                    return;
-                }
-                tokio::select! {
-                    _ = wake.notified() => {},
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {},
-                    _ = stop_rx.changed() => return,
-                    _ = live_rx.changed() => {},
-                }
-            }
-        })
-    };
+    let uplink = uplink::spawn(
+        spool.clone(),
+        &shared,
+        live_rx.clone(),
+        stopping.subscribe(),
+        tx.clone(),
+    );
 
     // Heartbeat.
-    let heartbeat = {
-        let (spool, last_scan) = (spool.clone(), last_scan.clone());
-        let mut live_rx = live_rx.clone();
-        let mut excl_rx = excl_rx;
-        let mut excl_open = true;
-        tokio::spawn(async move {
-            loop {
-                let Live { cfg, sink } = live_rx.borrow_and_update().clone();
-                let in_force = excl_rx.borrow_and_update().clone();
-                let (dropped, depth) = {
-                    let s = spool.lock().unwrap_or_else(|e| e.into_inner());
-                    (s.dropped, s.depth())
-                };
-                let hb = Heartbeat {
-                    host: cfg.host.clone(),
-                    environment: cfg.environment.clone(),
-                    agent_version: env!("CARGO_PKG_VERSION").into(),
-                    trees: cfg.trees.iter().map(|t| t.name.clone()).collect(),
-                    last_scan: last_scan
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .map(crate::timefmt::format_timestamp),
-                    spool_dropped: dropped,
-                    spool_depth: depth,
-                    config_digest: Some(coverage::config_digest(&cfg)),
-                    coverage: cfg
-                        .trees
-                        .iter()
-                        .map(|t| {
-                            let release = in_force.get(&t.name).map_or(&[][..], Vec::as_slice);
-                            coverage::tree_coverage(&t.name, &t.exclude_globs, release)
-                        })
-                        .collect(),
-                };
-                if let Err(e) = sink.heartbeat(hb).await {
-                    tracing::debug!(error = %e, "heartbeat not delivered");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(cfg.heartbeat) => {},
-                    // New settings: a heartbeat at once, then at the new period.
-                    r = live_rx.changed() => if r.is_err() { return },
-                    // A manifest with other exclusions came into force: the same.
-                    r = excl_rx.changed(), if excl_open => excl_open = r.is_ok(),
-                }
-            }
-        })
-    };
+    let heartbeat = heartbeat::spawn(
+        spool.clone(),
+        shared.last_scan.clone(),
+        live_rx.clone(),
+        excl_rx,
+    );
 
-    // Manifests and change entries from the collector, looked for every heartbeat period; what
-    // arrives is judged by a scan of the trees concerned at once.
-    let fetcher = {
-        let mut live_rx = live_rx.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            loop {
-                let Live { cfg, sink } = live_rx.borrow_and_update().clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(cfg.heartbeat) => {},
-                    r = live_rx.changed() => if r.is_err() { return } else { continue },
-                }
-                if !cfg.has_collector() {
-                    continue;
-                }
-                let (f, failed) = fetch::fetch(&sink, &cfg).await;
-                if !failed.is_empty() {
-                    tracing::debug!(error = %failed.join("; "), "not everything could be fetched from the collector");
-                }
-                if f.changes > 0 {
-                    tracing::info!(entries = f.changes, manifests = ?f.manifests, "fetched from the collector");
-                    let _ = tx.send(Command::Scan {
-                        tree: None,
-                        rehash: None,
-                    });
-                } else {
-                    for tree in f.manifests {
-                        tracing::info!(tree = %tree, "manifest fetched from the collector");
-                        let _ = tx.send(Command::Scan {
-                            tree: Some(tree),
-                            rehash: None,
-                        });
-                    }
-                }
-            }
-        })
-    };
+    // Manifests and change entries from the collector, every heartbeat period.
+    let fetcher = fetch::spawn_poller(live_rx.clone(), tx.clone());
 
     // Watches go up before the first scan ends, so nothing written meanwhile is missed (its
     // events wait in the engine's queue until the scan is done).
@@ -686,47 +470,6 @@ fn reload(
         sink,
     });
     Ok(new)
-}
-
-fn scan_one(
-    engine: &mut Engine,
-    name: &str,
-    rehash: Option<bool>,
-    summaries: &Arc<Mutex<BTreeMap<String, ScanSummary>>>,
-    last_scan: &Arc<Mutex<Option<Timestamp>>>,
-) -> Option<PassResult> {
-    let i = engine.tree_index(name)?;
-    let due = {
-        let t = &engine.trees[i];
-        let full = engine.cfg.full_rehash;
-        t.state
-            .last_full_rehash
-            .is_none_or(|at| Timestamp::now().duration_since(at).unsigned_abs() >= full)
-    };
-    match engine.full_scan(i, rehash.unwrap_or(due)) {
-        Ok(r) => {
-            if let Some(s) = &r.summary {
-                summaries
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(name.to_string(), s.clone());
-            }
-            *last_scan.lock().unwrap_or_else(|e| e.into_inner()) = Some(Timestamp::now());
-            tracing::info!(
-                tree = name,
-                files = r.scanned.0,
-                dirs = r.scanned.1,
-                events = r.events.len(),
-                seconds = r.summary.as_ref().map(|s| s.seconds).unwrap_or(0.0),
-                "scan finished"
-            );
-            Some(r)
-        }
-        Err(e) => {
-            tracing::error!(tree = name, error = %e, "scan failed");
-            None
-        }
-    }
 }
 
 /// The state dir lock: one agent (or `scan`) per state dir at a time.
