@@ -759,3 +759,43 @@ fn a_git_pull_deploy_is_one_release_change_per_path() {
     want.sort();
     assert_eq!(summary(&evs), want, "{}", agent.proc.log());
 }
+
+/// `vetted_ratio` is current: a web shell found in real time lowers the day's vetted ratio at
+/// once, not at the next full scan (which here is an hour away).
+#[test]
+fn the_vetted_ratio_reflects_a_change_found_in_real_time() {
+    let fx = Fx::new();
+    fx.build_manifest();
+    let spec = AgentSpec::for_fx(&fx);
+    let config = fx.base.join("agent.toml");
+    spec.write(&config);
+    let agent = Agent::start(&config);
+    let vetted = || {
+        let out = run([
+            OsStr::new("kpi"),
+            OsStr::new("--db"),
+            spec.db().as_os_str(),
+            OsStr::new("--format"),
+            OsStr::new("json"),
+        ]);
+        // Exit 1: the day's KPI is below target once the web shell is in.
+        assert!(matches!(out.code, 0 | 1), "{}", out.stderr);
+        out.json()[0]["vetted_ratio"].as_f64()
+    };
+    poll(secs(10), || (vetted() == Some(1.0)).then_some(()))
+        .unwrap_or_else(|| panic!("first scan: vetted {:?}\n{}", vetted(), agent.proc.log()));
+    fx.write("wp-content/uploads/shell.php", b"<?php system($_GET['c']);\n");
+    // 11 paths (files and directories) vetted of 12.
+    poll(secs(10), || {
+        vetted()
+            .is_some_and(|v| (v - 11.0 / 12.0).abs() < 1e-3)
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "vetted ratio after the web shell: {:?}\n{}",
+            vetted(),
+            agent.proc.log()
+        )
+    });
+}
