@@ -1,76 +1,89 @@
 //! Unknown-key detection for TOML configs that reports every bad key at once.
 //!
 //! serde's `deny_unknown_fields` stops at the first unknown key; a sysadmin fixing a config wants
-//! the whole list together with every other problem, so unknown keys are found (and removed)
-//! here first and the rest of the validation runs on what is left.
+//! the whole list together with every other problem. So the config structs accept unknown keys,
+//! and [`deserialize`] collects every key they ignored (via `serde_ignored`) as a problem. The
+//! structs are the one list of keys: there is no schema table beside them to keep in step.
 
-/// Allowed keys: top-level keys, then for each table (or array of tables) its keys.
-pub struct Schema<'a> {
-    /// Keys allowed at the top.
-    pub top: &'a [&'a str],
-    /// `(table, keys)`: a `[table]` or `[[table]]` and the keys allowed in it.
-    pub tables: &'a [(&'a str, &'a [&'a str])],
+use serde::de::DeserializeOwned;
+
+/// Deserializes `table` into `T`; every key `T` does not know is pushed onto `problems` as
+/// `path.to.key: unknown key` (array items as `tree[0].key`). A value of the wrong type is the
+/// error (serde stops there).
+pub fn deserialize<T: DeserializeOwned>(
+    table: toml::Table,
+    problems: &mut Vec<String>,
+) -> Result<T, toml::de::Error> {
+    let mut unknown = Vec::new();
+    let value = serde_ignored::deserialize(toml::Value::Table(table), |path| {
+        unknown.push(key_path(&path));
+    });
+    problems.extend(unknown.into_iter().map(|k| format!("{k}: unknown key")));
+    value
 }
 
-/// Removes unknown keys from `t` and returns one message per key, naming its full path.
-pub fn strip_unknown(t: &mut toml::Table, schema: &Schema<'_>) -> Vec<String> {
-    let mut problems = Vec::new();
-    t.retain(|k, _| {
-        let ok = schema.top.contains(&k);
-        if !ok {
-            problems.push(format!(
-                "{k}: unknown key (expected one of: {})",
-                schema.top.join(", ")
-            ));
-        }
-        ok
-    });
-    for (name, keys) in schema.tables {
-        let mut check = |prefix: String, table: &mut toml::Table| {
-            table.retain(|k, _| {
-                let ok = keys.contains(&k);
-                if !ok {
-                    problems.push(format!(
-                        "{prefix}.{k}: unknown key (expected one of: {})",
-                        keys.join(", ")
-                    ));
-                }
-                ok
-            });
-        };
-        match t.get_mut(*name) {
-            Some(toml::Value::Table(table)) => check(name.to_string(), table),
-            Some(toml::Value::Array(items)) => {
-                for (i, item) in items.iter_mut().enumerate() {
-                    if let toml::Value::Table(table) = item {
-                        check(format!("{name}[{i}]"), table);
-                    }
-                }
-            }
-            _ => {}
-        }
+/// `tree[0].route` for the path serde_ignored reports as `tree.0.route`.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => match key_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
     }
-    problems
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Cfg {
+        name: i64,
+        #[serde(default)]
+        scan: Option<Scan>,
+        #[serde(default)]
+        tree: Vec<Tree>,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Scan {
+        interval: i64,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Tree {
+        name: i64,
+    }
+
     #[test]
     fn every_unknown_key_is_named() {
-        let mut t: toml::Table = "colour = 1\nname = 2\n[scan]\nintervl = 3\ninterval = 4\n[[tree]]\nname = 5\nroute = 6\n"
+        let t: toml::Table = "colour = 1\nname = 2\n[scan]\nintervl = 3\ninterval = 4\n[[tree]]\nname = 5\nroute = 6\n"
             .parse()
             .unwrap();
-        let schema = Schema {
-            top: &["name", "scan", "tree"],
-            tables: &[("scan", &["interval"]), ("tree", &["name"])],
-        };
-        let problems = strip_unknown(&mut t, &schema);
-        assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(problems[0].starts_with("colour:"));
-        assert!(problems.iter().any(|p| p.starts_with("scan.intervl:")));
-        assert!(problems.iter().any(|p| p.starts_with("tree[0].route:")));
-        assert!(!t.contains_key("colour"));
+        let mut problems = Vec::new();
+        let cfg: Cfg = deserialize(t, &mut problems).unwrap();
+        assert_eq!(cfg.name, 2);
+        assert_eq!(
+            problems,
+            [
+                "colour: unknown key",
+                "scan.intervl: unknown key",
+                "tree[0].route: unknown key"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_is_the_error_and_unknown_keys_still_listed() {
+        let t: toml::Table = "name = \"x\"\ncolour = 1\n".parse().unwrap();
+        let mut problems = Vec::new();
+        assert!(deserialize::<Cfg>(t, &mut problems).is_err());
     }
 }

@@ -784,7 +784,10 @@ fn the_vetted_ratio_reflects_a_change_found_in_real_time() {
     };
     poll(secs(10), || (vetted() == Some(1.0)).then_some(()))
         .unwrap_or_else(|| panic!("first scan: vetted {:?}\n{}", vetted(), agent.proc.log()));
-    fx.write("wp-content/uploads/shell.php", b"<?php system($_GET['c']);\n");
+    fx.write(
+        "wp-content/uploads/shell.php",
+        b"<?php system($_GET['c']);\n",
+    );
     // 11 paths (files and directories) vetted of 12.
     poll(secs(10), || {
         vetted()

@@ -14,59 +14,7 @@ use crate::timefmt;
 /// Default config path.
 pub const DEFAULT_PATH: &str = "/etc/driftwatch/agent.toml";
 
-/// Every key the agent config accepts (unknown ones are all reported at once).
-const SCHEMA: crate::confkeys::Schema<'static> = crate::confkeys::Schema {
-    top: &[
-        "host",
-        "environment",
-        "state_dir",
-        "tree",
-        "scan",
-        "changes",
-        "trust",
-        "collector",
-        "kpi",
-        "evidence",
-        "spool",
-    ],
-    tables: &[
-        (
-            "tree",
-            &["name", "root", "manifest", "exclude", "cross_filesystems"],
-        ),
-        (
-            "scan",
-            &["interval", "full_rehash", "realtime", "threads", "debounce"],
-        ),
-        ("changes", &["dir"]),
-        (
-            "trust",
-            &[
-                "release_keys",
-                "approver_keys",
-                "require_signatures",
-                "allow_self_approval",
-            ],
-        ),
-        (
-            "collector",
-            &[
-                "url",
-                "token_file",
-                "heartbeat",
-                "embedded",
-                "listen",
-                "batch",
-            ],
-        ),
-        ("kpi", &["target", "timezone"]),
-        ("evidence", &["enabled", "max_file_size", "max_total"]),
-        ("spool", &["max_size"]),
-    ],
-};
-
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Raw {
     host: Option<String>,
     #[serde(default = "default_env")]
@@ -92,7 +40,6 @@ struct Raw {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawTree {
     name: String,
     root: PathBuf,
@@ -104,7 +51,6 @@ struct RawTree {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawScan {
     #[serde(default = "d_interval")]
     interval: String,
@@ -131,13 +77,11 @@ impl Default for RawScan {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawChanges {
     dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawCollector {
     url: Option<String>,
     token_file: Option<PathBuf>,
@@ -165,7 +109,6 @@ impl Default for RawCollector {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawKpi {
     #[serde(default = "d_target")]
     target: f64,
@@ -183,7 +126,6 @@ impl Default for RawKpi {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawEvidence {
     #[serde(default = "yes")]
     enabled: bool,
@@ -204,7 +146,6 @@ impl Default for RawEvidence {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSpool {
     #[serde(default = "d_spool")]
     max_size: String,
@@ -434,14 +375,13 @@ impl AgentConfig {
     /// Validates config text.
     pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, Vec<String>> {
         let p = origin.display().to_string();
-        let mut table: toml::Table = text
+        let table: toml::Table = text
             .parse()
             .map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
-        let mut problems: Vec<String> = crate::confkeys::strip_unknown(&mut table, &SCHEMA)
-            .into_iter()
-            .map(|m| format!("{p}: {m}"))
-            .collect();
-        let raw: Raw = match Raw::deserialize(table) {
+        let mut unknown = Vec::new();
+        let raw = crate::confkeys::deserialize::<Raw>(table, &mut unknown);
+        let mut problems: Vec<String> = unknown.into_iter().map(|m| format!("{p}: {m}")).collect();
+        let raw: Raw = match raw {
             Ok(r) => r,
             Err(e) => {
                 problems.push(format!("{p}: {}", e.message().trim().replace('\n', " ")));

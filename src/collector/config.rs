@@ -12,38 +12,7 @@ use crate::timefmt;
 /// Default config path.
 pub const DEFAULT_PATH: &str = "/etc/driftwatch/collector.toml";
 
-/// Every key the collector config accepts (unknown ones are all reported at once).
-const SCHEMA: crate::confkeys::Schema<'static> = crate::confkeys::Schema {
-    top: &[
-        "listen",
-        "tls",
-        "storage",
-        "max_body",
-        "silent_after",
-        "kpi",
-        "trust",
-        "limits",
-        "audit",
-    ],
-    tables: &[
-        ("tls", &["cert", "key"]),
-        ("kpi", &["target", "timezone"]),
-        (
-            "trust",
-            &[
-                "release_keys",
-                "approver_keys",
-                "require_signatures",
-                "allow_self_approval",
-            ],
-        ),
-        ("limits", &["requests_per_minute", "request_timeout"]),
-        ("audit", &["key", "pubkey"]),
-    ],
-};
-
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default = "default_listen")]
     listen: String,
@@ -66,14 +35,12 @@ struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawTls {
     cert: PathBuf,
     key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawKpi {
     #[serde(default = "default_target")]
     target: f64,
@@ -91,7 +58,6 @@ impl Default for RawKpi {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawLimits {
     #[serde(default = "default_rpm")]
     requests_per_minute: u32,
@@ -109,7 +75,6 @@ impl Default for RawLimits {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawAudit {
     #[serde(default)]
     key: Option<PathBuf>,
@@ -225,17 +190,16 @@ impl CollectorConfig {
     /// Validates config text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<CollectorConfig, Vec<String>> {
         let p = origin.display();
-        let mut table: toml::Table = text
+        let table: toml::Table = text
             .parse()
             .map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
         // The minimal config (§5) has no [trust]: the collector still ingests and serves the
         // KPI, and refuses uploads it could not check until keys are set.
         let has_trust = table.contains_key("trust");
-        let mut problems: Vec<String> = crate::confkeys::strip_unknown(&mut table, &SCHEMA)
-            .into_iter()
-            .map(|m| format!("{p}: {m}"))
-            .collect();
-        let raw: RawConfig = match RawConfig::deserialize(table) {
+        let mut unknown = Vec::new();
+        let raw = crate::confkeys::deserialize::<RawConfig>(table, &mut unknown);
+        let mut problems: Vec<String> = unknown.into_iter().map(|m| format!("{p}: {m}")).collect();
+        let raw: RawConfig = match raw {
             Ok(r) => r,
             Err(e) => {
                 problems.push(format!("{p}: {}", e.message().trim().replace('\n', " ")));
