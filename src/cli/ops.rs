@@ -11,8 +11,8 @@ use serde_json::json;
 
 use crate::changelog::{self, ChangeEntry, Policy};
 use crate::client::{self, Client};
-use crate::collector::api::KpiRequest;
 use crate::collector::config::{self, CollectorConfig};
+use crate::collector::service::KpiRequest;
 use crate::collector::{self, Collector};
 use crate::exit;
 use crate::kpi::{self, KpiRow};
