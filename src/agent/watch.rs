@@ -215,12 +215,10 @@ impl TreeWatcher {
         if let Some(m) = &tree.manifest
             && !m.starts_with(&tree.root)
             && let Some(dir) = m.parent()
+            && let Some(wd) = w.add(dir)
+            && !w.fixed.contains(&wd)
         {
-            if let Some(wd) = w.add(dir)
-                && !w.fixed.contains(&wd)
-            {
-                w.fixed.push(wd);
-            }
+            w.fixed.push(wd);
         }
         w.watch_root();
         Ok(w)

@@ -22,7 +22,7 @@ fn load_agent_config(path: Option<PathBuf>) -> anyhow::Result<AgentConfig> {
 
 /// `driftwatch agent`.
 pub fn run_agent(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<u8> {
-    super::ops::init_logging(log_json);
+    super::init_logging(log_json);
     let cfg = load_agent_config(config)?;
     let _lock = agent::lock_state_dir(&cfg.state_dir)?;
     agent::run(cfg)?;
@@ -32,7 +32,7 @@ pub fn run_agent(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<u8> 
 /// `driftwatch scan`: one pass over every tree, like a scheduled scan; exit 1 while anything is
 /// unauthorized or unverifiable.
 pub fn run_scan(config: Option<PathBuf>, format: super::Format) -> anyhow::Result<u8> {
-    super::ops::init_logging(false);
+    super::init_logging(false);
     let cfg = load_agent_config(config)?;
     let _lock = agent::lock_state_dir(&cfg.state_dir)?;
     let sink = agent::open_sink(&cfg)?;

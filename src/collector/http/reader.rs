@@ -13,7 +13,7 @@ use serde_json::json;
 use super::auth::{Auth, Readers};
 use super::{ApiError, ApiResult, AppState, csv_response, query};
 use crate::collector::service::KpiRequest;
-use crate::collector::service::kpi::parse_date;
+use crate::collector::service::kpi::{KpiQuery, parse_date};
 use crate::kpi;
 use crate::manifest;
 use crate::store::EventQuery;
@@ -77,14 +77,14 @@ pub(super) async fn get_kpi(
     q: QueryResult<ListParams>,
 ) -> ApiResult<Response> {
     let p = query(q)?;
-    let req = KpiRequest::parse(
-        p.from.as_deref(),
-        p.to.as_deref(),
-        p.by.as_deref(),
-        p.group.as_deref(),
-        p.host.clone(),
-        state.svc.today(),
-    )?;
+    let q = KpiQuery {
+        from: p.from.clone(),
+        to: p.to.clone(),
+        by: p.by.clone(),
+        group: p.group.clone(),
+        host: p.host.clone(),
+    };
+    let req = KpiRequest::from_query(&q, state.svc.today())?;
     let rows = state.run(move |s| s.kpi(&req)).await?;
     Ok(match format(&p)? {
         Format::Json => axum::Json(rows).into_response(),
@@ -162,6 +162,6 @@ pub(super) async fn get_audit(
 }
 
 pub(super) async fn get_metrics(State(state): State<Arc<AppState>>) -> ApiResult<Response> {
-    let text = state.run(|s| crate::collector::metrics::render(s)).await?;
+    let text = state.run(crate::collector::metrics::render).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

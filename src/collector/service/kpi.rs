@@ -5,6 +5,7 @@
 
 use jiff::Timestamp;
 use jiff::civil::Date;
+use serde::{Deserialize, Serialize};
 
 use super::{Service, ServiceError};
 use crate::kpi::{self, Grouping, HostDay, KpiRow, Period};
@@ -24,6 +25,22 @@ pub struct KpiRequest {
     pub host: Option<String>,
 }
 
+/// A KPI request as its callers spell it (the API's query, the CLI's flags): all text,
+/// resolved against today by [`KpiRequest::from_query`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KpiQuery {
+    /// First day (default: 29 days before `to`).
+    pub from: Option<String>,
+    /// Last day (default: today).
+    pub to: Option<String>,
+    /// `day`, `week` or `month` (default `day`).
+    pub by: Option<String>,
+    /// `fleet`, `environment` or `host` (default `host` with a host, else `fleet`).
+    pub group: Option<String>,
+    /// Only this host.
+    pub host: Option<String>,
+}
+
 /// Parses an optional `YYYY-MM-DD` parameter, naming it when it is bad.
 pub fn parse_date(name: &str, v: Option<&str>) -> Result<Option<Date>, ServiceError> {
     v.map(|s| {
@@ -35,6 +52,18 @@ pub fn parse_date(name: &str, v: Option<&str>) -> Result<Option<Date>, ServiceEr
 }
 
 impl KpiRequest {
+    /// Resolves a query against `today`, naming the bad parameter.
+    pub fn from_query(q: &KpiQuery, today: Date) -> Result<KpiRequest, ServiceError> {
+        KpiRequest::parse(
+            q.from.as_deref(),
+            q.to.as_deref(),
+            q.by.as_deref(),
+            q.group.as_deref(),
+            q.host.clone(),
+            today,
+        )
+    }
+
     /// Builds a request from optional textual parameters, naming the bad one.
     pub fn parse(
         from: Option<&str>,

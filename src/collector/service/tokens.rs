@@ -8,6 +8,21 @@ use jiff::Timestamp;
 use super::{Service, ServiceError};
 use crate::store::{Role, Token};
 
+/// An agent token must name its host; no other token may.
+pub fn check_binding(role: Role, host: Option<&str>) -> Result<(), ServiceError> {
+    if role == Role::Agent && host.is_none_or(|h| h.trim().is_empty()) {
+        return Err(ServiceError::Invalid(
+            "host: an agent token must be bound to a host".into(),
+        ));
+    }
+    if role != Role::Agent && host.is_some() {
+        return Err(ServiceError::Invalid(
+            "host: only agent tokens are bound to a host".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Service {
     /// Creates a token; returns it with its secret.
     pub fn create_token(
@@ -17,16 +32,7 @@ impl Service {
         label: &str,
         now: Timestamp,
     ) -> Result<(Token, String), ServiceError> {
-        if role == Role::Agent && host.is_none_or(|h| h.trim().is_empty()) {
-            return Err(ServiceError::Invalid(
-                "host: an agent token must be bound to a host".into(),
-            ));
-        }
-        if role != Role::Agent && host.is_some() {
-            return Err(ServiceError::Invalid(
-                "host: only agent tokens are bound to a host".into(),
-            ));
-        }
+        check_binding(role, host)?;
         Ok(self.store.create_token(role, host, label, now)?)
     }
 
