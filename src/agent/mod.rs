@@ -754,3 +754,78 @@ pub fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     }
     Ok(f)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ChangeEvent;
+
+    fn embedded(dir: &Path) -> (Sink, Arc<Service>) {
+        let store = SqliteStore::open(&dir.join("collector.db"), jiff::tz::TimeZone::UTC)
+            .expect("open store");
+        let cfg = CollectorConfig::defaults_for("sqlite://collector.db");
+        let svc = Arc::new(Service::new(Arc::new(store), Arc::new(cfg)));
+        (Sink::Embedded(svc.clone()), svc)
+    }
+
+    fn batch(seq: u64) -> EventBatch {
+        let now = crate::timefmt::format_timestamp(Timestamp::now());
+        EventBatch {
+            host: "web-01".into(),
+            environment: "production".into(),
+            events: vec![ChangeEvent {
+                seq,
+                tree: "shop".into(),
+                path: "x.php".into(),
+                path_bytes: None,
+                change: "added".into(),
+                status: "unauthorized".into(),
+                observed_at: now.clone(),
+                window_start: now,
+                blake3: None,
+                previous_blake3: None,
+                size: None,
+                resolves: None,
+            }],
+            scans: Vec::new(),
+        }
+    }
+
+    /// The embedded sink goes through the service: what it stores is counted for `/metrics`,
+    /// and a malformed batch is refused with the 400 and reason a fleet collector answers.
+    #[test]
+    fn the_embedded_sink_validates_and_counts_like_a_collector() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (sink, svc) = embedded(tmp.path());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+
+        let r = rt
+            .block_on(sink.send(batch(1)))
+            .expect("a good batch is stored");
+        assert_eq!((r.stored, r.acked_seq), (1, 1));
+        assert_eq!(svc.metrics.batches.load(Relaxed), 1);
+        assert_eq!(svc.metrics.events_stored.load(Relaxed), 1);
+
+        let bad = batch(0);
+        let want = crate::collector::service::ingest::validate_batch(&bad)
+            .expect_err("seq 0 is malformed")
+            .to_string();
+        match rt.block_on(sink.send(bad)) {
+            Err(ClientError::Status {
+                status: 400,
+                message,
+                ..
+            }) => assert_eq!(message, want),
+            other => panic!("expected a 400 refusal, got {other:?}"),
+        }
+        assert_eq!(svc.metrics.batches.load(Relaxed), 1, "refused: not counted");
+
+        let hb: Heartbeat = serde_json::from_str(r#"{"host": "web-01"}"#).expect("heartbeat");
+        rt.block_on(sink.heartbeat(hb)).expect("heartbeat");
+        assert_eq!(svc.metrics.heartbeats.load(Relaxed), 1);
+    }
+}
