@@ -91,12 +91,25 @@ fn file_bytes(p: PathBuf) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-#[test]
-fn quickstart_runs_detects_edits_and_restarts_with_the_same_files() {
-    let tmp = tempfile::Builder::new()
+/// A scratch working directory for one demo.
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
         .prefix("driftwatch-quickstart-")
         .tempdir()
-        .expect("tempdir");
+        .expect("tempdir")
+}
+
+/// The web shell of the demo: dropped into uploads, seen through the API as unauthorized.
+#[track_caller]
+fn drop_web_shell(demo: &Demo, dir: &Path, token: &str) -> Value {
+    let shell = dir.join("tree/wp-content/uploads/shell.php");
+    std::fs::write(&shell, "<?php system($_GET['c']);\n").expect("write shell.php");
+    wait_event(demo, token, "wp-content/uploads/shell.php", "unauthorized")
+}
+
+#[test]
+fn quickstart_runs_detects_edits_and_restarts_with_the_same_files() {
+    let tmp = scratch();
     let cwd = tmp.path();
     let dir = cwd.join("quickstart");
 
@@ -133,14 +146,7 @@ fn quickstart_runs_detects_edits_and_restarts_with_the_same_files() {
     assert_eq!(anon.status, 401, "no token must be 401: {}", anon.text());
 
     // A web shell dropped into uploads: unauthorized, seen through the API.
-    let shell = dir.join("tree/wp-content/uploads/shell.php");
-    std::fs::write(&shell, "<?php system($_GET['c']);\n").expect("write shell.php");
-    let ev = wait_event(
-        &demo,
-        &token,
-        "wp-content/uploads/shell.php",
-        "unauthorized",
-    );
+    let ev = drop_web_shell(&demo, &dir, &token);
     assert_eq!(ev["change"], "added", "shell.php event: {ev}");
     assert_eq!(ev["tree"], "shop", "shell.php event: {ev}");
     let want = blake3::hash(b"<?php system($_GET['c']);\n")
@@ -333,23 +339,12 @@ fn agent_token(cwd: &Path, store: &[&str], host: &str) -> String {
 /// by the embedded collector and by a fleet collector.
 #[test]
 fn single_host_metrics_count_ingestion_and_malformed_batches_are_refused_like_a_fleet() {
-    let tmp = tempfile::Builder::new()
-        .prefix("driftwatch-quickstart-metrics-")
-        .tempdir()
-        .expect("tempdir");
+    let tmp = scratch();
     let cwd = tmp.path();
     let dir = cwd.join("quickstart");
     let demo = start(cwd);
     let token = read_token(&dir);
-
-    let shell = dir.join("tree/wp-content/uploads/shell.php");
-    std::fs::write(&shell, "<?php system($_GET['c']);\n").expect("write shell.php");
-    let ev = wait_event(
-        &demo,
-        &token,
-        "wp-content/uploads/shell.php",
-        "unauthorized",
-    );
+    let ev = drop_web_shell(&demo, &dir, &token);
     let host = ev["host"].as_str().expect("event host").to_string();
 
     let metrics = || {

@@ -25,8 +25,8 @@ pub enum AuditCommand {
         #[arg(long, value_name = "PUB")]
         pubkey: Option<PathBuf>,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = super::Format::Text)]
-        format: super::Format,
+        #[arg(long, value_enum, default_value_t = super::util::Format::Text)]
+        format: super::util::Format,
         /// Where the history lives.
         #[command(flatten)]
         source: SourceArgs,
@@ -65,7 +65,7 @@ pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<u8> {
             };
             let report = source.verify_chain(None)?;
             let cp = Checkpoint::seal(&report, Timestamp::now())?;
-            super::write_atomic(&output, cp.to_json().as_bytes())?;
+            super::util::write_atomic(&output, cp.to_json().as_bytes())?;
             sign::sign_file(&output, &key)?;
             eprintln!(
                 "sealed {} records (head {}) into {}",
@@ -88,8 +88,8 @@ pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<u8> {
                 Source::open(&source)?.verify_chain(checkpoint.as_ref().map(|c| c.records))?;
             let v = audit::verdict(report, checkpoint.as_ref());
             match format {
-                super::Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-                super::Format::Text => match &v.first_bad {
+                super::util::Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                super::util::Format::Text => match &v.first_bad {
                     None => println!(
                         "intact: {} records, head {}{}",
                         v.records,

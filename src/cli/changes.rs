@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 use jiff::Timestamp;
 use serde_json::json;
 
-use super::TableFormat;
 use super::source::{Source, SourceArgs};
+use super::util::TableFormat;
 use crate::changelog::{self, ChangeEntry, Policy};
 use crate::collector::service::SignedDoc;
 use crate::exit;
@@ -227,9 +227,9 @@ fn publish(
 ) -> anyhow::Result<()> {
     if let Some(dir) = dir {
         let path = dir.join(format!("{id}.toml"));
-        super::write_atomic(&path, text.as_bytes())?;
+        super::util::write_atomic(&path, text.as_bytes())?;
         match &sig {
-            Some(s) => super::write_atomic(&sign::sig_path(&path), s.as_bytes())?,
+            Some(s) => super::util::write_atomic(&sign::sig_path(&path), s.as_bytes())?,
             None => {
                 // A stale signature of the previous text would now fail: remove it.
                 let _ = std::fs::remove_file(sign::sig_path(&path));

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::Format;
+use super::util::Format;
 use crate::check::{self, CheckOptions};
 use crate::exit;
 
@@ -53,11 +53,11 @@ pub fn run_check(args: CheckArgs) -> anyhow::Result<u8> {
         pubkeys: args.pubkey,
         changes: args.changes,
         approver_pubkeys: args.approver_pubkey,
-        host: args.host.unwrap_or_else(super::hostname),
+        host: args.host.unwrap_or_else(crate::host::hostname),
         exclude: args.exclude,
         allow_self_approval: args.allow_self_approval,
         threads: args.threads,
-        progress: super::progress_bar("checking"),
+        progress: super::util::progress_bar("checking"),
     };
     let outcome = check::run(&opts)?;
     for w in &outcome.warnings {

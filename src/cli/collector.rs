@@ -7,10 +7,10 @@ use crate::exit;
 
 /// `driftwatch collector`.
 pub fn run_collector(config_path: Option<PathBuf>, log_json: bool) -> anyhow::Result<u8> {
-    super::init_logging(log_json);
+    super::util::init_logging(log_json);
     let path = config_path.unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
     let cfg = super::source::load_collector_config(&path)?;
-    super::runtime()?.block_on(async move {
+    super::util::runtime()?.block_on(async move {
         let c = Collector::bind(cfg).await?;
         tracing::info!(url = %c.url(), "driftwatch collector listening");
         eprintln!("driftwatch collector listening on {}", c.url());

@@ -4,8 +4,8 @@ use std::io::Write;
 
 use clap::Args;
 
-use super::TableFormat;
 use super::source::{Source, SourceArgs};
+use super::util::TableFormat;
 use crate::exit;
 use crate::store::{EventQuery, StoredEvent};
 
@@ -38,8 +38,8 @@ pub struct EventsArgs {
 /// `driftwatch events`.
 pub fn run_events(a: EventsArgs) -> anyhow::Result<u8> {
     let query = EventQuery {
-        from: super::parse_day("from", a.from.as_deref())?,
-        to: super::parse_day("to", a.to.as_deref())?,
+        from: super::util::parse_day("from", a.from.as_deref())?,
+        to: super::util::parse_day("to", a.to.as_deref())?,
         host: a.host.clone(),
         status: a.status.clone(),
         open_only: a.open,

@@ -4,8 +4,8 @@ use std::io::Write;
 
 use clap::Args;
 
-use super::TableFormat;
 use super::source::{Source, SourceArgs};
+use super::util::TableFormat;
 use crate::collector::service::kpi::KpiQuery;
 use crate::exit;
 use crate::kpi;

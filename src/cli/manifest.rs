@@ -159,7 +159,7 @@ fn manifest_push(args: &PushArgs) -> anyhow::Result<u8> {
         toml: None,
         minisig,
     };
-    let _: ManifestStored = super::runtime()?.block_on(c.put_json(&route, &doc))?;
+    let _: ManifestStored = super::util::runtime()?.block_on(c.put_json(&route, &doc))?;
     eprintln!(
         "stored release {} of tree {} on the collector ({})",
         m.release,
@@ -198,7 +198,7 @@ fn manifest_build(args: BuildArgs) -> anyhow::Result<u8> {
             cross_filesystems: false,
         },
         threads: args.threads,
-        progress: super::progress_bar("hashing"),
+        progress: super::util::progress_bar("hashing"),
         ..ScanOptions::default()
     };
     let snap = snapshot::scan(&args.root, &opts)?;
@@ -209,7 +209,7 @@ fn manifest_build(args: BuildArgs) -> anyhow::Result<u8> {
         format!(
             "{}@{}",
             std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-            super::hostname()
+            crate::host::hostname()
         )
     });
     // The exclusions travel with the release: every check and agent applies them (§12.1).
@@ -219,7 +219,7 @@ fn manifest_build(args: BuildArgs) -> anyhow::Result<u8> {
     let json = manifest.to_canonical_json();
     match &args.output {
         Some(path) => {
-            super::write_atomic(path, json.as_bytes())?;
+            super::util::write_atomic(path, json.as_bytes())?;
             if let Some(key) = &args.sign {
                 sign::sign_file(path, key)?;
             }

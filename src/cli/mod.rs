@@ -12,14 +12,16 @@ pub mod collector;
 pub mod events;
 pub mod kpi;
 pub mod manifest;
+pub mod quickstart;
 pub mod report;
 pub mod source;
 pub mod tokens;
+pub mod util;
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+pub use util::{Format, TableFormat};
 
-use anyhow::{Context as _, anyhow};
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::exit;
@@ -32,15 +34,6 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Output formats for reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// For people.
-    Text,
-    /// For scripts.
-    Json,
 }
 
 /// The subcommands.
@@ -146,17 +139,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Table, JSON or CSV.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TableFormat {
-    /// Aligned columns for people.
-    Text,
-    /// JSON for scripts.
-    Json,
-    /// CSV for spreadsheets.
-    Csv,
-}
-
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     if !matches!(
@@ -191,8 +173,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Scan { config, format } => agent_cmds::run_scan(config, format),
         Command::Config(ConfigCommand::Check { config }) => agent_cmds::run_config_check(config),
         Command::Quickstart { dir, listen } => {
-            init_logging(false);
-            crate::quickstart::Quickstart { dir, listen }.run()?;
+            util::init_logging(false);
+            quickstart::Quickstart { dir, listen }.run()?;
             Ok(exit::CLEAN)
         }
         Command::Token(cmd) => tokens::run_token(cmd),
@@ -212,64 +194,4 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Changes(cmd) => changes::run_changes(cmd),
         Command::Audit(cmd) => audit::run_audit(cmd),
     }
-}
-
-/// Logs: human-readable by default, JSON with `--log-format json`; level from DRIFTWATCH_LOG.
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DRIFTWATCH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
-/// The async runtime one-shot commands block on.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
-/// An optional `--NAME` day (`YYYY-MM-DD`).
-pub fn parse_day(name: &str, v: Option<&str>) -> anyhow::Result<Option<jiff::civil::Date>> {
-    crate::collector::service::kpi::parse_date(name, v).map_err(|e| anyhow!("--{e}"))
-}
-
-fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let pb = indicatif::ProgressBar::new_spinner();
-    let style =
-        indicatif::ProgressStyle::with_template("{spinner} {msg}: {human_pos} paths ({per_sec})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
-    pb.set_style(style);
-    pb.set_message(what.to_string());
-    pb.enable_steady_tick(std::time::Duration::from_millis(120));
-    Some(pb)
-}
-
-/// This machine's host name.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-/// [`crate::fsutil::write_atomic`] with the path in the error, for commands.
-pub fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    crate::fsutil::write_atomic(path, data).with_context(|| path.display().to_string())
 }

@@ -26,7 +26,7 @@ pub struct ReportArgs {
 /// `driftwatch report`: the morning summary; exit 1 when the day missed the target.
 pub fn run_report(a: ReportArgs) -> anyhow::Result<u8> {
     let source = Source::open(&a.source)?;
-    let day = match super::parse_day("date", a.date.as_deref())? {
+    let day = match super::util::parse_day("date", a.date.as_deref())? {
         Some(d) => d,
         None => {
             let today = source.today()?;

@@ -11,7 +11,7 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 use jiff::civil::Date;
 
-use super::runtime;
+use super::util::runtime;
 use crate::client::{self, Client, ClientError};
 use crate::collector::config::{self, CollectorConfig};
 use crate::collector::service::changes::ChangeStored;
