@@ -2,9 +2,9 @@
 //!
 //! Routes are split by audience ([`agent`], [`reader`], [`admin`], [`dashboard`]); who may call
 //! what is decided by the [`auth::Auth`] extractor each handler takes, and service errors become
-//! status codes in [`error`] only. Handlers parse the request, call the [`Service`]
-//! (crate::collector::service::Service) on a blocking thread and shape the answer; they hold no
-//! rules of their own.
+//! status codes in [`error`] only. Handlers parse the request, call the
+//! [`Service`](crate::collector::service::Service) on a blocking thread and shape the answer;
+//! they hold no rules of their own.
 
 pub mod admin;
 pub mod agent;

@@ -1,7 +1,7 @@
 //! The collector's service layer: what the collector does, whoever asks.
 //!
 //! Invariants:
-//! - Every caller goes through [`Service`]: the HTTP handlers ([`super::http`]), the embedded
+//! - Every caller goes through [`Service`]: the HTTP handlers (`collector::http`), the embedded
 //!   collector of a single-host agent (`agent::Sink::Embedded`), the CLI's `--db` commands
 //!   (`cli::source`) and the dashboard. Validation, signature policy, re-classification and the
 //!   `/metrics` counters live here, so single-host mode refuses and counts exactly as a fleet
