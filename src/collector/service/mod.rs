@@ -93,3 +93,84 @@ impl Service {
             .date()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventBatch;
+    use crate::store::sqlite::SqliteStore;
+
+    /// A service over a fresh SQLite store with the settings of `config` (TOML).
+    fn service(dir: &std::path::Path, config: &str) -> Service {
+        let store = SqliteStore::open(&dir.join("c.db"), jiff::tz::TimeZone::UTC).expect("store");
+        let cfg =
+            CollectorConfig::parse(config, std::path::Path::new("collector.toml")).expect("config");
+        Service::new(Arc::new(store), Arc::new(cfg))
+    }
+
+    fn entry(self_approved: bool) -> SignedDoc {
+        let approver = if self_approved { "alice" } else { "bob" };
+        SignedDoc {
+            toml: Some(format!(
+                "id = \"CHG-1\"\nsummary = \"s\"\nrequested_by = \"alice\"\napproved_by = \"{approver}\"\napproved_at = \"2026-01-01T00:00:00Z\"\nhosts = [\"*\"]\ntrees = [\"*\"]\npaths = [\"**\"]\nstart = \"2026-01-01T00:00:00Z\"\nend = \"2026-01-02T00:00:00Z\"\n"
+            )),
+            ..SignedDoc::default()
+        }
+    }
+
+    #[test]
+    fn uploads_follow_the_trust_policy() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let now = jiff::Timestamp::now();
+        // No [trust]: refused, whatever the document.
+        let none = service(tmp.path(), "");
+        assert!(matches!(
+            none.register_change(entry(false), None, now),
+            Err(ServiceError::Refused(_))
+        ));
+        let open = service(tmp.path(), "[trust]\nrequire_signatures = false\n");
+        // Separation of duties.
+        assert!(matches!(
+            open.register_change(entry(true), None, now),
+            Err(ServiceError::Forbidden(_))
+        ));
+        let stored = open
+            .register_change(entry(false), None, now)
+            .expect("stored");
+        assert_eq!(stored.reclassified, 0);
+        // The URL's id must be the entry's; an unknown id is not found.
+        assert!(matches!(
+            open.approve_change("CHG-2", entry(false), now),
+            Err(ServiceError::NotFound(_))
+        ));
+        assert!(matches!(
+            open.register_change(entry(false), Some("CHG-2"), now),
+            Err(ServiceError::Invalid(_))
+        ));
+        // Unsigned is refused once signatures are required.
+        let strict = Service::new(
+            open.store.clone(),
+            Arc::new(CollectorConfig {
+                require_signatures: true,
+                ..(*open.cfg).clone()
+            }),
+        );
+        let e = strict.register_change(entry(false), None, now).unwrap_err();
+        assert!(e.to_string().contains("minisig is required"), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_batch_is_refused_before_the_store_and_not_counted() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let svc = service(tmp.path(), "");
+        let batch: EventBatch = serde_json::from_value(serde_json::json!({
+            "host": " ", "events": []
+        }))
+        .expect("batch");
+        let e = svc.ingest(&batch, jiff::Timestamp::now()).unwrap_err();
+        assert_eq!(e.to_string(), "host: must not be empty");
+        assert_eq!(svc.metrics.batches.load(Relaxed), 0);
+        assert!(svc.hosts(jiff::Timestamp::now()).expect("hosts").is_empty());
+    }
+}
