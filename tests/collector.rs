@@ -1781,7 +1781,7 @@ fn cli_events_and_kpi_against_the_collector() {
 
     // An unauthorized change misses the target: the text table exits 1. Whether the JSON and
     // CSV formats judge too has moved (docs/release-manager.md says they always exit 0;
-    // src/cli/ops.rs `run_kpi` now exits 1 in every format): accept either, never 2.
+    // src/cli/kpi.rs `run_kpi` now exits 1 in every format): accept either, never 2.
     let judged = |out: &common::Out| {
         assert!(
             matches!(out.code, 0 | 1),

@@ -6,7 +6,7 @@ mod e2e_common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use e2e_common::{BIN, Proc, get, poll, run_in};
+use e2e_common::{BIN, Collector, Proc, get, poll, post, run_in};
 use serde_json::Value;
 
 /// How long the demo may take to become ready (first scan, keys, busy CI machines).
@@ -91,12 +91,25 @@ fn file_bytes(p: PathBuf) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-#[test]
-fn quickstart_runs_detects_edits_and_restarts_with_the_same_files() {
-    let tmp = tempfile::Builder::new()
+/// A scratch working directory for one demo.
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
         .prefix("driftwatch-quickstart-")
         .tempdir()
-        .expect("tempdir");
+        .expect("tempdir")
+}
+
+/// The web shell of the demo: dropped into uploads, seen through the API as unauthorized.
+#[track_caller]
+fn drop_web_shell(demo: &Demo, dir: &Path, token: &str) -> Value {
+    let shell = dir.join("tree/wp-content/uploads/shell.php");
+    std::fs::write(&shell, "<?php system($_GET['c']);\n").expect("write shell.php");
+    wait_event(demo, token, "wp-content/uploads/shell.php", "unauthorized")
+}
+
+#[test]
+fn quickstart_runs_detects_edits_and_restarts_with_the_same_files() {
+    let tmp = scratch();
     let cwd = tmp.path();
     let dir = cwd.join("quickstart");
 
@@ -133,14 +146,7 @@ fn quickstart_runs_detects_edits_and_restarts_with_the_same_files() {
     assert_eq!(anon.status, 401, "no token must be 401: {}", anon.text());
 
     // A web shell dropped into uploads: unauthorized, seen through the API.
-    let shell = dir.join("tree/wp-content/uploads/shell.php");
-    std::fs::write(&shell, "<?php system($_GET['c']);\n").expect("write shell.php");
-    let ev = wait_event(
-        &demo,
-        &token,
-        "wp-content/uploads/shell.php",
-        "unauthorized",
-    );
+    let ev = drop_web_shell(&demo, &dir, &token);
     assert_eq!(ev["change"], "added", "shell.php event: {ev}");
     assert_eq!(ev["tree"], "shop", "shell.php event: {ev}");
     let want = blake3::hash(b"<?php system($_GET['c']);\n")
@@ -306,4 +312,111 @@ fn try_commands(demo: &Demo, cwd: &Path) -> std::collections::HashMap<String, e2
         done.insert(words[1].clone(), d);
     }
     done
+}
+
+/// The value of the unlabelled sample `name` in `/metrics` text.
+#[track_caller]
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in /metrics:\n{text}"))
+}
+
+/// `driftwatch token create ARGS... --role agent --host HOST`: the printed secret.
+#[track_caller]
+fn agent_token(cwd: &Path, store: &[&str], host: &str) -> String {
+    let mut args: Vec<String> = vec!["token".into(), "create".into()];
+    args.extend(store.iter().map(|s| s.to_string()));
+    args.extend(["--role", "agent", "--host", host].map(String::from));
+    let done = run_in(cwd, &args, None, Duration::from_secs(30));
+    assert_eq!(done.code, 0, "{}:\n{}", done.cmd, done.stderr);
+    done.stdout.trim().to_string()
+}
+
+/// Single-host mode reports exactly like a fleet collector: the embedded collector's `/metrics`
+/// counts what its agent ingested in process (it used to read 0, the agent writing to the store
+/// behind the service's back), and a malformed batch is refused with the same status and reason
+/// by the embedded collector and by a fleet collector.
+#[test]
+fn single_host_metrics_count_ingestion_and_malformed_batches_are_refused_like_a_fleet() {
+    let tmp = scratch();
+    let cwd = tmp.path();
+    let dir = cwd.join("quickstart");
+    let demo = start(cwd);
+    let token = read_token(&dir);
+    let ev = drop_web_shell(&demo, &dir, &token);
+    let host = ev["host"].as_str().expect("event host").to_string();
+
+    let metrics = || {
+        let r = get(&demo.addr, "/metrics", None, &[]);
+        assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
+        r.text()
+    };
+    let text = metrics();
+    for name in [
+        "driftwatch_ingest_batches_total",
+        "driftwatch_ingest_events_received_total",
+        "driftwatch_ingest_events_stored_total",
+    ] {
+        assert!(
+            sample(&text, name) >= 1.0,
+            "{name} must count the embedded agent's batch:\n{text}"
+        );
+    }
+    let stored = sample(&text, "driftwatch_ingest_events_stored_total");
+
+    // A fleet collector on its own store, for the comparison.
+    let fleet_db = cwd.join("fleet.db");
+    let fleet_cfg = cwd.join("collector.toml");
+    e2e_common::write_collector_config(&fleet_cfg, &fleet_db);
+    let fleet_token = agent_token(
+        cwd,
+        &["--config", fleet_cfg.to_str().expect("utf-8")],
+        &host,
+    );
+    let fleet = Collector::start(&fleet_cfg, cwd);
+    let db = dir.join("state/collector.db");
+    let embedded_token = agent_token(cwd, &["--db", db.to_str().expect("utf-8")], &host);
+
+    let now = jiff::Timestamp::now().to_string();
+    let event = |seq: u64, blake3: &str| {
+        serde_json::json!({
+            "seq": seq, "tree": "shop", "path": "x.php", "change": "added",
+            "status": "unauthorized", "observed_at": now, "window_start": now, "blake3": blake3,
+        })
+    };
+    let malformed = [
+        (
+            serde_json::json!({"host": host, "events": [event(0, &"ab".repeat(32))]}),
+            "events[0].seq",
+        ),
+        (
+            serde_json::json!({"host": host, "events": [event(1_000_000, "nothex")]}),
+            "events[0].blake3",
+        ),
+    ];
+    for (batch, field) in &malformed {
+        let body = serde_json::to_vec(batch).expect("json");
+        let answers: Vec<(u16, String)> =
+            [(&demo.addr, &embedded_token), (&fleet.addr, &fleet_token)]
+                .into_iter()
+                .map(|(addr, t)| {
+                    let r = post(addr, "/api/v1/events", Some(t), &body);
+                    (
+                        r.status,
+                        r.json()["error"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+        assert_eq!(answers[0].0, 400, "embedded: {answers:?}");
+        assert!(answers[0].1.starts_with(field), "{field}: {answers:?}");
+        assert_eq!(answers[0], answers[1], "embedded and fleet answer alike");
+    }
+    // Refused batches store nothing and are not counted as accepted.
+    let text = metrics();
+    assert_eq!(
+        sample(&text, "driftwatch_ingest_events_stored_total"),
+        stored,
+        "{text}"
+    );
 }

@@ -549,7 +549,7 @@ impl AgentConfig {
         }
         Ok(AgentConfig {
             origin: origin.to_path_buf(),
-            host: raw.host.unwrap_or_else(crate::cli::hostname),
+            host: raw.host.unwrap_or_else(crate::host::hostname),
             environment: raw.environment,
             state_dir: raw.state_dir,
             trees,

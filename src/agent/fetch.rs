@@ -120,9 +120,9 @@ async fn manifest(sink: &Sink, tree: &str) -> Result<Option<Doc>, ClientError> {
                 Err(e) => Err(e),
             }
         }
-        Sink::Embedded(store) => {
+        Sink::Embedded(svc) => {
             let tree = tree.to_string();
-            let m = super::in_store(store, move |s| s.manifest(&tree)).await?;
+            let m = super::in_service(svc, move |s| s.manifest(&tree)).await?;
             Ok(m.map(|m| Doc {
                 manifest: Some(m.manifest),
                 toml: None,
@@ -137,8 +137,8 @@ async fn changes(sink: &Sink) -> Result<Vec<Doc>, ClientError> {
     match sink {
         Sink::None => Ok(Vec::new()),
         Sink::Remote(c) => c.get_json("/api/v1/changes").await,
-        Sink::Embedded(store) => {
-            let list = super::in_store(store, |s| s.changes()).await?;
+        Sink::Embedded(svc) => {
+            let list = super::in_service(svc, |s| s.changes()).await?;
             Ok(list
                 .into_iter()
                 .map(|c| Doc {

@@ -34,8 +34,9 @@ use tokio::sync::Notify;
 use crate::client::{Client, ClientError};
 use crate::collector::Collector;
 use crate::collector::config::CollectorConfig;
+use crate::collector::service::{Service, ServiceError};
 use crate::event::{EventBatch, Heartbeat, IngestResult, ScanSummary};
-use crate::store::{Store, sqlite::SqliteStore};
+use crate::store::sqlite::SqliteStore;
 use config::{AgentConfig, Uplink};
 use engine::Engine;
 use spool::Spool;
@@ -70,8 +71,9 @@ pub enum Sink {
     None,
     /// A collector over HTTP(S).
     Remote(Client),
-    /// The embedded collector's store, in process.
-    Embedded(Arc<dyn Store>),
+    /// The embedded collector, in process: the same service its HTTP API and dashboard use, so
+    /// batches are validated and counted as a fleet collector would.
+    Embedded(Arc<Service>),
 }
 
 impl Sink {
@@ -82,8 +84,8 @@ impl Sink {
                 message: "no collector configured".into(),
             }),
             Sink::Remote(c) => c.post_json("/api/v1/events", &batch).await,
-            Sink::Embedded(store) => {
-                in_store(store, move |s| s.ingest(&batch, Timestamp::now())).await
+            Sink::Embedded(svc) => {
+                in_service(svc, move |s| s.ingest(&batch, Timestamp::now())).await
             }
         }
     }
@@ -95,29 +97,35 @@ impl Sink {
                 .post_json::<_, serde_json::Value>("/api/v1/heartbeat", &hb)
                 .await
                 .map(|_| ()),
-            Sink::Embedded(store) => {
-                in_store(store, move |s| s.record_heartbeat(&hb, Timestamp::now()))
-                    .await
-                    .map(|_| ())
-            }
+            Sink::Embedded(svc) => in_service(svc, move |s| s.heartbeat(&hb, Timestamp::now()))
+                .await
+                .map(|_| ()),
         }
     }
 }
 
-/// Runs store work of the embedded collector off the async runtime, with the uplink's error type.
-async fn in_store<T: Send + 'static>(
-    store: &Arc<dyn Store>,
-    f: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+/// Runs work of the embedded collector off the async runtime, with the uplink's error type: a
+/// refusal carries the HTTP status a remote collector would have answered, so the uplink treats
+/// it the same way in both modes.
+async fn in_service<T: Send + 'static>(
+    svc: &Arc<Service>,
+    f: impl FnOnce(&Service) -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ClientError> {
-    let store = store.clone();
-    let err = |message: String| ClientError::Transport {
-        url: "embedded".into(),
-        message,
-    };
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
-        .await
-        .map_err(|e| err(e.to_string()))?
-        .map_err(|e| err(e.to_string()))
+    let svc = svc.clone();
+    let url = "embedded".to_string();
+    match tokio::task::spawn_blocking(move || f(&svc)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ClientError::Status {
+            url,
+            status: crate::collector::http::error::status_of(&e).as_u16(),
+            message: e.to_string(),
+            retry_after: None,
+        }),
+        Err(e) => Err(ClientError::Transport {
+            url,
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// The collector settings of the embedded mode, derived from the agent's.
@@ -156,12 +164,11 @@ pub fn open_sink(cfg: &AgentConfig) -> anyhow::Result<Sink> {
         Uplink::Remote { url, token_file } => {
             Sink::Remote(Client::new(url, crate::client::read_token(token_file)?)?)
         }
-        Uplink::Embedded { .. } => {
-            let tz = jiff::tz::TimeZone::get(&cfg.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
-            Sink::Embedded(Arc::new(SqliteStore::open(
-                &cfg.state_dir.join("collector.db"),
-                tz,
-            )?))
+        Uplink::Embedded { listen } => {
+            let ccfg = embedded_collector_config(cfg, *listen);
+            let store =
+                SqliteStore::open(&cfg.state_dir.join("collector.db"), ccfg.timezone.clone())?;
+            Sink::Embedded(Arc::new(Service::new(Arc::new(store), Arc::new(ccfg))))
         }
     })
 }
@@ -267,9 +274,8 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
 
     // The embedded collector serves the dashboard and API on the same store.
     let mut server = None;
-    if let (Uplink::Embedded { listen }, Sink::Embedded(store)) = (&cfg.uplink, &sink) {
-        let c = Collector::bind_with_store(embedded_collector_config(&cfg, *listen), store.clone())
-            .await?;
+    if let (Uplink::Embedded { .. }, Sink::Embedded(svc)) = (&cfg.uplink, &sink) {
+        let c = Collector::bind_with_service(svc.clone()).await?;
         tracing::info!(url = %c.url(), "embedded collector listening");
         eprintln!("driftwatch embedded collector listening on {}", c.url());
         let stop = Arc::new(Notify::new());
@@ -491,4 +497,79 @@ pub fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
         );
     }
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ChangeEvent;
+
+    fn embedded(dir: &Path) -> (Sink, Arc<Service>) {
+        let store = SqliteStore::open(&dir.join("collector.db"), jiff::tz::TimeZone::UTC)
+            .expect("open store");
+        let cfg = CollectorConfig::defaults_for("sqlite://collector.db");
+        let svc = Arc::new(Service::new(Arc::new(store), Arc::new(cfg)));
+        (Sink::Embedded(svc.clone()), svc)
+    }
+
+    fn batch(seq: u64) -> EventBatch {
+        let now = crate::timefmt::format_timestamp(Timestamp::now());
+        EventBatch {
+            host: "web-01".into(),
+            environment: "production".into(),
+            events: vec![ChangeEvent {
+                seq,
+                tree: "shop".into(),
+                path: "x.php".into(),
+                path_bytes: None,
+                change: "added".into(),
+                status: "unauthorized".into(),
+                observed_at: now.clone(),
+                window_start: now,
+                blake3: None,
+                previous_blake3: None,
+                size: None,
+                resolves: None,
+            }],
+            scans: Vec::new(),
+        }
+    }
+
+    /// The embedded sink goes through the service: what it stores is counted for `/metrics`,
+    /// and a malformed batch is refused with the 400 and reason a fleet collector answers.
+    #[test]
+    fn the_embedded_sink_validates_and_counts_like_a_collector() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (sink, svc) = embedded(tmp.path());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+
+        let r = rt
+            .block_on(sink.send(batch(1)))
+            .expect("a good batch is stored");
+        assert_eq!((r.stored, r.acked_seq), (1, 1));
+        assert_eq!(svc.metrics.batches.load(Relaxed), 1);
+        assert_eq!(svc.metrics.events_stored.load(Relaxed), 1);
+
+        let bad = batch(0);
+        let want = crate::collector::service::ingest::validate_batch(&bad)
+            .expect_err("seq 0 is malformed")
+            .to_string();
+        match rt.block_on(sink.send(bad)) {
+            Err(ClientError::Status {
+                status: 400,
+                message,
+                ..
+            }) => assert_eq!(message, want),
+            other => panic!("expected a 400 refusal, got {other:?}"),
+        }
+        assert_eq!(svc.metrics.batches.load(Relaxed), 1, "refused: not counted");
+
+        let hb: Heartbeat = serde_json::from_str(r#"{"host": "web-01"}"#).expect("heartbeat");
+        rt.block_on(sink.heartbeat(hb)).expect("heartbeat");
+        assert_eq!(svc.metrics.heartbeats.load(Relaxed), 1);
+    }
 }

@@ -22,7 +22,7 @@ fn load_agent_config(path: Option<PathBuf>) -> anyhow::Result<AgentConfig> {
 
 /// `driftwatch agent`.
 pub fn run_agent(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<u8> {
-    super::ops::init_logging(log_json);
+    super::util::init_logging(log_json);
     let cfg = load_agent_config(config)?;
     let _lock = agent::lock_state_dir(&cfg.state_dir)?;
     agent::run(cfg)?;
@@ -31,8 +31,8 @@ pub fn run_agent(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<u8> 
 
 /// `driftwatch scan`: one pass over every tree, like a scheduled scan; exit 1 while anything is
 /// unauthorized or unverifiable.
-pub fn run_scan(config: Option<PathBuf>, format: super::Format) -> anyhow::Result<u8> {
-    super::ops::init_logging(false);
+pub fn run_scan(config: Option<PathBuf>, format: super::util::Format) -> anyhow::Result<u8> {
+    super::util::init_logging(false);
     let cfg = load_agent_config(config)?;
     let _lock = agent::lock_state_dir(&cfg.state_dir)?;
     let sink = agent::open_sink(&cfg)?;
@@ -75,8 +75,8 @@ pub fn run_scan(config: Option<PathBuf>, format: super::Format) -> anyhow::Resul
     };
     let mut out = String::new();
     match format {
-        super::Format::Json => out = serde_json::to_string_pretty(&trees)? + "\n",
-        super::Format::Text => {
+        super::util::Format::Json => out = serde_json::to_string_pretty(&trees)? + "\n",
+        super::util::Format::Text => {
             for t in &trees {
                 for ev in t["events"].as_array().into_iter().flatten() {
                     out.push_str(&format!(

@@ -188,6 +188,14 @@ impl CollectorConfig {
     }
 
     /// Validates config text; `origin` names the file in errors.
+    /// The settings of a store opened without a config (`--db`): every default, this storage.
+    pub fn defaults_for(storage: &str) -> CollectorConfig {
+        let mut cfg = CollectorConfig::parse("", Path::new(storage))
+            .expect("an empty collector config is valid");
+        cfg.storage = storage.to_string();
+        cfg
+    }
+
     pub fn parse(text: &str, origin: &Path) -> Result<CollectorConfig, Vec<String>> {
         let p = origin.display();
         let table: toml::Table = text

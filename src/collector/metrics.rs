@@ -6,31 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use jiff::Timestamp;
 
-use super::config::CollectorConfig;
-use crate::kpi::{self, Grouping, Period};
-use crate::store::{EventQuery, Store, StoreError};
+use super::service::{Service, ServiceError};
+use crate::kpi::{Grouping, Period};
+use crate::store::EventQuery;
 
-/// Counters the API increments.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Event batches accepted.
-    pub batches: AtomicU64,
-    /// Events received (including duplicates and replays).
-    pub events_received: AtomicU64,
-    /// Events stored.
-    pub events_stored: AtomicU64,
-    /// Re-sent events acknowledged without storing.
-    pub events_duplicate: AtomicU64,
-    /// Replays refused.
-    pub events_rejected: AtomicU64,
-    /// Heartbeats.
-    pub heartbeats: AtomicU64,
-    /// Requests refused with 429.
-    pub rate_limited: AtomicU64,
-}
-
-/// Renders the metrics; gauges are read from the store (no path labels: bounded cardinality).
-pub fn render(store: &dyn Store, cfg: &CollectorConfig, m: &Metrics) -> Result<String, StoreError> {
+/// Renders the metrics; gauges are read through the service (no path labels: bounded
+/// cardinality).
+pub fn render(svc: &Service) -> Result<String, ServiceError> {
+    let (cfg, m) = (&svc.cfg, &svc.metrics);
     let mut out = String::new();
     let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
         let _ = writeln!(
@@ -84,12 +67,11 @@ pub fn render(store: &dyn Store, cfg: &CollectorConfig, m: &Metrics) -> Result<S
 
     let now = Timestamp::now();
     let today = now.to_zoned(cfg.timezone.clone()).date();
-    let days = store.host_days(today, today, None, now)?;
-    let rows = kpi::compute(
+    let days = svc.host_days(today, today, None)?;
+    let rows = svc.kpi_rows(
         &days,
         Period::Day,
         &[Grouping::Fleet, Grouping::Environment],
-        cfg.target,
     );
     let _ = writeln!(
         out,
@@ -123,7 +105,7 @@ pub fn render(store: &dyn Store, cfg: &CollectorConfig, m: &Metrics) -> Result<S
         cfg.target
     );
 
-    let today_events = store.events(&EventQuery {
+    let today_events = svc.events(&EventQuery {
         from: Some(today),
         to: Some(today),
         ..EventQuery::default()
@@ -144,11 +126,8 @@ pub fn render(store: &dyn Store, cfg: &CollectorConfig, m: &Metrics) -> Result<S
             label(&k)
         );
     }
-    let hosts = store.hosts(now)?;
-    let silent = hosts
-        .iter()
-        .filter(|h| !h.retired && h.silent_for_seconds > cfg.silent_after.as_secs() as i64)
-        .count();
+    let hosts = svc.hosts(now)?;
+    let silent = hosts.iter().filter(|h| svc.is_silent(h)).count();
     let open: u64 = hosts.iter().map(|h| h.open_unauthorized).sum();
     let _ = writeln!(
         out,
@@ -195,7 +174,7 @@ pub fn render(store: &dyn Store, cfg: &CollectorConfig, m: &Metrics) -> Result<S
     }
     // Yesterday too: a daily scan that finished before midnight is still the latest one.
     let since = today.yesterday().unwrap_or(today);
-    let scans = store.latest_scans(since)?;
+    let scans = svc.latest_scans(since)?;
     let _ = writeln!(
         out,
         "# HELP driftwatch_agent_scan_seconds Seconds the latest full scan of a tree took (scans received today or yesterday).\n# TYPE driftwatch_agent_scan_seconds gauge"

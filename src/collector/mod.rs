@@ -1,9 +1,15 @@
 //! The central server: API over HTTP(S), storage, KPI, audit.
+//!
+//! Layers, each depending only on those below it: [`http`] (routes, auth, status codes, the
+//! dashboard) → [`service`] (validation, signature policy, re-classification, counters: what
+//! every caller, HTTP or in-process, goes through) → `crate::store`. [`metrics`] renders the
+//! service's counters and gauges; [`config`] is read by all of them. This module binds the
+//! listener and serves.
 
-pub mod api;
 pub mod config;
-pub mod dashboard;
+pub mod http;
 pub mod metrics;
+pub mod service;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,8 +21,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, StoreError};
 use config::{CollectorConfig, Tls};
+use service::Service;
 
 /// The collector could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,22 +47,21 @@ pub struct Collector {
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
-    /// The shared state (store, settings, counters).
-    pub state: Arc<api::AppState>,
+    /// The shared state (the service, the rate limiter).
+    pub state: Arc<http::AppState>,
 }
 
 impl Collector {
     /// Opens the store and binds the listen address.
     pub async fn bind(cfg: CollectorConfig) -> Result<Collector, CollectorError> {
         let store = store::open(&cfg.storage, cfg.timezone.clone())?;
-        Self::bind_with_store(cfg, Arc::from(store)).await
+        Self::bind_with_service(Arc::new(Service::new(Arc::from(store), Arc::new(cfg)))).await
     }
 
-    /// Binds with an already open store (the agent's embedded mode shares one).
-    pub async fn bind_with_store(
-        cfg: CollectorConfig,
-        store: Arc<dyn Store>,
-    ) -> Result<Collector, CollectorError> {
+    /// Binds in front of an existing service (the agent's embedded mode shares its own, so
+    /// what it ingests in process is counted in this collector's `/metrics`).
+    pub async fn bind_with_service(svc: Arc<Service>) -> Result<Collector, CollectorError> {
+        let cfg = &svc.cfg;
         let tls = cfg.tls.as_ref().map(tls_acceptor).transpose()?;
         for w in cfg.warnings() {
             tracing::warn!("{w}");
@@ -68,8 +74,8 @@ impl Collector {
                     addr: cfg.listen,
                     source,
                 })?;
-        let state = api::AppState::new(store, Arc::new(cfg));
-        let app = api::router(state.clone());
+        let state = http::AppState::new(svc.clone());
+        let app = http::router(state.clone());
         Ok(Collector {
             listener,
             tls,
@@ -93,7 +99,7 @@ impl Collector {
 
     /// Serves until `shutdown` completes, then lets requests in flight finish (up to 30 s).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let sealer = tokio::spawn(seal_finished_days(self.state.clone()));
+        let sealer = tokio::spawn(seal_finished_days(self.state.svc.clone()));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // Slow-loris guard: a client must send its headers promptly.
@@ -168,18 +174,12 @@ impl Collector {
 
 /// Seals each finished day into the chained KPI rows soon after it ends (every 10 minutes it
 /// asks for today's facts, which seals what came before), so no reader ever waits for a backlog.
-async fn seal_finished_days(state: Arc<api::AppState>) {
+async fn seal_finished_days(svc: Arc<Service>) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
         tick.tick().await;
-        let store = state.store.clone();
-        let tz = state.cfg.timezone.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let now = jiff::Timestamp::now();
-            let today = now.to_zoned(tz).date();
-            store.host_days(today, today, None, now).map(|_| ())
-        })
-        .await;
+        let svc = svc.clone();
+        let done = tokio::task::spawn_blocking(move || svc.seal_finished_days()).await;
         if let Ok(Err(e)) = done {
             tracing::warn!(error = %e, "sealing finished days failed; will retry");
         }

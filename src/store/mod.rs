@@ -95,7 +95,7 @@ pub struct Token {
 }
 
 /// An event as stored, with what the collector knows about it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct StoredEvent {
     /// Store-wide id.
     pub id: i64,
@@ -247,7 +247,7 @@ fn keep_latest(rows: impl IntoIterator<Item = (LatestScan, i64)>) -> Vec<LatestS
 }
 
 /// A change entry as the collector keeps it: its exact TOML and signature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StoredChange {
     /// Ticket id.
     pub id: String,
@@ -284,7 +284,7 @@ pub struct ChainHead {
 }
 
 /// Outcome of walking the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ChainReport {
     /// Records checked.
     pub records: u64,

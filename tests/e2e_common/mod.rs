@@ -286,10 +286,30 @@ pub fn get(addr: &str, path: &str, token: Option<&str>, extra: &[(&str, &str)]) 
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
+    send(addr, req.as_bytes())
+}
+
+/// `POST path` on `addr` with a JSON body and an optional bearer token.
+pub fn post(addr: &str, path: &str, token: Option<&str>, body: &[u8]) -> Resp {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut raw = req.into_bytes();
+    raw.extend_from_slice(body);
+    send(addr, &raw)
+}
+
+/// Sends one raw request on a fresh connection and reads the whole answer.
+fn send(addr: &str, req: &[u8]) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(HTTP_TIMEOUT)).expect("timeout");
     s.set_write_timeout(Some(HTTP_TIMEOUT)).expect("timeout");
-    s.write_all(req.as_bytes())
+    s.write_all(req)
         .unwrap_or_else(|e| panic!("send to {addr}: {e}"));
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)

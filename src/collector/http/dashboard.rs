@@ -15,12 +15,11 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use serde::Deserialize;
 
-use super::api::{ApiError, AppState};
-use crate::kpi::{self, Grouping, KpiRow, Period};
-use crate::store::{EventQuery, HostInfo, Role, StoredEvent};
-
-/// Name of the login cookie.
-pub const COOKIE: &str = "dw_token";
+use super::auth::{COOKIE, cookie_token, reader_token};
+use super::{ApiError, AppState};
+use crate::collector::service::{Service, ServiceError};
+use crate::kpi::{Grouping, KpiRow, Period};
+use crate::store::{EventQuery, HostInfo, StoredEvent};
 
 /// Query of the dashboard.
 #[derive(Debug, Deserialize, Default)]
@@ -29,15 +28,6 @@ pub struct DashParams {
     from: Option<String>,
     to: Option<String>,
     environment: Option<String>,
-}
-
-/// The token in the login cookie, if any.
-pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    let raw = headers.get(header::COOKIE)?.to_str().ok()?;
-    raw.split(';')
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
 }
 
 fn esc(s: &str) -> String {
@@ -78,15 +68,8 @@ pub async fn login(State(state): State<Arc<AppState>>, body: Bytes) -> Response 
 }
 
 async fn sign_in(state: &Arc<AppState>, token: String) -> Response {
-    let t = token.clone();
-    let store = state.store.clone();
-    let found = tokio::task::spawn_blocking(move || store.find_token(&t))
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .flatten();
-    match found {
-        Some(tok) if matches!(tok.role, Role::Reader | Role::Admin) => (
+    match reader_token(state, token.clone()).await {
+        Some(_) => (
             StatusCode::SEE_OTHER,
             [
                 (
@@ -119,13 +102,7 @@ pub async fn index(
     let Some(secret) = cookie_token(&headers) else {
         return login_page("Sign in with a reader token.");
     };
-    let store = state.store.clone();
-    let found = tokio::task::spawn_blocking(move || store.find_token(&secret))
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .flatten();
-    if !found.is_some_and(|t| matches!(t.role, Role::Reader | Role::Admin)) {
+    if reader_token(&state, secret).await.is_none() {
         return login_page("Your session token is no longer valid.");
     }
     match render(&state, p).await {
@@ -146,7 +123,7 @@ struct Data {
 }
 
 async fn render(state: &Arc<AppState>, p: DashParams) -> Result<String, ApiError> {
-    let today = Timestamp::now().to_zoned(state.cfg.timezone.clone()).date();
+    let today = state.svc.today();
     let parse = |name: &str, v: &Option<String>| -> Result<Option<Date>, ApiError> {
         v.as_deref()
             .filter(|s| !s.is_empty())
@@ -161,69 +138,73 @@ async fn render(state: &Arc<AppState>, p: DashParams) -> Result<String, ApiError
     let from = parse("from", &p.from)?
         .unwrap_or_else(|| to.checked_sub(jiff::Span::new().days(29)).unwrap_or(to));
     let env = p.environment.clone().filter(|e| !e.is_empty());
-    let target = state.cfg.target;
-    let store = state.store.clone();
     let env2 = env.clone();
-    let data = tokio::task::spawn_blocking(move || -> Result<Data, crate::store::StoreError> {
-        let now = Timestamp::now();
-        let mut hd = store.host_days(from, to, None, now)?;
-        let environments: Vec<String> = {
-            let mut e: Vec<String> = hd.iter().map(|d| d.environment.clone()).collect();
-            e.sort();
-            e.dedup();
-            e
-        };
-        if let Some(e) = &env2 {
-            hd.retain(|d| &d.environment == e);
-        }
-        let days = kpi::compute(&hd, Period::Day, &[Grouping::Fleet], target);
-        let mut per_host = hd.clone();
-        for d in &mut per_host {
-            d.day = from;
-        }
-        let host_rows: Vec<KpiRow> =
-            kpi::compute(&per_host, Period::Day, &[Grouping::Host], target);
-        let yesterday = today.yesterday().unwrap_or(today);
-        let mut recent = store.events(&EventQuery {
-            from: Some(yesterday),
-            to: Some(today),
-            status: Some("unauthorized".into()),
-            ..EventQuery::default()
-        })?;
-        recent.extend(store.events(&EventQuery {
-            from: Some(yesterday),
-            to: Some(today),
-            status: Some("unverifiable".into()),
-            ..EventQuery::default()
-        })?);
-        if let Some(e) = &env2 {
-            recent.retain(|ev| &ev.environment == e);
-        }
-        recent.sort_by(|a, b| b.received_at.cmp(&a.received_at));
-        let hosts = store.hosts(now)?;
-        Ok(Data {
-            days,
-            hosts,
-            host_rows,
-            recent,
-            from,
-            to,
-            today,
-            environments,
-        })
+    let data = state
+        .run(move |svc| gather(svc, from, to, today, env2))
+        .await?;
+    Ok(page(&state.svc, &data, env.as_deref()))
+}
+
+/// Everything the page shows, read through the service.
+fn gather(
+    svc: &Service,
+    from: Date,
+    to: Date,
+    today: Date,
+    env: Option<String>,
+) -> Result<Data, ServiceError> {
+    let mut hd = svc.host_days(from, to, None)?;
+    let environments: Vec<String> = {
+        let mut e: Vec<String> = hd.iter().map(|d| d.environment.clone()).collect();
+        e.sort();
+        e.dedup();
+        e
+    };
+    if let Some(e) = &env {
+        hd.retain(|d| &d.environment == e);
+    }
+    let days = svc.kpi_rows(&hd, Period::Day, &[Grouping::Fleet]);
+    let mut per_host = hd.clone();
+    for d in &mut per_host {
+        d.day = from;
+    }
+    let host_rows: Vec<KpiRow> = svc.kpi_rows(&per_host, Period::Day, &[Grouping::Host]);
+    let yesterday = today.yesterday().unwrap_or(today);
+    let mut recent = svc.events(&EventQuery {
+        from: Some(yesterday),
+        to: Some(today),
+        status: Some("unauthorized".into()),
+        ..EventQuery::default()
+    })?;
+    recent.extend(svc.events(&EventQuery {
+        from: Some(yesterday),
+        to: Some(today),
+        status: Some("unverifiable".into()),
+        ..EventQuery::default()
+    })?);
+    if let Some(e) = &env {
+        recent.retain(|ev| &ev.environment == e);
+    }
+    recent.sort_by(|a, b| b.received_at.cmp(&a.received_at));
+    let hosts = svc.hosts(Timestamp::now())?;
+    Ok(Data {
+        days,
+        hosts,
+        host_rows,
+        recent,
+        from,
+        to,
+        today,
+        environments,
     })
-    .await
-    .map_err(|e| ApiError::bad_request(format!("worker failed: {e}")))??;
-    Ok(page(state, &data, env.as_deref()))
 }
 
 fn pct(v: f64) -> String {
     format!("{:.1}%", v * 100.0)
 }
 
-fn page(state: &AppState, d: &Data, env: Option<&str>) -> String {
-    let target = state.cfg.target;
-    let silent_after = state.cfg.silent_after.as_secs() as i64;
+fn page(svc: &Service, d: &Data, env: Option<&str>) -> String {
+    let target = svc.cfg.target;
     let mut h = String::new();
     let _ = write!(
         h,
@@ -325,11 +306,7 @@ fn page(state: &AppState, d: &Data, env: Option<&str>) -> String {
         h.push_str("</table>");
     }
     // Hosts.
-    let silent: Vec<&HostInfo> = d
-        .hosts
-        .iter()
-        .filter(|x| !x.retired && x.silent_for_seconds > silent_after)
-        .collect();
+    let silent: Vec<&HostInfo> = d.hosts.iter().filter(|x| svc.is_silent(x)).collect();
     let _ = write!(h, "<h2>Silent hosts <small>({})</small></h2>", silent.len());
     if silent.is_empty() {
         h.push_str("<p class=ok>Every host reported within its silence limit.</p>");

@@ -105,7 +105,7 @@ impl Quickstart {
             let snap = snapshot::scan(&tree, &ScanOptions::default())?;
             let m =
                 Manifest::from_snapshot(&snap, "shop", "demo-1", "quickstart@driftwatch", true)?;
-            crate::cli::write_atomic(&manifest, m.to_canonical_json().as_bytes())?;
+            super::util::write_atomic(&manifest, m.to_canonical_json().as_bytes())?;
             sign::sign_file(&manifest, &keys.join("release.key"))?;
         }
         let ticket = changes.join("CHG-1001.toml");
@@ -118,7 +118,7 @@ impl Quickstart {
                 timefmt::format_timestamp(now - 1.hour()),
                 timefmt::format_timestamp(now.checked_add(30 * 24.hours())?),
             );
-            crate::cli::write_atomic(&ticket, text.as_bytes())?;
+            super::util::write_atomic(&ticket, text.as_bytes())?;
             sign::sign_file(&ticket, &keys.join("cab.key"))?;
         }
         let cfg = d.join("agent.toml");
@@ -142,7 +142,7 @@ impl Quickstart {
             rel = abs(&keys.join("release.pub")),
             cab = abs(&keys.join("cab.pub")),
         );
-        crate::cli::write_atomic(&cfg, text.as_bytes())?;
+        super::util::write_atomic(&cfg, text.as_bytes())?;
         Ok(cfg)
     }
 
@@ -158,7 +158,7 @@ impl Quickstart {
         }
         let (_, secret) =
             store.create_token(Role::Reader, None, "quickstart dashboard", Timestamp::now())?;
-        crate::cli::write_atomic(&path, format!("{secret}\n").as_bytes())?;
+        super::util::write_atomic(&path, format!("{secret}\n").as_bytes())?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         Ok(secret)
     }
