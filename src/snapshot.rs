@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::hash::{self, Hashed};
 use crate::pathbytes::RelPath;
 use crate::walk::{self, Found, WalkOptions};
+use crate::xattr::{self, Xattrs};
 
 /// The type of a filesystem entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -147,6 +148,8 @@ pub struct Entry {
     pub target: Option<Vec<u8>>,
     /// Why the path could not be fully examined (it is then `unverifiable`).
     pub problem: Option<String>,
+    /// Extended attributes and ACLs (`None`: the path has none).
+    pub xattrs: Option<Xattrs>,
 }
 
 /// Counters a scan reports.
@@ -267,19 +270,24 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Snapshot, ScanError> {
         };
         walk_result = walk::walk(root, &opts.walk, |found| match found {
             Found::Dir {
+                abs,
                 rel,
                 meta,
                 descended,
             } => {
                 let problem = (!descended)
                     .then(|| "mount point: not descended (other filesystem)".to_string());
-                dirs.push(Entry {
+                // Directories carry the default ACL: their attributes are read here, on the
+                // walker's thread (directories are few beside files).
+                let entry = Entry {
                     path: join(rel),
                     meta,
                     blake3: None,
                     target: None,
                     problem,
-                });
+                    xattrs: None,
+                };
+                dirs.extend(with_xattrs(&abs, entry));
             }
             Found::Other {
                 abs,
@@ -324,7 +332,8 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Snapshot, ScanError> {
     Ok(Snapshot { entries, stats })
 }
 
-/// Stats (and for regular files hashes) one path; `None` when it vanished since the walk listed it.
+/// Stats (and for regular files hashes) one path, and reads its extended attributes; `None` when
+/// it vanished since the walk listed it.
 pub fn examine(abs: &Path, path: RelPath) -> Option<Entry> {
     examine_cached(abs, path, None, false)
 }
@@ -332,7 +341,36 @@ pub fn examine(abs: &Path, path: RelPath) -> Option<Entry> {
 /// As [`examine`], reusing the cached hash of a file whose stat stamp did not move.
 /// `listed_as_file` (the directory entry's type) lets a file without a cache entry skip the
 /// `lstat`: opening it with `O_NOFOLLOW` and `fstat` gives the same facts with one syscall less.
+///
+/// The extended attributes are read every time, cache hit or not: the cache only spares reading
+/// the content. An attribute change moves ctime, which would miss the cache anyway, but one
+/// `llistxattr` per path is cheap (a path without attributes answers 0 in one syscall) and a
+/// file capability must never hang on a filesystem's ctime discipline.
 pub fn examine_cached(
+    abs: &Path,
+    path: RelPath,
+    cache: Option<&dyn StatCache>,
+    listed_as_file: bool,
+) -> Option<Entry> {
+    with_xattrs(abs, examine_content(abs, path, cache, listed_as_file)?)
+}
+
+/// Adds the attributes of `abs` to its entry; `None` when the path vanished meanwhile.
+fn with_xattrs(abs: &Path, mut entry: Entry) -> Option<Entry> {
+    match xattr::read(abs) {
+        Ok(x) => entry.xattrs = x,
+        Err(e) if e.is_not_found() => return None,
+        // The first problem found is the one reported (a path that cannot be stat'ed cannot be
+        // listed either).
+        Err(e) => {
+            entry.problem.get_or_insert_with(|| e.to_string());
+        }
+    }
+    Some(entry)
+}
+
+/// Stat, content hash and link target of one path (no attributes).
+fn examine_content(
     abs: &Path,
     path: RelPath,
     cache: Option<&dyn StatCache>,
@@ -348,6 +386,7 @@ pub fn examine_cached(
                     blake3: Some(h),
                     target: None,
                     problem: None,
+                    xattrs: None,
                 });
             }
             Ok(Hashed::Changing(meta)) => {
@@ -358,6 +397,7 @@ pub fn examine_cached(
                     blake3: None,
                     target: None,
                     problem,
+                    xattrs: None,
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -387,6 +427,7 @@ pub fn examine_cached(
             blake3: Some(old.blake3),
             target: None,
             problem: None,
+            xattrs: None,
         });
     }
     let mut entry = Entry {
@@ -395,6 +436,7 @@ pub fn examine_cached(
         blake3: None,
         target: None,
         problem: None,
+        xattrs: None,
     };
     match lstat.kind {
         Kind::File => match hash::hash_file(abs) {
@@ -408,7 +450,9 @@ pub fn examine_cached(
                 entry.problem = Some("changed while being hashed".into());
             }
             // Swapped for a symlink between lstat and open: record what is there now.
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return examine(abs, entry.path),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return examine_content(abs, entry.path, None, false);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => entry.problem = Some(format!("cannot read: {e}")),
         },
@@ -440,6 +484,7 @@ fn problem_entry(path: RelPath, message: String) -> Entry {
         blake3: None,
         target: None,
         problem: Some(message),
+        xattrs: None,
     }
 }
 
