@@ -178,7 +178,7 @@ pub struct Snapshot {
 }
 
 /// What a stat cache remembers of a readable regular file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedFile {
     /// Size in bytes.
     pub size: u64,
@@ -192,6 +192,8 @@ pub struct CachedFile {
     pub dev: u64,
     /// Content hash seen with that stamp.
     pub blake3: [u8; 32],
+    /// Extended attributes seen with that stamp (they move ctime when they change).
+    pub xattrs: Option<Xattrs>,
 }
 
 /// Hashes remembered from an earlier scan, by path.
@@ -342,17 +344,22 @@ pub fn examine(abs: &Path, path: RelPath) -> Option<Entry> {
 /// `listed_as_file` (the directory entry's type) lets a file without a cache entry skip the
 /// `lstat`: opening it with `O_NOFOLLOW` and `fstat` gives the same facts with one syscall less.
 ///
-/// The extended attributes are read every time, cache hit or not: the cache only spares reading
-/// the content. An attribute change moves ctime, which would miss the cache anyway, but one
-/// `llistxattr` per path is cheap (a path without attributes answers 0 in one syscall) and a
-/// file capability must never hang on a filesystem's ctime discipline.
+/// Extended attributes: a hashed file's are read from the descriptor the hash used (no second
+/// path lookup); a cache hit keeps the cached ones, because setting or removing an attribute
+/// moves ctime, which is part of the stamp and cannot be set back from user space (the same
+/// argument that lets the cache keep the content hash; a full rehash, which uses no cache,
+/// re-reads them all). Everything else (directories, symlinks, special files, files that could
+/// not be hashed) is asked by path with `llistxattr`, never following a symlink or opening it.
 pub fn examine_cached(
     abs: &Path,
     path: RelPath,
     cache: Option<&dyn StatCache>,
     listed_as_file: bool,
 ) -> Option<Entry> {
-    with_xattrs(abs, examine_content(abs, path, cache, listed_as_file)?)
+    match examine_content(abs, path, cache, listed_as_file)? {
+        (entry, true) => Some(entry),
+        (entry, false) => with_xattrs(abs, entry),
+    }
 }
 
 /// Adds the attributes of `abs` to its entry; `None` when the path vanished meanwhile.
@@ -369,36 +376,53 @@ fn with_xattrs(abs: &Path, mut entry: Entry) -> Option<Entry> {
     Some(entry)
 }
 
-/// Stat, content hash and link target of one path (no attributes).
+/// Records the attributes the hasher read with the file; `None` when the file vanished.
+fn hashed_xattrs(
+    entry: &mut Entry,
+    xattrs: Result<Option<Xattrs>, xattr::XattrError>,
+) -> Option<()> {
+    match xattrs {
+        Ok(x) => entry.xattrs = x,
+        Err(e) if e.is_not_found() => return None,
+        Err(e) => entry.problem = Some(e.to_string()),
+    }
+    Some(())
+}
+
+/// Stat, content hash and link target of one path, and whether its attributes are known too
+/// (read with the content, or kept from the cache).
 fn examine_content(
     abs: &Path,
     path: RelPath,
     cache: Option<&dyn StatCache>,
     listed_as_file: bool,
-) -> Option<Entry> {
+) -> Option<(Entry, bool)> {
     let cached = cache.and_then(|c| c.cached_file(&path));
     if listed_as_file && cached.is_none() {
         match hash::hash_file(abs) {
-            Ok(Hashed::File(meta, h)) => {
-                return Some(Entry {
+            Ok(Hashed::File(meta, h, x)) => {
+                let mut entry = Entry {
                     path,
                     meta,
                     blake3: Some(h),
                     target: None,
                     problem: None,
                     xattrs: None,
-                });
+                };
+                hashed_xattrs(&mut entry, x)?;
+                return Some((entry, true));
             }
             Ok(Hashed::Changing(meta)) => {
                 let problem = Some("changed while being hashed".to_string());
-                return Some(Entry {
+                let entry = Entry {
                     path,
                     meta,
                     blake3: None,
                     target: None,
                     problem,
                     xattrs: None,
-                });
+                };
+                return Some((entry, false));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             // No longer a plain readable file (or unreadable): take the careful path below.
@@ -408,7 +432,8 @@ fn examine_content(
     let lstat = match hash::lstat(abs) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => return Some(problem_entry(path, format!("cannot stat: {e}"))),
+        // Not asked for attributes either: the stat error is the problem to report.
+        Err(e) => return Some((problem_entry(path, format!("cannot stat: {e}")), true)),
     };
     if lstat.kind == Kind::File
         && let Some(old) = cached
@@ -421,14 +446,15 @@ fn examine_content(
                 lstat.dev,
             )
     {
-        return Some(Entry {
+        let entry = Entry {
             path,
             meta: lstat,
             blake3: Some(old.blake3),
             target: None,
             problem: None,
-            xattrs: None,
-        });
+            xattrs: old.xattrs,
+        };
+        return Some((entry, true));
     }
     let mut entry = Entry {
         path,
@@ -440,9 +466,11 @@ fn examine_content(
     };
     match lstat.kind {
         Kind::File => match hash::hash_file(abs) {
-            Ok(Hashed::File(meta, h)) => {
+            Ok(Hashed::File(meta, h, x)) => {
                 entry.meta = meta;
                 entry.blake3 = Some(h);
+                hashed_xattrs(&mut entry, x)?;
+                return Some((entry, true));
             }
             Ok(Hashed::NotRegular(meta)) => entry.meta = meta,
             Ok(Hashed::Changing(meta)) => {
@@ -462,7 +490,7 @@ fn examine_content(
         },
         _ => {}
     }
-    Some(entry)
+    Some((entry, false))
 }
 
 fn problem_entry(path: RelPath, message: String) -> Entry {

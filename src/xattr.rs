@@ -34,7 +34,9 @@
 //! value can be secret).
 
 use std::ffi::CStr;
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -135,11 +137,49 @@ impl XattrError {
 /// A filesystem without attribute support counts as none.
 pub fn read(path: &Path) -> Result<Option<Xattrs>, XattrError> {
     use std::os::unix::ffi::OsStrExt;
-    with_c_path(path.as_os_str().as_bytes(), |c| read_c(c))
+    with_c_path(path.as_os_str().as_bytes(), |c| read_from(Source::Path(c)))
         .unwrap_or_else(|e| Err(XattrError::List(e)))
 }
 
-fn read_c(path: &CStr) -> Result<Option<Xattrs>, XattrError> {
+/// As [`read`], from a file already open (the hasher's): no second path lookup, which costs as
+/// much as the `lstat` it would follow.
+pub fn read_file(file: &File) -> Result<Option<Xattrs>, XattrError> {
+    read_from(Source::Fd(file.as_raw_fd()))
+}
+
+/// Where the attributes are read from: a path (never followed) or an open file.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Path(&'a CStr),
+    Fd(RawFd),
+}
+
+impl Source<'_> {
+    /// `llistxattr`/`flistxattr` into `buf` (a null `buf` with size 0 asks for the size).
+    fn list(self, buf: *mut libc::c_char, size: usize) -> isize {
+        // SAFETY: a valid NUL-terminated path or an open descriptor; `buf` is valid for `size`
+        // bytes or null with size 0.
+        unsafe {
+            match self {
+                Source::Path(p) => libc::llistxattr(p.as_ptr(), buf, size),
+                Source::Fd(fd) => libc::flistxattr(fd, buf, size),
+            }
+        }
+    }
+
+    /// `lgetxattr`/`fgetxattr` of `name` into `buf` (null with size 0: the size).
+    fn get(self, name: &CStr, buf: *mut libc::c_void, size: usize) -> isize {
+        // SAFETY: as `list`, and `name` is NUL-terminated.
+        unsafe {
+            match self {
+                Source::Path(p) => libc::lgetxattr(p.as_ptr(), name.as_ptr(), buf, size),
+                Source::Fd(fd) => libc::fgetxattr(fd, name.as_ptr(), buf, size),
+            }
+        }
+    }
+}
+
+fn read_from(path: Source<'_>) -> Result<Option<Xattrs>, XattrError> {
     let list = list_names(path).map_err(XattrError::List)?;
     if list.is_empty() {
         return Ok(None);
@@ -183,10 +223,9 @@ fn with_c_path<T>(bytes: &[u8], f: impl FnOnce(&CStr) -> T) -> io::Result<T> {
 
 /// The NUL-separated name list: one syscall when it fits the stack buffer (the usual case, and
 /// always for a path without attributes, which returns 0).
-fn list_names(path: &CStr) -> io::Result<Vec<u8>> {
+fn list_names(src: Source<'_>) -> io::Result<Vec<u8>> {
     let mut stack = [0u8; LIST_BUF];
-    // SAFETY: valid NUL-terminated path, buffer and its length.
-    let n = unsafe { libc::llistxattr(path.as_ptr(), stack.as_mut_ptr().cast(), stack.len()) };
+    let n = src.list(stack.as_mut_ptr().cast(), stack.len());
     if n >= 0 {
         return Ok(stack[..n as usize].to_vec());
     }
@@ -198,14 +237,12 @@ fn list_names(path: &CStr) -> io::Result<Vec<u8>> {
     }
     // Bigger than the stack buffer: ask the size, and again if it grew meanwhile.
     loop {
-        // SAFETY: a null buffer with size 0 asks for the size.
-        let size = unsafe { libc::llistxattr(path.as_ptr(), std::ptr::null_mut(), 0) };
+        let size = src.list(std::ptr::null_mut(), 0);
         if size < 0 {
             return Err(io::Error::last_os_error());
         }
         let mut buf = vec![0u8; size as usize];
-        // SAFETY: valid path, buffer and its length.
-        let n = unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = src.list(buf.as_mut_ptr().cast(), buf.len());
         if n >= 0 {
             buf.truncate(n as usize);
             return Ok(buf);
@@ -218,17 +255,9 @@ fn list_names(path: &CStr) -> io::Result<Vec<u8>> {
 }
 
 /// One value; `None` when the attribute is gone.
-fn get_value(path: &CStr, name: &CStr) -> io::Result<Option<Vec<u8>>> {
+fn get_value(src: Source<'_>, name: &CStr) -> io::Result<Option<Vec<u8>>> {
     let mut stack = [0u8; VALUE_BUF];
-    // SAFETY: valid NUL-terminated strings, buffer and its length.
-    let n = unsafe {
-        libc::lgetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            stack.as_mut_ptr().cast(),
-            stack.len(),
-        )
-    };
+    let n = src.get(name, stack.as_mut_ptr().cast(), stack.len());
     if n >= 0 {
         return Ok(Some(stack[..n as usize].to_vec()));
     }
@@ -239,22 +268,13 @@ fn get_value(path: &CStr, name: &CStr) -> io::Result<Option<Vec<u8>>> {
             Some(libc::ERANGE) => {}
             _ => return Err(e),
         }
-        // SAFETY: a null buffer with size 0 asks for the size.
-        let size =
-            unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        // Bigger than the stack buffer: ask the size, and again if it grew meanwhile.
+        let size = src.get(name, std::ptr::null_mut(), 0);
         if size < 0 {
             continue;
         }
         let mut buf = vec![0u8; size as usize];
-        // SAFETY: valid strings, buffer and its length.
-        let n = unsafe {
-            libc::lgetxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
+        let n = src.get(name, buf.as_mut_ptr().cast(), buf.len());
         if n >= 0 {
             buf.truncate(n as usize);
             return Ok(Some(buf));
@@ -434,6 +454,9 @@ mod tests {
             set(&[("user.big", &big)]).unwrap(),
             "large value read whole"
         );
+        let from_fd = read_file(&File::open(&f).unwrap()).unwrap().unwrap();
+        assert_eq!(from_fd, got);
+        assert_eq!(from_fd.names, got.names);
         // A symlink to it has none of its own: never followed.
         let l = dir.path().join("l");
         std::os::unix::fs::symlink("f", &l).unwrap();

@@ -267,6 +267,19 @@ impl Base {
         Row { approved, observed }
     }
 
+    /// The observed attribute set of row `i`.
+    fn observed_xattrs(&self, i: usize) -> Option<Xattrs> {
+        if self.recs[i].flags & XATTRS == 0 {
+            return None;
+        }
+        let k = self
+            .xrows
+            .binary_search_by_key(&(i as u32), |x| x.row)
+            .ok()?;
+        let set = self.xrows[k].observed;
+        (set != NO_XSET).then(|| self.xsets[set as usize].clone())
+    }
+
     /// The stat-cache facts of row `i`, read straight from its record.
     fn cached_file(&self, i: usize) -> Option<CachedFile> {
         let r = &self.recs[i];
@@ -278,6 +291,7 @@ impl Base {
                 ino: r.ino,
                 dev: self.devs[r.dev as usize],
                 blake3: self.hashes[r.hash as usize],
+                xattrs: self.observed_xattrs(i),
             }
         })
     }
@@ -1003,6 +1017,7 @@ impl StatCache for Table {
                     ino: o.meta.ino,
                     dev: o.meta.dev,
                     blake3: o.blake3?,
+                    xattrs: o.xattrs.clone(),
                 })
             }
             None => self.base.cached_file(self.base.find(path.as_bytes())?),
@@ -1252,10 +1267,12 @@ mod tests {
         let seen = row.observed.unwrap().xattrs.unwrap();
         assert_eq!(seen.names[0].name, b"security.capability");
         assert_eq!(t.base.xsets.len(), 2);
-        assert!(
-            t.cached_file(&path("f03")).is_some(),
-            "attributes do not cost a path its stat cache"
+        assert_eq!(
+            t.cached_file(&path("f03")).unwrap().xattrs,
+            cap,
+            "the stat cache keeps the attributes seen with the stamp"
         );
+        assert_eq!(t.cached_file(&path("plain")).unwrap().xattrs, None);
 
         let mut out = Vec::new();
         t.encode(&mut out);
