@@ -425,3 +425,57 @@ fn the_agent_approves_attributes_in_the_manifest_and_a_restart_scan_sees_their_c
         agent.proc.log()
     );
 }
+
+#[test]
+fn a_one_shot_scan_reports_the_named_attribute_in_json_and_text() {
+    let fx = Fx::new();
+    fx.build_manifest();
+    let spec = AgentSpec::for_fx(&fx);
+    let config = fx.base.join("agent.toml");
+    spec.write(&config);
+    let scan = |format: &str| {
+        run([
+            "scan".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--format".as_ref(),
+            std::ffi::OsStr::new(format),
+        ])
+    };
+    scan("json").expect_code(0);
+    let f = fx.path("index.php");
+    set_or_skip!(
+        "a_one_shot_scan_reports_the_named_attribute",
+        &f,
+        "security.capability",
+        &cap_setuid_ep()
+    );
+    let out = scan("json");
+    out.expect_code(1);
+    let trees = out.json();
+    let events: Vec<&Value> = trees[0]["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| s(e, "path") == "index.php")
+        .collect();
+    assert_eq!(events.len(), 1, "{trees:#}");
+    assert_eq!(s(events[0], "change"), "metadata", "{trees:#}");
+    assert_eq!(s(events[0], "status"), "unauthorized", "{trees:#}");
+    assert_eq!(
+        s(events[0], "detail"),
+        "security.capability added",
+        "{trees:#}"
+    );
+    // Still open, still reported by name in the next scan's text (nothing new is counted).
+    set_xattr(&f, "security.capability", None).unwrap();
+    let out = scan("text");
+    out.expect_code(0);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.contains("index.php") && l.contains("security.capability removed")),
+        "{}",
+        out.stdout
+    );
+}
