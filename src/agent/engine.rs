@@ -796,7 +796,7 @@ fn log_event(host: &str, ev: &ChangeEvent) {
     if ev.status == "unauthorized" || ev.status == "unverifiable" {
         tracing::warn!(host, tree = %ev.tree, path = %ev.path, change = %ev.change, status = %ev.status, seq = ev.seq, blake3 = ev.blake3.as_deref().unwrap_or(""), detail = %ev.detail.as_deref().unwrap_or(""), "drift");
     } else {
-        tracing::info!(host, tree = %ev.tree, path = %ev.path, change = %ev.change, status = %ev.status, seq = ev.seq, resolves = ev.resolves, "drift");
+        tracing::info!(host, tree = %ev.tree, path = %ev.path, change = %ev.change, status = %ev.status, seq = ev.seq, resolves = ev.resolves, detail = %ev.detail.as_deref().unwrap_or(""), "drift");
     }
 }
 
