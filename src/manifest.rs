@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -319,10 +318,7 @@ fn parse_xattrs(
     if out.windows(2).any(|w| w[0].name == w[1].name) {
         return Err(("xattr_names", "a name appears twice".into()));
     }
-    Ok(Some(Xattrs {
-        digest,
-        names: Arc::from(out),
-    }))
+    Ok(Some(Xattrs::new(digest, out)))
 }
 
 fn from_json_entry(j: JsonEntry) -> Result<ManifestEntry, (&'static str, String)> {

@@ -59,14 +59,28 @@ pub struct XattrName {
 
 /// The extended attributes of one path: their canonical digest and their names.
 ///
-/// Two sets are equal when their digests are: the names are only there to describe a change.
-#[derive(Debug, Clone, Eq)]
-pub struct Xattrs {
+/// One pointer wide (`Option<Xattrs>` too): every entry, state and observation carries one, and
+/// almost all of them are `None`, so a path without attributes pays 8 bytes, not a set's 48.
+/// Clones share the set. Two sets are equal when their digests are: the names are only there
+/// to describe a change.
+#[derive(Debug, Clone)]
+pub struct Xattrs(Arc<XattrSet>);
+
+/// What an [`Xattrs`] points to.
+#[derive(Debug)]
+pub struct XattrSet {
     /// BLAKE3 of the canonical encoding of all `name=value` pairs.
     pub digest: [u8; 32],
     /// Sorted by name bytes. Empty when the source recorded only the digest (a manifest written
     /// by hand without `xattr_names`): a set with a digest always has at least one attribute.
-    pub names: Arc<[XattrName]>,
+    pub names: Vec<XattrName>,
+}
+
+impl std::ops::Deref for Xattrs {
+    type Target = XattrSet;
+    fn deref(&self) -> &XattrSet {
+        &self.0
+    }
 }
 
 impl PartialEq for Xattrs {
@@ -75,7 +89,14 @@ impl PartialEq for Xattrs {
     }
 }
 
+impl Eq for Xattrs {}
+
 impl Xattrs {
+    /// A set from its parts (a manifest or a state file); `names` sorted by name, unique.
+    pub fn new(digest: [u8; 32], names: Vec<XattrName>) -> Xattrs {
+        Xattrs(Arc::new(XattrSet { digest, names }))
+    }
+
     /// The set of these `(name, value)` pairs (any order, names unique); `None` when empty.
     pub fn from_pairs(mut pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Option<Xattrs> {
         if pairs.is_empty() {
@@ -97,10 +118,7 @@ impl Xattrs {
                 value: short_digest(&value),
             })
             .collect();
-        Some(Xattrs {
-            digest: *h.finalize().as_bytes(),
-            names,
-        })
+        Some(Xattrs::new(*h.finalize().as_bytes(), names))
     }
 }
 
@@ -387,6 +405,11 @@ mod tests {
     }
 
     #[test]
+    fn a_path_without_attributes_pays_one_pointer() {
+        assert_eq!(size_of::<Option<Xattrs>>(), size_of::<usize>());
+    }
+
+    #[test]
     fn changes_are_named() {
         let cap: &[u8] = b"\x01\x00\x00\x02";
         let none = None;
@@ -411,10 +434,7 @@ mod tests {
         );
         assert!(describe(x1.as_ref(), x1.clone().as_ref()).is_empty());
         // A manifest that kept only the digest: the change is still described.
-        let bare = x1.as_ref().map(|x| Xattrs {
-            digest: x.digest,
-            names: Arc::from(Vec::new()),
-        });
+        let bare = x1.as_ref().map(|x| Xattrs::new(x.digest, Vec::new()));
         assert_eq!(
             describe(bare.as_ref(), both.as_ref()),
             ["extended attributes changed (now: security.capability, user.x)"]

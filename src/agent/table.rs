@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::Arc;
 
 use crate::diff::State;
 use crate::manifest::ManifestEntry;
@@ -976,10 +975,7 @@ pub(super) fn get_xattrs(r: &mut Reader<'_>) -> Option<Xattrs> {
         }
         names.push(XattrName { name, value });
     }
-    Some(Xattrs {
-        digest,
-        names: Arc::from(names),
-    })
+    Some(Xattrs::new(digest, names))
 }
 
 /// As [`varint`], but `None` past the end or beyond 64 bits.
