@@ -530,3 +530,93 @@ fn attach_problems(entries: &mut Vec<Entry>, problems: Vec<(RelPath, String)>) {
         entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[derive(Debug, Default)]
+    struct Cache(HashMap<RelPath, CachedFile>);
+
+    impl StatCache for Cache {
+        fn cached_file(&self, path: &RelPath) -> Option<CachedFile> {
+            self.0.get(path).cloned()
+        }
+    }
+
+    fn cache_of(snap: &Snapshot) -> Arc<dyn StatCache> {
+        let mut c = Cache::default();
+        for e in &snap.entries {
+            if let Some(h) = e.blake3 {
+                let m = &e.meta;
+                c.0.insert(
+                    e.path.clone(),
+                    CachedFile {
+                        size: m.size,
+                        mtime_ns: m.mtime_ns,
+                        ctime_ns: m.ctime_ns,
+                        ino: m.ino,
+                        dev: m.dev,
+                        blake3: h,
+                        xattrs: e.xattrs.clone(),
+                    },
+                );
+            }
+        }
+        Arc::new(c)
+    }
+
+    fn xattrs_of<'a>(snap: &'a Snapshot, path: &str) -> Option<&'a Xattrs> {
+        let e = snap.entries.iter().find(|e| e.path.to_string() == path)?;
+        e.xattrs.as_ref()
+    }
+
+    #[test]
+    fn the_stat_cache_never_hides_an_attribute_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"content").unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let first = scan(dir.path(), &ScanOptions::default()).unwrap();
+        assert_eq!(xattrs_of(&first, "f"), None);
+        let c = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid strings and buffer.
+        let rc =
+            unsafe { libc::lsetxattr(c.as_ptr(), c"user.x".as_ptr(), c"1".as_ptr().cast(), 1, 0) };
+        if rc != 0 {
+            eprintln!(
+                "SKIP the_stat_cache_never_hides_an_attribute_change: cannot set user.x on {}: {}",
+                dir.path().display(),
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        // Setting the attribute moved ctime: the cached stamp misses and the file is read again.
+        let opts = ScanOptions {
+            cache: Some(cache_of(&first)),
+            ..ScanOptions::default()
+        };
+        let second = scan(dir.path(), &opts).unwrap();
+        let want = Xattrs::from_pairs(vec![(b"user.x".to_vec(), b"1".to_vec())]);
+        assert_eq!(xattrs_of(&second, "f"), want.as_ref());
+        // A hit keeps the attributes seen with the stamp, names and all.
+        let opts = ScanOptions {
+            cache: Some(cache_of(&second)),
+            ..ScanOptions::default()
+        };
+        let third = scan(dir.path(), &opts).unwrap();
+        let kept = xattrs_of(&third, "f").unwrap();
+        assert_eq!(kept.names, want.as_ref().unwrap().names);
+        // Directories are read on every scan (they carry default ACLs).
+        assert_eq!(xattrs_of(&third, "d"), None);
+        let d =
+            std::ffi::CString::new(dir.path().join("d").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid strings and buffer.
+        let rc =
+            unsafe { libc::lsetxattr(d.as_ptr(), c"user.d".as_ptr(), c"1".as_ptr().cast(), 1, 0) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let fourth = scan(dir.path(), &opts).unwrap();
+        assert!(xattrs_of(&fourth, "d").is_some());
+    }
+}
