@@ -3,8 +3,10 @@
 //! Every attribute the process can list is covered, whatever its namespace: `security.capability`
 //! (file capabilities), `security.selinux`, `security.ima`, `user.*`, `trusted.*` (listed only
 //! to root), and the POSIX ACLs, which the kernel exposes as the `system.posix_acl_access` and
-//! `system.posix_acl_default` attributes. They are read with `llistxattr`/`lgetxattr`, which never
-//! follow a symlink and never open the file, so FIFOs and devices are safe to ask.
+//! `system.posix_acl_default` attributes. A file being hashed is asked through the descriptor
+//! the hasher opened (`flistxattr`/`fgetxattr`: no second path lookup); anything else by path
+//! with `llistxattr`/`lgetxattr`, which never follow a symlink and never open the path, so FIFOs
+//! and devices are safe to ask.
 //!
 //! # Canonical digest
 //!
@@ -204,7 +206,10 @@ fn read_from(path: Source<'_>) -> Result<Option<Xattrs>, XattrError> {
     }
     let mut pairs = Vec::new();
     for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let cname = std::ffi::CString::new(name).expect("split at NUL");
+        // Split at NUL, so never fails; skipping keeps the no-panic rule without an `expect`.
+        let Ok(cname) = std::ffi::CString::new(name) else {
+            continue;
+        };
         match get_value(path, &cname) {
             Ok(Some(v)) => pairs.push((name.to_vec(), v)),
             // Removed between the list and the read: the path's ctime moved, it is seen again.
