@@ -279,6 +279,7 @@ fn make_event(rng: &mut Rng, seq: u64, observed: Timestamp) -> ChangeEvent {
         blake3,
         previous_blake3,
         size,
+        detail: None,
         resolves: None,
     }
 }

@@ -416,6 +416,7 @@ end = 2026-11-20T23:00:00Z
             gid: None,
             blake3: Some([b; 32]),
             target: None,
+            xattrs: None,
         };
         assert!(e.allows_result(&p("app/checkout/pay.js"), Some(&state(0xab))));
         assert!(!e.allows_result(&p("app/checkout/pay.js"), Some(&state(0xcd))));

@@ -174,6 +174,7 @@ pub fn reclassify(c: &StoredChangeRef<'_>, entry: &ChangeEntry, now: Timestamp) 
         gid: None,
         blake3: c.blake3,
         target: None,
+        xattrs: None,
     });
     let applies = *approved_at <= now
         && entry.covers(c.host, c.tree, c.path)
@@ -214,6 +215,7 @@ mod tests {
             gid: Some(0),
             blake3: Some([1; 32]),
             target: None,
+            xattrs: None,
         };
         Change {
             path: RelPath::from_bytes(path.as_bytes().to_vec()),

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::pathbytes::RelPath;
 use crate::snapshot::{Entry, Kind, Meta};
+use crate::xattr::{self, Xattrs};
 
 /// The compared state of one path: what a manifest approves or a scan observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,16 +25,24 @@ pub struct State {
     pub blake3: Option<[u8; 32]>,
     /// Link target (symlinks).
     pub target: Option<Vec<u8>>,
+    /// Extended attributes and ACLs (`None`: none; a manifest entry without `xattrs` approves
+    /// none, so an added file capability is always a change).
+    pub xattrs: Option<Xattrs>,
 }
 
 impl State {
     /// The state of a scanned entry. mtime is deliberately not part of it: a touch is not a change.
     pub fn of(e: &Entry) -> State {
-        State::from_parts(&e.meta, e.blake3, e.target.as_deref())
+        State::from_parts(&e.meta, e.blake3, e.target.as_deref(), e.xattrs.as_ref())
     }
 
     /// The state of an observation given by its parts.
-    pub fn from_parts(m: &Meta, blake3: Option<[u8; 32]>, target: Option<&[u8]>) -> State {
+    pub fn from_parts(
+        m: &Meta,
+        blake3: Option<[u8; 32]>,
+        target: Option<&[u8]>,
+        xattrs: Option<&Xattrs>,
+    ) -> State {
         State {
             kind: m.kind,
             size: (m.kind == Kind::File).then_some(m.size),
@@ -42,6 +51,7 @@ impl State {
             gid: Some(m.gid),
             blake3,
             target: target.map(<[u8]>::to_vec),
+            xattrs: xattrs.cloned(),
         }
     }
 }
@@ -56,7 +66,7 @@ pub enum ChangeKind {
     Removed,
     /// Content (or link target) differs.
     Modified,
-    /// Mode, owner or group differs; content is the same.
+    /// Mode, owner, group, extended attributes or ACLs differ; content is the same.
     Metadata,
     /// File ↔ dir ↔ symlink ↔ special.
     TypeChanged,
@@ -115,7 +125,20 @@ pub fn compare(expected: &State, actual: &State) -> Option<ChangeKind> {
     {
         return Some(ChangeKind::Metadata);
     }
+    // Attributes are compared on every type (a symlink can carry security.* ones); by digest.
+    if expected.xattrs != actual.xattrs {
+        return Some(ChangeKind::Metadata);
+    }
     None
+}
+
+/// What a change did to the extended attributes and ACLs, for people: `security.capability
+/// added`, `user.x changed; user.y removed`. `None` when they did not change (or a side is
+/// missing: an added or removed path).
+pub fn xattr_detail(expected: Option<&State>, actual: Option<&State>) -> Option<String> {
+    let (e, a) = (expected?, actual?);
+    let phrases = xattr::describe(e.xattrs.as_ref(), a.xattrs.as_ref());
+    (!phrases.is_empty()).then(|| phrases.join("; "))
 }
 
 /// Result of a tree diff: the changes and how many observed paths matched their approved state.
@@ -204,6 +227,7 @@ mod tests {
             gid: Some(0),
             blake3: Some([hash; 32]),
             target: None,
+            xattrs: None,
         }
     }
 
@@ -225,6 +249,7 @@ mod tests {
             blake3: s.blake3,
             target: s.target.clone(),
             problem: problem.map(String::from),
+            xattrs: s.xattrs.clone(),
         }
     }
 
@@ -239,7 +264,9 @@ mod tests {
             gid: Some(0),
             blake3: None,
             target: Some(t.into()),
+            xattrs: None,
         };
+        let cap = Xattrs::from_pairs(vec![(b"security.capability".to_vec(), vec![1, 0, 0, 2])]);
         let no_owner = State {
             uid: None,
             gid: None,
@@ -282,6 +309,45 @@ mod tests {
                 "retargeted",
                 link("a"),
                 link("b"),
+                Some(ChangeKind::Modified),
+            ),
+            (
+                "capability added",
+                base.clone(),
+                State {
+                    xattrs: cap.clone(),
+                    ..base.clone()
+                },
+                Some(ChangeKind::Metadata),
+            ),
+            (
+                "same attributes",
+                State {
+                    xattrs: cap.clone(),
+                    ..base.clone()
+                },
+                State {
+                    xattrs: cap.clone(),
+                    ..base.clone()
+                },
+                None,
+            ),
+            (
+                "symlink attribute removed",
+                State {
+                    xattrs: cap.clone(),
+                    ..link("a")
+                },
+                link("a"),
+                Some(ChangeKind::Metadata),
+            ),
+            (
+                "content wins over attributes",
+                base.clone(),
+                State {
+                    xattrs: cap.clone(),
+                    ..file(2, 10, 0o644, 0)
+                },
                 Some(ChangeKind::Modified),
             ),
             (
@@ -329,6 +395,32 @@ mod tests {
         );
         assert_eq!(d.unchanged, 1, "mtime-only touch of `a` is not a change");
         assert!(d.changes[2].problem.is_some());
+    }
+
+    #[test]
+    fn xattr_detail_names_the_attribute() {
+        let with = |pairs: &[(&str, &[u8])]| State {
+            xattrs: Xattrs::from_pairs(
+                pairs
+                    .iter()
+                    .map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec()))
+                    .collect(),
+            ),
+            ..file(1, 10, 0o640, 0)
+        };
+        let plain = with(&[]);
+        let acl = with(&[("system.posix_acl_access", b"\x02")]);
+        assert_eq!(
+            xattr_detail(Some(&plain), Some(&acl)).as_deref(),
+            Some("system.posix_acl_access added")
+        );
+        let two = with(&[("system.posix_acl_access", b"\x03"), ("user.x", b"1")]);
+        assert_eq!(
+            xattr_detail(Some(&acl), Some(&two)).as_deref(),
+            Some("system.posix_acl_access changed; user.x added")
+        );
+        assert_eq!(xattr_detail(Some(&acl), Some(&acl)), None);
+        assert_eq!(xattr_detail(None, Some(&acl)), None, "an added path");
     }
 
     #[test]

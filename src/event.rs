@@ -37,6 +37,10 @@ pub struct ChangeEvent {
     /// New size, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// What changed, for people, when the change kind alone does not say it: for a `metadata`
+    /// change of extended attributes or ACLs, the attributes (`security.capability added`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// For `resolved` records: the sequence number of the event they close.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolves: Option<u64>,

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::snapshot::{Kind, Meta};
+use crate::xattr::{self, XattrError, Xattrs};
 
 /// Files at least this big are hashed with BLAKE3's multi-threaded `update_rayon`.
 const RAYON_THRESHOLD: u64 = 4 << 20;
@@ -29,8 +30,10 @@ static NOATIME_OK: AtomicBool = AtomicBool::new(true);
 /// What hashing a path found.
 #[derive(Debug)]
 pub enum Hashed {
-    /// A regular file, its metadata (from `fstat`) and content hash.
-    File(Meta, [u8; 32]),
+    /// A regular file, its metadata (from `fstat`), content hash and extended attributes (read
+    /// from the same descriptor, between the two `fstat`s: an attribute change moves ctime, so
+    /// a change during the read is caught like a content change).
+    File(Meta, [u8; 32], Result<Option<Xattrs>, XattrError>),
     /// The path is no longer a regular file (raced with a rename or swap): its `fstat` metadata.
     NotRegular(Meta),
     /// The file kept changing while it was read: metadata of the last attempt.
@@ -47,9 +50,10 @@ pub fn hash_file(path: &Path) -> io::Result<Hashed> {
             return Ok(Hashed::NotRegular(before));
         }
         let (hash, read) = hash_reader(&file, before.size)?;
+        let xattrs = xattr::read_file(&file);
         let after = Meta::from_std(&file.metadata()?);
         if read == before.size && same_content_stamp(&before, &after) {
-            return Ok(Hashed::File(after, hash));
+            return Ok(Hashed::File(after, hash, xattrs));
         }
         last = Some(after);
     }
@@ -150,7 +154,8 @@ mod tests {
             let p = dir.path().join(format!("f{size}"));
             std::fs::File::create(&p).unwrap().write_all(&data).unwrap();
             match hash_file(&p).unwrap() {
-                Hashed::File(meta, h) => {
+                Hashed::File(meta, h, x) => {
+                    assert_eq!(x.unwrap(), None);
                     assert_eq!(h, hash_bytes(&data), "size {size}");
                     assert_eq!(meta.size, size as u64);
                 }
@@ -208,7 +213,7 @@ mod tests {
                     let results = &results;
                     s.spawn(move |_| {
                         let got = match hash_file(p).unwrap() {
-                            Hashed::File(_, h) => h,
+                            Hashed::File(_, h, _) => h,
                             other => panic!("{other:?}"),
                         };
                         results.lock().unwrap().push(got == *want);

@@ -27,3 +27,4 @@ pub mod snapshot;
 pub mod store;
 pub mod timefmt;
 pub mod walk;
+pub mod xattr;

@@ -3,7 +3,7 @@
 //! Written canonically (fixed key order, entries sorted by path, one entry per line) so the same
 //! tree always gives the same bytes apart from `created_at`, and diffs of two manifests read well.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -13,6 +13,7 @@ use crate::diff::State;
 use crate::pathbytes::RelPath;
 use crate::snapshot::{Kind, Snapshot};
 use crate::timefmt;
+use crate::xattr::{XattrName, Xattrs};
 
 /// The `format` value of every manifest this version writes and reads.
 pub const FORMAT: &str = "driftwatch.manifest.v1";
@@ -105,6 +106,14 @@ struct JsonEntry {
     target: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     target_bytes: Option<String>,
+    /// `blake3:<digest>` of the extended attributes (crate::xattr), omitted when there are none.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    xattrs: Option<String>,
+    /// Their names, each with the 16-hex short digest of its value: what lets `check` say which
+    /// attribute changed. Keys are sorted; a name that is not UTF-8 is written `hex:<hex>` (real
+    /// names always start with a namespace such as `user.`, so the form cannot collide).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    xattr_names: Option<BTreeMap<String, String>>,
 }
 
 /// Formats permission bits the way people write them (`0644`, `4755`).
@@ -301,6 +310,20 @@ fn to_json_entry(e: &ManifestEntry) -> JsonEntry {
         }
         None => (None, None),
     };
+    let (xattrs, xattr_names) = match &s.xattrs {
+        Some(x) => {
+            let names = x
+                .names
+                .iter()
+                .map(|n| (xattr_name_key(&n.name), hex::encode(n.value)))
+                .collect::<BTreeMap<_, _>>();
+            (
+                Some(format!("blake3:{}", hex::encode(x.digest))),
+                (!names.is_empty()).then_some(names),
+            )
+        }
+        None => (None, None),
+    };
     JsonEntry {
         path: e.path.lossy().into_owned(),
         path_bytes: e.path.hex_if_not_utf8(),
@@ -312,7 +335,64 @@ fn to_json_entry(e: &ManifestEntry) -> JsonEntry {
         blake3: s.blake3.map(hex::encode),
         target,
         target_bytes,
+        xattrs,
+        xattr_names,
     }
+}
+
+/// An attribute name as a JSON key (see [`JsonEntry::xattr_names`]).
+fn xattr_name_key(name: &[u8]) -> String {
+    match std::str::from_utf8(name) {
+        Ok(s) if !s.starts_with("hex:") => s.to_string(),
+        _ => format!("hex:{}", hex::encode(name)),
+    }
+}
+
+/// The `xattrs` and `xattr_names` fields of an entry, checked.
+fn parse_xattrs(
+    digest: Option<&str>,
+    names: Option<&BTreeMap<String, String>>,
+) -> Result<Option<Xattrs>, (&'static str, String)> {
+    let Some(d) = digest else {
+        return match names {
+            Some(_) => Err(("xattr_names", "given without \"xattrs\"".into())),
+            None => Ok(None),
+        };
+    };
+    let bad_digest = || {
+        (
+            "xattrs",
+            format!("{d:?} is not \"blake3:\" followed by 64 hex digits"),
+        )
+    };
+    let hex_digest = d.strip_prefix("blake3:").ok_or_else(bad_digest)?;
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(hex_digest, &mut digest).map_err(|_| bad_digest())?;
+    let mut out = Vec::new();
+    for (key, value) in names.into_iter().flatten() {
+        let name = match key.strip_prefix("hex:") {
+            Some(h) => hex::decode(h)
+                .map_err(|_| ("xattr_names", format!("{key:?}: not hex after \"hex:\"")))?,
+            None => key.as_bytes().to_vec(),
+        };
+        if name.is_empty() || name.contains(&0) {
+            return Err(("xattr_names", format!("{key:?} is not an attribute name")));
+        }
+        let mut short = [0u8; 8];
+        hex::decode_to_slice(value, &mut short).map_err(|_| {
+            (
+                "xattr_names",
+                format!("{key:?}: {value:?} is not a 16-digit hex digest"),
+            )
+        })?;
+        out.push(XattrName { name, value: short });
+    }
+    // Keys sort as strings; names compare as bytes (they differ only for `hex:` keys).
+    out.sort_unstable();
+    if out.windows(2).any(|w| w[0].name == w[1].name) {
+        return Err(("xattr_names", "a name appears twice".into()));
+    }
+    Ok(Some(Xattrs::new(digest, out)))
 }
 
 fn from_json_entry(j: JsonEntry) -> Result<ManifestEntry, (&'static str, String)> {
@@ -335,6 +415,7 @@ fn from_json_entry(j: JsonEntry) -> Result<ManifestEntry, (&'static str, String)
         (Some(t), None) => Some(t.as_bytes().to_vec()),
         (None, None) => None,
     };
+    let xattrs = parse_xattrs(j.xattrs.as_deref(), j.xattr_names.as_ref())?;
     match j.kind {
         Kind::File if j.size.is_none() => return Err(("size", "a file needs a size".into())),
         Kind::File if blake3.is_none() => {
@@ -353,6 +434,7 @@ fn from_json_entry(j: JsonEntry) -> Result<ManifestEntry, (&'static str, String)
         gid: j.gid,
         blake3,
         target,
+        xattrs,
     };
     Ok(ManifestEntry { path, state })
 }
@@ -379,6 +461,10 @@ mod tests {
             gid: Some(0),
             blake3: Some([7; 32]),
             target: None,
+            xattrs: Xattrs::from_pairs(vec![
+                (b"security.capability".to_vec(), vec![1, 0, 0, 2]),
+                (b"user.\xff".to_vec(), b"1".to_vec()),
+            ]),
         };
         let link = State {
             kind: Kind::Symlink,
@@ -388,6 +474,7 @@ mod tests {
             gid: None,
             blake3: None,
             target: Some(b"\xfftarget".to_vec()),
+            xattrs: None,
         };
         Manifest {
             tree: "shop".into(),
@@ -416,6 +503,52 @@ mod tests {
         let back = Manifest::parse(json.as_bytes(), Path::new("m.json")).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.to_canonical_json(), json);
+        // The attribute names survive, so a check can name what changed; paths without
+        // attributes carry neither key.
+        assert!(json.contains("\"xattr_names\":{\"hex:75736572"), "{json}");
+        assert_eq!(json.matches("\"xattrs\":\"blake3:").count(), 1, "{json}");
+        let names = &back.entries[0].state.xattrs.as_ref().unwrap().names;
+        assert_eq!(names[1].name, b"user.\xff");
+    }
+
+    #[test]
+    fn bad_xattrs_are_refused_naming_the_field() {
+        let json = sample().to_canonical_json();
+        let digest = format!(
+            "blake3:{}",
+            hex::encode(sample().entries[0].state.xattrs.as_ref().unwrap().digest)
+        );
+        let cases = [
+            (json.replace(&digest, "blake3:xyz"), "entries[0].xattrs"),
+            (json.replace(&digest, &digest[7..]), "entries[0].xattrs"),
+            (
+                json.replace(&format!("\"xattrs\":\"{digest}\","), ""),
+                "entries[0].xattr_names",
+            ),
+            (
+                json.replace("\"security.capability\":\"", "\"security.capability\":\"zz"),
+                "entries[0].xattr_names",
+            ),
+            (
+                json.replace("\"hex:75736572", "\"hex:q"),
+                "entries[0].xattr_names",
+            ),
+        ];
+        for (bad, field) in cases {
+            assert_ne!(bad, json, "case for {field} did not apply");
+            let err = Manifest::parse(bad.as_bytes(), Path::new("m.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("m.json: "), "{err}");
+            assert!(err.contains(field), "{err} should name {field}");
+        }
+        // Only the digest (a hand-written manifest): accepted.
+        let bare = json.replace(
+            &json[json.find(",\"xattr_names\"").unwrap()..json.find("}},").unwrap() + 1],
+            "",
+        );
+        let m = Manifest::parse(bare.as_bytes(), Path::new("m.json")).unwrap();
+        assert!(m.entries[0].state.xattrs.as_ref().unwrap().names.is_empty());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::classify::Status;
-use crate::diff::{Change, State};
+use crate::diff::{Change, State, xattr_detail};
 use crate::manifest::format_mode;
 use crate::snapshot::ScanStats;
 
@@ -218,6 +218,9 @@ fn detail(c: &ReportedChange) -> String {
                 };
                 let _ = write!(d, "  -> {} (was {})", t(&a.target), t(&e.target));
             }
+            if let Some(x) = xattr_detail(Some(e), Some(a)) {
+                let _ = write!(d, "  {x}");
+            }
         }
         _ => {}
     }
@@ -246,6 +249,12 @@ pub fn state_json(s: &State) -> Value {
         if std::str::from_utf8(t).is_err() {
             m.insert("target_bytes".into(), json!(hex::encode(t)));
         }
+    }
+    if let Some(x) = &s.xattrs {
+        m.insert(
+            "xattrs".into(),
+            json!(format!("blake3:{}", hex::encode(x.digest))),
+        );
     }
     Value::Object(m)
 }
@@ -276,6 +285,9 @@ fn change_json(c: &ReportedChange) -> Value {
     }
     if let Some(p) = &c.change.problem {
         m.insert("problem".into(), json!(p));
+    }
+    if let Some(d) = xattr_detail(c.change.expected.as_ref(), c.change.actual.as_ref()) {
+        m.insert("detail".into(), json!(d));
     }
     Value::Object(m)
 }

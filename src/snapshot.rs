@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::hash::{self, Hashed};
 use crate::pathbytes::RelPath;
 use crate::walk::{self, Found, WalkOptions};
+use crate::xattr::{self, Xattrs};
 
 /// The type of a filesystem entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -147,6 +148,8 @@ pub struct Entry {
     pub target: Option<Vec<u8>>,
     /// Why the path could not be fully examined (it is then `unverifiable`).
     pub problem: Option<String>,
+    /// Extended attributes and ACLs (`None`: the path has none).
+    pub xattrs: Option<Xattrs>,
 }
 
 /// Counters a scan reports.
@@ -175,7 +178,7 @@ pub struct Snapshot {
 }
 
 /// What a stat cache remembers of a readable regular file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedFile {
     /// Size in bytes.
     pub size: u64,
@@ -189,6 +192,8 @@ pub struct CachedFile {
     pub dev: u64,
     /// Content hash seen with that stamp.
     pub blake3: [u8; 32],
+    /// Extended attributes seen with that stamp (they move ctime when they change).
+    pub xattrs: Option<Xattrs>,
 }
 
 /// Hashes remembered from an earlier scan, by path.
@@ -267,19 +272,24 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Snapshot, ScanError> {
         };
         walk_result = walk::walk(root, &opts.walk, |found| match found {
             Found::Dir {
+                abs,
                 rel,
                 meta,
                 descended,
             } => {
                 let problem = (!descended)
                     .then(|| "mount point: not descended (other filesystem)".to_string());
-                dirs.push(Entry {
+                // Directories carry the default ACL: their attributes are read here, on the
+                // walker's thread (directories are few beside files).
+                let entry = Entry {
                     path: join(rel),
                     meta,
                     blake3: None,
                     target: None,
                     problem,
-                });
+                    xattrs: None,
+                };
+                dirs.extend(with_xattrs(&abs, entry));
             }
             Found::Other {
                 abs,
@@ -324,7 +334,8 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Snapshot, ScanError> {
     Ok(Snapshot { entries, stats })
 }
 
-/// Stats (and for regular files hashes) one path; `None` when it vanished since the walk listed it.
+/// Stats (and for regular files hashes) one path, and reads its extended attributes; `None` when
+/// it vanished since the walk listed it.
 pub fn examine(abs: &Path, path: RelPath) -> Option<Entry> {
     examine_cached(abs, path, None, false)
 }
@@ -332,33 +343,86 @@ pub fn examine(abs: &Path, path: RelPath) -> Option<Entry> {
 /// As [`examine`], reusing the cached hash of a file whose stat stamp did not move.
 /// `listed_as_file` (the directory entry's type) lets a file without a cache entry skip the
 /// `lstat`: opening it with `O_NOFOLLOW` and `fstat` gives the same facts with one syscall less.
+///
+/// Extended attributes: a hashed file's are read from the descriptor the hash used (no second
+/// path lookup); a cache hit keeps the cached ones, because setting or removing an attribute
+/// moves ctime, which is part of the stamp and cannot be set back from user space (the same
+/// argument that lets the cache keep the content hash; a full rehash, which uses no cache,
+/// re-reads them all). Everything else (directories, symlinks, special files, files that could
+/// not be hashed) is asked by path with `llistxattr`, never following a symlink or opening it.
 pub fn examine_cached(
     abs: &Path,
     path: RelPath,
     cache: Option<&dyn StatCache>,
     listed_as_file: bool,
 ) -> Option<Entry> {
+    match examine_content(abs, path, cache, listed_as_file)? {
+        (entry, true) => Some(entry),
+        (entry, false) => with_xattrs(abs, entry),
+    }
+}
+
+/// Adds the attributes of `abs` to its entry; `None` when the path vanished meanwhile.
+fn with_xattrs(abs: &Path, mut entry: Entry) -> Option<Entry> {
+    match xattr::read(abs) {
+        Ok(x) => entry.xattrs = x,
+        Err(e) if e.is_not_found() => return None,
+        // The first problem found is the one reported (a path that cannot be stat'ed cannot be
+        // listed either).
+        Err(e) => {
+            entry.problem.get_or_insert_with(|| e.to_string());
+        }
+    }
+    Some(entry)
+}
+
+/// Records the attributes the hasher read with the file; `None` when the file vanished.
+fn hashed_xattrs(
+    entry: &mut Entry,
+    xattrs: Result<Option<Xattrs>, xattr::XattrError>,
+) -> Option<()> {
+    match xattrs {
+        Ok(x) => entry.xattrs = x,
+        Err(e) if e.is_not_found() => return None,
+        Err(e) => entry.problem = Some(e.to_string()),
+    }
+    Some(())
+}
+
+/// Stat, content hash and link target of one path, and whether its attributes are known too
+/// (read with the content, or kept from the cache).
+fn examine_content(
+    abs: &Path,
+    path: RelPath,
+    cache: Option<&dyn StatCache>,
+    listed_as_file: bool,
+) -> Option<(Entry, bool)> {
     let cached = cache.and_then(|c| c.cached_file(&path));
     if listed_as_file && cached.is_none() {
         match hash::hash_file(abs) {
-            Ok(Hashed::File(meta, h)) => {
-                return Some(Entry {
+            Ok(Hashed::File(meta, h, x)) => {
+                let mut entry = Entry {
                     path,
                     meta,
                     blake3: Some(h),
                     target: None,
                     problem: None,
-                });
+                    xattrs: None,
+                };
+                hashed_xattrs(&mut entry, x)?;
+                return Some((entry, true));
             }
             Ok(Hashed::Changing(meta)) => {
                 let problem = Some("changed while being hashed".to_string());
-                return Some(Entry {
+                let entry = Entry {
                     path,
                     meta,
                     blake3: None,
                     target: None,
                     problem,
-                });
+                    xattrs: None,
+                };
+                return Some((entry, false));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             // No longer a plain readable file (or unreadable): take the careful path below.
@@ -368,7 +432,8 @@ pub fn examine_cached(
     let lstat = match hash::lstat(abs) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => return Some(problem_entry(path, format!("cannot stat: {e}"))),
+        // Not asked for attributes either: the stat error is the problem to report.
+        Err(e) => return Some((problem_entry(path, format!("cannot stat: {e}")), true)),
     };
     if lstat.kind == Kind::File
         && let Some(old) = cached
@@ -381,13 +446,15 @@ pub fn examine_cached(
                 lstat.dev,
             )
     {
-        return Some(Entry {
+        let entry = Entry {
             path,
             meta: lstat,
             blake3: Some(old.blake3),
             target: None,
             problem: None,
-        });
+            xattrs: old.xattrs,
+        };
+        return Some((entry, true));
     }
     let mut entry = Entry {
         path,
@@ -395,12 +462,15 @@ pub fn examine_cached(
         blake3: None,
         target: None,
         problem: None,
+        xattrs: None,
     };
     match lstat.kind {
         Kind::File => match hash::hash_file(abs) {
-            Ok(Hashed::File(meta, h)) => {
+            Ok(Hashed::File(meta, h, x)) => {
                 entry.meta = meta;
                 entry.blake3 = Some(h);
+                hashed_xattrs(&mut entry, x)?;
+                return Some((entry, true));
             }
             Ok(Hashed::NotRegular(meta)) => entry.meta = meta,
             Ok(Hashed::Changing(meta)) => {
@@ -408,7 +478,9 @@ pub fn examine_cached(
                 entry.problem = Some("changed while being hashed".into());
             }
             // Swapped for a symlink between lstat and open: record what is there now.
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return examine(abs, entry.path),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return examine_content(abs, entry.path, None, false);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => entry.problem = Some(format!("cannot read: {e}")),
         },
@@ -418,7 +490,7 @@ pub fn examine_cached(
         },
         _ => {}
     }
-    Some(entry)
+    Some((entry, false))
 }
 
 fn problem_entry(path: RelPath, message: String) -> Entry {
@@ -440,6 +512,7 @@ fn problem_entry(path: RelPath, message: String) -> Entry {
         blake3: None,
         target: None,
         problem: Some(message),
+        xattrs: None,
     }
 }
 
@@ -455,5 +528,95 @@ fn attach_problems(entries: &mut Vec<Entry>, problems: Vec<(RelPath, String)>) {
     if !orphans.is_empty() {
         entries.extend(orphans);
         entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[derive(Debug, Default)]
+    struct Cache(HashMap<RelPath, CachedFile>);
+
+    impl StatCache for Cache {
+        fn cached_file(&self, path: &RelPath) -> Option<CachedFile> {
+            self.0.get(path).cloned()
+        }
+    }
+
+    fn cache_of(snap: &Snapshot) -> Arc<dyn StatCache> {
+        let mut c = Cache::default();
+        for e in &snap.entries {
+            if let Some(h) = e.blake3 {
+                let m = &e.meta;
+                c.0.insert(
+                    e.path.clone(),
+                    CachedFile {
+                        size: m.size,
+                        mtime_ns: m.mtime_ns,
+                        ctime_ns: m.ctime_ns,
+                        ino: m.ino,
+                        dev: m.dev,
+                        blake3: h,
+                        xattrs: e.xattrs.clone(),
+                    },
+                );
+            }
+        }
+        Arc::new(c)
+    }
+
+    fn xattrs_of<'a>(snap: &'a Snapshot, path: &str) -> Option<&'a Xattrs> {
+        let e = snap.entries.iter().find(|e| e.path.to_string() == path)?;
+        e.xattrs.as_ref()
+    }
+
+    #[test]
+    fn the_stat_cache_never_hides_an_attribute_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"content").unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let first = scan(dir.path(), &ScanOptions::default()).unwrap();
+        assert_eq!(xattrs_of(&first, "f"), None);
+        let c = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid strings and buffer.
+        let rc =
+            unsafe { libc::lsetxattr(c.as_ptr(), c"user.x".as_ptr(), c"1".as_ptr().cast(), 1, 0) };
+        if rc != 0 {
+            eprintln!(
+                "SKIP the_stat_cache_never_hides_an_attribute_change: cannot set user.x on {}: {}",
+                dir.path().display(),
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        // Setting the attribute moved ctime: the cached stamp misses and the file is read again.
+        let opts = ScanOptions {
+            cache: Some(cache_of(&first)),
+            ..ScanOptions::default()
+        };
+        let second = scan(dir.path(), &opts).unwrap();
+        let want = Xattrs::from_pairs(vec![(b"user.x".to_vec(), b"1".to_vec())]);
+        assert_eq!(xattrs_of(&second, "f"), want.as_ref());
+        // A hit keeps the attributes seen with the stamp, names and all.
+        let opts = ScanOptions {
+            cache: Some(cache_of(&second)),
+            ..ScanOptions::default()
+        };
+        let third = scan(dir.path(), &opts).unwrap();
+        let kept = xattrs_of(&third, "f").unwrap();
+        assert_eq!(kept.names, want.as_ref().unwrap().names);
+        // Directories are read on every scan (they carry default ACLs).
+        assert_eq!(xattrs_of(&third, "d"), None);
+        let d =
+            std::ffi::CString::new(dir.path().join("d").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid strings and buffer.
+        let rc =
+            unsafe { libc::lsetxattr(d.as_ptr(), c"user.d".as_ptr(), c"1".as_ptr().cast(), 1, 0) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let fourth = scan(dir.path(), &opts).unwrap();
+        assert!(xattrs_of(&fourth, "d").is_some());
     }
 }

@@ -30,6 +30,7 @@ pub struct WalkOptions {
 pub enum Found {
     /// A directory, already stat'ed; `descended` is false for a mount point we did not enter.
     Dir {
+        abs: PathBuf,
         rel: RelPath,
         meta: Meta,
         descended: bool,
@@ -130,6 +131,7 @@ pub fn walk(root: &Path, opts: &WalkOptions, mut sink: impl FnMut(Found)) -> Res
                         it.skip_current_dir();
                     }
                     sink(Found::Dir {
+                        abs: entry.path().to_path_buf(),
                         rel,
                         meta: Meta::from_std(&m),
                         descended,

@@ -149,6 +149,7 @@ fn ev(seq: u64, path: &str, change: &str, status: &str, observed: Timestamp) -> 
         blake3: Some(blake3::hash(path.as_bytes()).to_hex().to_string()),
         previous_blake3: None,
         size: Some(path.len() as u64 * 10),
+        detail: None,
         resolves: None,
     }
 }

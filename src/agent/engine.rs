@@ -788,6 +788,7 @@ impl Engine {
             previous_blake3: None,
             size: None,
             resolves: None,
+            detail: None,
         }];
         let fit = self
             .spool
@@ -991,9 +992,9 @@ fn differing(table: &Table, now: Vec<Entry>) -> Vec<(RelPath, Option<Entry>)> {
 /// One greppable line per event.
 fn log_event(host: &str, ev: &ChangeEvent) {
     if ev.status == "unauthorized" || ev.status == "unverifiable" {
-        tracing::warn!(host, tree = %ev.tree, path = %ev.path, change = %ev.change, status = %ev.status, seq = ev.seq, blake3 = ev.blake3.as_deref().unwrap_or(""), "drift");
+        tracing::warn!(host, tree = %ev.tree, path = %ev.path, change = %ev.change, status = %ev.status, seq = ev.seq, blake3 = ev.blake3.as_deref().unwrap_or(""), detail = %ev.detail.as_deref().unwrap_or(""), "drift");
     } else {
-        tracing::info!(host, tree = %ev.tree, path = %ev.path, change = %ev.change, status = %ev.status, seq = ev.seq, resolves = ev.resolves, "drift");
+        tracing::info!(host, tree = %ev.tree, path = %ev.path, change = %ev.change, status = %ev.status, seq = ev.seq, resolves = ev.resolves, detail = %ev.detail.as_deref().unwrap_or(""), "drift");
     }
 }
 

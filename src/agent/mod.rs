@@ -530,6 +530,7 @@ mod tests {
                 previous_blake3: None,
                 size: None,
                 resolves: None,
+                detail: None,
             }],
             scans: Vec::new(),
         }

@@ -234,6 +234,7 @@ mod tests {
             blake3: None,
             previous_blake3: None,
             size: None,
+            detail: None,
             resolves: None,
         }
     }

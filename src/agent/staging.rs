@@ -159,6 +159,7 @@ mod tests {
             blake3: hash.map(|h| [h; 32]),
             target: None,
             problem: None,
+            xattrs: None,
         };
         (path, Some(e))
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::table::{Observed, Reader, Table, put_bytes};
+use super::table::{Observed, Reader, Table, get_xattrs, put_bytes, put_xattrs};
 use crate::diff::State;
 use crate::pathbytes::RelPath;
 use crate::snapshot::{Kind, Meta};
@@ -37,6 +37,9 @@ pub struct StateDto {
     gid: Option<u32>,
     blake3: Option<String>,
     target: Option<String>,
+    /// The attribute set in the binary form of `snapshot.bin` (hex); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    xattrs: Option<String>,
 }
 
 impl From<&State> for StateDto {
@@ -49,6 +52,11 @@ impl From<&State> for StateDto {
             gid: s.gid,
             blake3: s.blake3.map(hex::encode),
             target: s.target.as_ref().map(hex::encode),
+            xattrs: s.xattrs.as_ref().map(|x| {
+                let mut out = Vec::new();
+                put_xattrs(&mut out, x);
+                hex::encode(out)
+            }),
         }
     }
 }
@@ -67,6 +75,18 @@ impl StateDto {
             },
             target: match &self.target {
                 Some(t) => Some(hex::decode(t).ok()?),
+                None => None,
+            },
+            xattrs: match &self.xattrs {
+                Some(h) => {
+                    let bytes = hex::decode(h).ok()?;
+                    let mut r = Reader { b: &bytes, pos: 0 };
+                    let x = get_xattrs(&mut r)?;
+                    if r.pos != bytes.len() {
+                        return None;
+                    }
+                    Some(x)
+                }
                 None => None,
             },
         })
@@ -421,9 +441,10 @@ impl TreeState {
     }
 }
 
-const FILE_MAGIC: &[u8; 8] = b"DWSNAP3\n";
-/// Earlier layouts (one entry per observed path, no approved states): rebuilt, not read.
-const OLD_MAGICS: [&[u8; 8]; 2] = [b"DWSNAP1\n", b"DWSNAP2\n"];
+const FILE_MAGIC: &[u8; 8] = b"DWSNAP4\n";
+/// Earlier layouts, rebuilt, not read: one entry per observed path and no approved states (1, 2);
+/// no extended attributes (3: read as "none", every path with attributes would be reported).
+const OLD_MAGICS: [&[u8; 8]; 3] = [b"DWSNAP1\n", b"DWSNAP2\n", b"DWSNAP3\n"];
 
 /// What `snapshot.bin` holds.
 #[derive(Debug)]
@@ -504,7 +525,8 @@ fn encode_entry(out: &mut Vec<u8>, path: &[u8], e: &Observed) {
     }
     let flags = u8::from(e.blake3.is_some())
         | (u8::from(e.target.is_some()) << 1)
-        | (u8::from(e.problem.is_some()) << 2);
+        | (u8::from(e.problem.is_some()) << 2)
+        | (u8::from(e.xattrs.is_some()) << 3);
     out.push(flags);
     if let Some(h) = &e.blake3 {
         out.extend_from_slice(h);
@@ -514,6 +536,9 @@ fn encode_entry(out: &mut Vec<u8>, path: &[u8], e: &Observed) {
     }
     if let Some(p) = &e.problem {
         put_bytes(out, p.as_bytes());
+    }
+    if let Some(x) = &e.xattrs {
+        put_xattrs(out, x);
     }
 }
 
@@ -539,6 +564,14 @@ fn decode_entry(r: &mut Reader<'_>) -> Option<(RelPath, Observed)> {
     } else {
         None
     };
+    let xattrs = if flags & 8 != 0 {
+        Some(get_xattrs(r)?)
+    } else {
+        None
+    };
+    if flags & !0xf != 0 {
+        return None;
+    }
     let meta = Meta {
         kind,
         size,
@@ -558,6 +591,7 @@ fn decode_entry(r: &mut Reader<'_>) -> Option<(RelPath, Observed)> {
             blake3,
             target,
             problem,
+            xattrs,
         },
     ))
 }
@@ -583,6 +617,10 @@ mod tests {
             blake3: hash,
             target: Some(b"\xfft".to_vec()),
             problem: Some("denied".into()),
+            xattrs: crate::xattr::Xattrs::from_pairs(vec![
+                (b"security.capability".to_vec(), vec![1, 0, 0, 2]),
+                (b"user.\xff".to_vec(), vec![]),
+            ]),
         }
     }
 

@@ -7,6 +7,11 @@
 //! binary search), fixed-size records, and one pool of content hashes in which a file whose
 //! observed content is its approved content uses a single slot. Changes go to a small sorted
 //! *delta* that is merged into a new base when it grows; reads look at the delta first.
+//!
+//! Extended attributes (crate::xattr) live beside the records, not in them: a pool of distinct
+//! attribute sets (interned, so a tree labelled with one SELinux context holds one set) and a
+//! list of `(row, observed set, approved set)` sorted by row, in which only paths that have
+//! attributes appear (12 bytes each). A path without attributes costs nothing more.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -15,6 +20,7 @@ use crate::diff::State;
 use crate::manifest::ManifestEntry;
 use crate::pathbytes::RelPath;
 use crate::snapshot::{CachedFile, Entry, Kind, Meta, StatCache};
+use crate::xattr::{XattrName, Xattrs};
 
 /// Rows per front-coding block: a lookup decodes at most this many paths after its binary search.
 const BLOCK: usize = 16;
@@ -37,6 +43,8 @@ pub struct Observed {
     pub target: Option<Vec<u8>>,
     /// Why it could not be fully examined.
     pub problem: Option<String>,
+    /// Extended attributes and ACLs.
+    pub xattrs: Option<Xattrs>,
 }
 
 impl Observed {
@@ -47,6 +55,7 @@ impl Observed {
             blake3: e.blake3,
             target: e.target.clone(),
             problem: e.problem.clone(),
+            xattrs: e.xattrs.clone(),
         }
     }
 
@@ -56,11 +65,17 @@ impl Observed {
             && self.blake3 == e.blake3
             && self.target == e.target
             && self.problem == e.problem
+            && self.xattrs == e.xattrs
     }
 
     /// The compared state (no mtime: a touch is not a change).
     pub fn state(&self) -> State {
-        State::from_parts(&self.meta, self.blake3, self.target.as_deref())
+        State::from_parts(
+            &self.meta,
+            self.blake3,
+            self.target.as_deref(),
+            self.xattrs.as_ref(),
+        )
     }
 
     /// The entry at `path`.
@@ -71,6 +86,7 @@ impl Observed {
             blake3: self.blake3,
             target: self.target,
             problem: self.problem,
+            xattrs: self.xattrs,
         }
     }
 }
@@ -144,6 +160,18 @@ const APP_GID: u8 = 4;
 const EXTRA: u8 = 8;
 /// [`Row::fresh`]. A high bit: older snapshot files never set it.
 const FRESH: u8 = 0x80;
+/// The row has an entry in `Base::xrows`.
+const XATTRS: u8 = 16;
+/// No attribute set (an index into `Base::xsets`).
+const NO_XSET: u32 = u32::MAX;
+
+/// The attribute sets of one row that has any: indices into `Base::xsets`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct XRow {
+    row: u32,
+    observed: u32,
+    approved: u32,
+}
 
 /// The rare variable-sized parts of a row: symlink targets and problems.
 #[derive(Debug, Clone, Default)]
@@ -163,6 +191,10 @@ struct Base {
     hashes: Vec<[u8; 32]>,
     devs: Vec<u64>,
     extras: BTreeMap<u32, Extra>,
+    /// Distinct attribute sets.
+    xsets: Vec<Xattrs>,
+    /// Rows with attributes, sorted by row.
+    xrows: Vec<XRow>,
 }
 
 impl Base {
@@ -197,6 +229,18 @@ impl Base {
             None
         };
         let hash = |h: u32| (h != NO_HASH).then(|| self.hashes[h as usize]);
+        let xrow = if r.flags & XATTRS != 0 {
+            self.xrows
+                .binary_search_by_key(&(i as u32), |x| x.row)
+                .ok()
+                .map(|k| self.xrows[k])
+        } else {
+            None
+        };
+        let xset = |pick: fn(&XRow) -> u32| {
+            let k = pick(xrow.as_ref()?);
+            (k != NO_XSET).then(|| self.xsets[k as usize].clone())
+        };
         let observed = r.kind.map(|kind| Observed {
             meta: Meta {
                 kind,
@@ -213,6 +257,7 @@ impl Base {
             blake3: hash(r.hash),
             target: extra.and_then(|x| x.target.clone()),
             problem: extra.and_then(|x| x.problem.clone()),
+            xattrs: xset(|x| x.observed),
         });
         let approved = r.app_kind.map(|kind| State {
             kind,
@@ -222,12 +267,26 @@ impl Base {
             gid: (r.flags & APP_GID != 0).then_some(r.app_gid),
             blake3: hash(r.app_hash),
             target: extra.and_then(|x| x.app_target.clone()),
+            xattrs: xset(|x| x.approved),
         });
         Row {
             approved,
             observed,
             fresh: r.flags & FRESH != 0,
         }
+    }
+
+    /// The observed attribute set of row `i`.
+    fn observed_xattrs(&self, i: usize) -> Option<Xattrs> {
+        if self.recs[i].flags & XATTRS == 0 {
+            return None;
+        }
+        let k = self
+            .xrows
+            .binary_search_by_key(&(i as u32), |x| x.row)
+            .ok()?;
+        let set = self.xrows[k].observed;
+        (set != NO_XSET).then(|| self.xsets[set as usize].clone())
     }
 
     /// The stat-cache facts of row `i`, read straight from its record.
@@ -241,6 +300,7 @@ impl Base {
                 ino: r.ino,
                 dev: self.devs[r.dev as usize],
                 blake3: self.hashes[r.hash as usize],
+                xattrs: self.observed_xattrs(i),
             }
         })
     }
@@ -332,6 +392,9 @@ struct Builder {
     base: Base,
     prev: Vec<u8>,
     dev_index: HashMap<u64, u32>,
+    /// Interned attribute sets by (digest, whether names are known): a set without names (from
+    /// a manifest that recorded only the digest) must not stand in for one with them.
+    xset_index: HashMap<([u8; 32], bool), u32>,
 }
 
 impl Builder {
@@ -435,6 +498,18 @@ impl Builder {
         if row.fresh {
             r.flags |= FRESH;
         }
+        let observed_x = row.observed.as_ref().and_then(|o| o.xattrs.as_ref());
+        let approved_x = row.approved.as_ref().and_then(|a| a.xattrs.as_ref());
+        if observed_x.is_some() || approved_x.is_some() {
+            r.flags |= XATTRS;
+            let x = XRow {
+                row: i as u32,
+                observed: self.intern(observed_x),
+                approved: self.intern(approved_x),
+            };
+            self.base.xrows.push(x);
+        }
+        let b = &mut self.base;
         if extra.target.is_some() || extra.problem.is_some() || extra.app_target.is_some() {
             r.flags |= EXTRA;
             b.extras.insert(i as u32, extra);
@@ -442,8 +517,23 @@ impl Builder {
         b.recs.push(r);
     }
 
+    fn intern(&mut self, x: Option<&Xattrs>) -> u32 {
+        let Some(x) = x else { return NO_XSET };
+        let next = self.base.xsets.len() as u32;
+        let k = *self
+            .xset_index
+            .entry((x.digest, !x.names.is_empty()))
+            .or_insert(next);
+        if k == next {
+            self.base.xsets.push(x.clone());
+        }
+        k
+    }
+
     fn finish(mut self) -> Base {
         let b = &mut self.base;
+        b.xsets.shrink_to_fit();
+        b.xrows.shrink_to_fit();
         b.arena.shrink_to_fit();
         b.blocks.shrink_to_fit();
         b.recs.shrink_to_fit();
@@ -755,6 +845,16 @@ impl Base {
             put_opt(out, x.problem.as_ref().map(String::as_bytes));
             put_opt(out, x.app_target.as_deref());
         }
+        out.extend_from_slice(&(self.xsets.len() as u64).to_le_bytes());
+        for x in &self.xsets {
+            put_xattrs(out, x);
+        }
+        out.extend_from_slice(&(self.xrows.len() as u64).to_le_bytes());
+        for x in &self.xrows {
+            for v in [x.row, x.observed, x.approved] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
     }
 
     /// Reads a base written by [`Base::encode`], checking every index and the path order, so a
@@ -814,6 +914,32 @@ impl Base {
         if extras.keys().any(|i| *i as usize >= recs.len()) {
             return None;
         }
+        let n = r.count(36)?;
+        let mut xsets = Vec::with_capacity(n);
+        for _ in 0..n {
+            xsets.push(get_xattrs(r)?);
+        }
+        let n = r.count(12)?;
+        let mut xrows: Vec<XRow> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let x = XRow {
+                row: r.u32()?,
+                observed: r.u32()?,
+                approved: r.u32()?,
+            };
+            // Strictly increasing rows, in range; each set index in range and on a side the
+            // row has; at least one side.
+            let set_ok = |k: u32, side: bool| k == NO_XSET || (side && (k as usize) < xsets.len());
+            let rec = recs.get(x.row as usize)?;
+            let ok = xrows.last().is_none_or(|p| p.row < x.row)
+                && set_ok(x.observed, rec.kind.is_some())
+                && set_ok(x.approved, rec.app_kind.is_some())
+                && (x.observed != NO_XSET || x.approved != NO_XSET);
+            if !ok {
+                return None;
+            }
+            xrows.push(x);
+        }
         // Every index in range, the extra flag exactly where there are extras.
         for (i, rec) in recs.iter().enumerate() {
             let hash_ok = |h: u32| h == NO_HASH || (h as usize) < hashes.len();
@@ -821,7 +947,9 @@ impl Base {
                 && hash_ok(rec.app_hash)
                 && (rec.kind.is_none() || (rec.dev as usize) < devs.len())
                 && (rec.kind.is_some() || rec.app_kind.is_some())
-                && (rec.flags & EXTRA != 0) == extras.contains_key(&(i as u32));
+                && (rec.flags & EXTRA != 0) == extras.contains_key(&(i as u32))
+                && (rec.flags & XATTRS != 0)
+                    == xrows.binary_search_by_key(&(i as u32), |x| x.row).is_ok();
             if !ok {
                 return None;
             }
@@ -854,8 +982,41 @@ impl Base {
             hashes,
             devs,
             extras,
+            xsets,
+            xrows,
         })
     }
+}
+
+/// Appends an attribute set: digest, name count, then each name (length-prefixed) and its
+/// 8-byte short digest. Shared with the state file's delta entries.
+pub(super) fn put_xattrs(out: &mut Vec<u8>, x: &Xattrs) {
+    out.extend_from_slice(&x.digest);
+    out.extend_from_slice(&(x.names.len() as u32).to_le_bytes());
+    for n in x.names.iter() {
+        put_bytes(out, &n.name);
+        out.extend_from_slice(&n.value);
+    }
+}
+
+/// Reads a set written by [`put_xattrs`]; names must be non-empty and strictly increasing.
+pub(super) fn get_xattrs(r: &mut Reader<'_>) -> Option<Xattrs> {
+    let digest: [u8; 32] = r.take(32)?.try_into().ok()?;
+    let n = r.u32()? as usize;
+    // Each name takes at least 4 + 1 + 8 bytes: a bad count cannot allocate much.
+    if n.checked_mul(13)? > r.b.len() - r.pos {
+        return None;
+    }
+    let mut names: Vec<XattrName> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = r.bytes()?;
+        let value: [u8; 8] = r.take(8)?.try_into().ok()?;
+        if name.is_empty() || names.last().is_some_and(|p| p.name >= name) {
+            return None;
+        }
+        names.push(XattrName { name, value });
+    }
+    Some(Xattrs::new(digest, names))
 }
 
 /// As [`varint`], but `None` past the end or beyond 64 bits.
@@ -904,6 +1065,7 @@ impl StatCache for Table {
                     ino: o.meta.ino,
                     dev: o.meta.dev,
                     blake3: o.blake3?,
+                    xattrs: o.xattrs.clone(),
                 })
             }
             None => self.base.cached_file(self.base.find(path.as_bytes())?),
@@ -932,6 +1094,7 @@ mod tests {
             blake3: hash,
             target: None,
             problem: None,
+            xattrs: None,
         }
     }
 
@@ -1023,6 +1186,7 @@ mod tests {
                 gid: Some(2),
                 blake3: Some([h; 32]),
                 target: None,
+                xattrs: None,
             },
         };
         t.replace_approved(
@@ -1170,6 +1334,75 @@ mod tests {
         back.replace_approved(vec![entry("edited", 10), entry("new", 5)], true);
         back.replace_approved(vec![entry("edited", 10), entry("new", 5)], true);
         assert!(fresh(&back, "edited"));
+    }
+
+    #[test]
+    fn xattrs_sit_beside_the_records_interned_and_round_trip() {
+        let label = Xattrs::from_pairs(vec![(
+            b"security.selinux".to_vec(),
+            b"system_u:object_r:httpd_sys_content_t:s0".to_vec(),
+        )]);
+        let cap = Xattrs::from_pairs(vec![(b"security.capability".to_vec(), vec![1, 0, 0, 2])]);
+        let with = |size: u64, x: &Option<Xattrs>| Observed {
+            xattrs: x.clone(),
+            ..obs(size, Some([size as u8; 32]))
+        };
+        let mut t = Table::from_observed(
+            (0..40)
+                .map(|i| (path(&format!("f{i:02}")), with(i, &label)))
+                .chain([(path("plain"), obs(99, Some([9; 32])))])
+                .collect(),
+        );
+        // One set for forty paths with the same label; a path without attributes is not listed.
+        assert_eq!(t.base.xsets.len(), 1);
+        assert_eq!(t.base.xrows.len(), 40);
+        assert_eq!(t.observed(b"f07").unwrap().xattrs, label);
+        assert_eq!(t.observed(b"plain").unwrap().xattrs, None);
+        // Approved without the capability, observed with it: both sides kept, names included.
+        t.replace_approved(
+            vec![ManifestEntry {
+                path: path("f03"),
+                state: with(3, &label).state(),
+            }],
+            false,
+        );
+        t.set_observed(&path("f03"), Some(with(3, &cap)));
+        t.settle();
+        t.merge();
+        let row = t.get(b"f03").unwrap();
+        assert_eq!(row.approved.unwrap().xattrs, label);
+        let seen = row.observed.unwrap().xattrs.unwrap();
+        assert_eq!(seen.names[0].name, b"security.capability");
+        assert_eq!(t.base.xsets.len(), 2);
+        assert_eq!(
+            t.cached_file(&path("f03")).unwrap().xattrs,
+            cap,
+            "the stat cache keeps the attributes seen with the stamp"
+        );
+        assert_eq!(t.cached_file(&path("plain")).unwrap().xattrs, None);
+
+        let mut out = Vec::new();
+        t.encode(&mut out);
+        let back = Table::decode(&mut Reader { b: &out, pos: 0 }).unwrap();
+        assert_eq!(rows(&back), rows(&t));
+        assert_eq!(
+            back.observed(b"f03").unwrap().xattrs.unwrap().names,
+            seen.names
+        );
+        for i in 0..out.len() {
+            let mut bad = out.clone();
+            bad[i] ^= 0x55;
+            if let Some(t) = Table::decode(&mut Reader { b: &bad, pos: 0 }) {
+                rows(&t);
+            }
+        }
+        assert!(
+            Table::decode(&mut Reader {
+                b: &out[..out.len() - 4],
+                pos: 0
+            })
+            .is_none()
+        );
     }
 
     #[test]

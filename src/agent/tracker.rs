@@ -311,6 +311,7 @@ impl Tracker<'_> {
             blake3: c.actual.as_ref().and_then(|a| a.blake3).map(hex::encode),
             previous_blake3: c.expected.as_ref().and_then(|e| e.blake3).map(hex::encode),
             size: c.actual.as_ref().and_then(|a| a.size),
+            detail: diff::xattr_detail(c.expected.as_ref(), c.actual.as_ref()),
             resolves,
         }
     }
@@ -433,6 +434,7 @@ mod tests {
             blake3: Some([content; 32]),
             target: None,
             problem: None,
+            xattrs: None,
         }
     }
 

@@ -79,8 +79,11 @@ pub fn run_scan(config: Option<PathBuf>, format: super::util::Format) -> anyhow:
         super::util::Format::Text => {
             for t in &trees {
                 for ev in t["events"].as_array().into_iter().flatten() {
+                    let detail = ev["detail"]
+                        .as_str()
+                        .map_or(String::new(), |d| format!("  {}", d.escape_debug()));
                     out.push_str(&format!(
-                        "  {:<24} {:<12} {}\n",
+                        "  {:<24} {:<12} {}{detail}\n",
                         ev["status"].as_str().unwrap_or(""),
                         ev["change"].as_str().unwrap_or(""),
                         ev["path"].as_str().unwrap_or("").escape_debug()

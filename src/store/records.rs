@@ -546,6 +546,7 @@ mod tests {
             blake3: Some("ab".repeat(32)),
             previous_blake3: None,
             size: Some(42),
+            detail: None,
             resolves: None,
         };
         let body = event_body_of(

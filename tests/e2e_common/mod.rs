@@ -392,6 +392,7 @@ pub mod seed {
             blake3: (change != "removed").then(|| b3(path)),
             previous_blake3: (change != "added").then(|| b3(&format!("old {path}"))),
             size: (change != "removed").then_some(path.len() as u64),
+            detail: None,
             resolves: None,
         }
     }
