@@ -31,7 +31,7 @@ use driftwatch::event::{ChangeEvent, EventBatch, Heartbeat, IngestResult, ScanSu
 use driftwatch::kpi::{self, Grouping, Period};
 use driftwatch::store::Store;
 use driftwatch::store::sqlite::SqliteStore;
-use driftwatch::timefmt;
+use driftwatch::util::timefmt;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};

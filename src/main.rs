@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             }
             let msg = msg.replace('\n', " ");
             eprintln!("driftwatch: error: {msg}");
-            ExitCode::from(driftwatch::exit::ERROR)
+            ExitCode::from(driftwatch::util::exit::ERROR)
         }
     }
 }

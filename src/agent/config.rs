@@ -7,9 +7,9 @@ use globset::GlobSet;
 use serde::Deserialize;
 
 use crate::collector::config::parse_size;
-use crate::glob;
 use crate::sign::TrustedKey;
-use crate::timefmt;
+use crate::util::glob;
+use crate::util::timefmt;
 
 /// Default config path.
 pub const DEFAULT_PATH: &str = "/etc/driftwatch/agent.toml";
@@ -227,7 +227,7 @@ impl TreeConfig {
         if manifest.is_empty() {
             return glob::path_set(&self.exclude_globs).unwrap_or_else(|_| self.exclude.clone());
         }
-        let all = super::coverage::effective(&self.exclude_globs, manifest);
+        let all = crate::util::glob::union(&self.exclude_globs, manifest);
         glob::path_set(&all).unwrap_or_else(|why| {
             tracing::error!(tree = %self.name, %why, "the manifest's exclusions could not be added; the config's apply");
             glob::path_set(&self.exclude_globs).unwrap_or_default()
@@ -318,7 +318,7 @@ impl AgentConfig {
         match &tree.manifest {
             Some(p) => Some(p.clone()),
             None if self.has_collector() => {
-                Some(super::fetch::manifest_path(&self.state_dir, &tree.name))
+                Some(super::layout::fetched_manifest(&self.state_dir, &tree.name))
             }
             None => None,
         }
@@ -328,7 +328,7 @@ impl AgentConfig {
     pub fn change_dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self.changes_dir.iter().cloned().collect();
         if self.has_collector() {
-            dirs.push(super::fetch::changes_dir(&self.state_dir));
+            dirs.push(super::layout::fetched_changes(&self.state_dir));
         }
         dirs
     }
@@ -375,11 +375,14 @@ impl AgentConfig {
     /// Validates config text.
     pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, Vec<String>> {
         let p = origin.display().to_string();
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
+        let table: toml::Table = text.parse().map_err(|e| {
+            vec![format!(
+                "{p}: {}",
+                crate::judge::changelog::toml_error(&e, text)
+            )]
+        })?;
         let mut unknown = Vec::new();
-        let raw = crate::confkeys::deserialize::<Raw>(table, &mut unknown);
+        let raw = crate::util::confkeys::deserialize::<Raw>(table, &mut unknown);
         let mut problems: Vec<String> = unknown.into_iter().map(|m| format!("{p}: {m}")).collect();
         let raw: Raw = match raw {
             Ok(r) => r,
@@ -549,7 +552,7 @@ impl AgentConfig {
         }
         Ok(AgentConfig {
             origin: origin.to_path_buf(),
-            host: raw.host.unwrap_or_else(crate::host::hostname),
+            host: raw.host.unwrap_or_else(crate::util::host::hostname),
             environment: raw.environment,
             state_dir: raw.state_dir,
             trees,
@@ -576,8 +579,8 @@ impl AgentConfig {
     }
 
     /// The change-log policy these settings imply.
-    pub fn change_policy(&self) -> crate::changelog::Policy {
-        crate::changelog::Policy {
+    pub fn change_policy(&self) -> crate::judge::changelog::Policy {
+        crate::judge::changelog::Policy {
             approver_keys: self.approver_keys.clone(),
             require_signatures: self.require_signatures,
             allow_self_approval: self.allow_self_approval,

@@ -10,10 +10,7 @@ use super::config::AgentConfig;
 use crate::event::TreeCoverage;
 
 /// The exclusions a tree runs with: the config's and the manifest in force's, sorted, once each.
-pub fn effective(config: &[String], manifest: &[String]) -> Vec<String> {
-    let all: BTreeSet<&String> = config.iter().chain(manifest).collect();
-    all.into_iter().cloned().collect()
-}
+pub use crate::util::glob::union as effective;
 
 /// The config's exclusions the manifest in force does not carry, sorted, once each. Globs are
 /// compared as written: `var/cache/**` in the config and `var/cache/*` in the manifest are

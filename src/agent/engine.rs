@@ -17,14 +17,14 @@ use super::spool::{Spool, SpoolError};
 use super::staging::Staging;
 use super::state::{self, TreeState};
 use super::table::Table;
-use super::tracker::{self, Pending, Tracker};
-use crate::changelog::{self, ChangeEntry};
-use crate::classify::Status;
+use super::tracker::{self, Pending, TREE_ROOT, Tracker};
 use crate::event::{ChangeEvent, ScanSummary};
-use crate::manifest::Manifest;
-use crate::pathbytes::RelPath;
+use crate::judge::changelog::{self, ChangeEntry};
+use crate::judge::classify::Status;
+use crate::judge::manifest::Manifest;
+use crate::scan::snapshot::{self, Entry};
 use crate::sign;
-use crate::snapshot::{self, Entry};
+use crate::util::pathbytes::RelPath;
 
 /// Why a pass over a tree did not complete. Nothing of such a pass was taken as reported: its
 /// changes are observed again by the next pass.
@@ -35,10 +35,10 @@ pub enum EngineError {
     Observe(#[from] snapshot::ScanError),
     /// The tree root leads nowhere; reported as one `unverifiable` change of the tree.
     #[error("{0}: the tree is unverifiable until its root leads to a directory again")]
-    RootUnreadable(crate::walk::WalkError),
+    RootUnreadable(crate::scan::walk::WalkError),
     /// The tree root leads nowhere, and the spool had no room to say so yet.
     #[error("{0} (not reported yet: the spool is full)")]
-    RootUnreported(crate::walk::WalkError),
+    RootUnreported(crate::scan::walk::WalkError),
     /// The spool could not be written.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -63,7 +63,7 @@ enum ManifestRefused {
     #[error(transparent)]
     Signature(#[from] sign::SignError),
     #[error(transparent)]
-    Parse(#[from] crate::manifest::ManifestError),
+    Parse(#[from] crate::judge::manifest::ManifestError),
     #[error("{}: tree: {got:?} is not {want:?}", path.display())]
     OtherTree {
         path: PathBuf,
@@ -71,9 +71,6 @@ enum ManifestRefused {
         want: String,
     },
 }
-
-/// The path of a change of the tree as a whole (its root unreadable): `.`, the tree root.
-pub const TREE_ROOT: &[u8] = b".";
 
 /// One tree at run time.
 pub struct TreeRuntime {
@@ -281,7 +278,7 @@ impl Engine {
                 t.reverify = true;
                 continue;
             }
-            let dir = state::tree_dir(&self.cfg.state_dir, &w.name);
+            let dir = super::layout::tree_dir(&self.cfg.state_dir, &w.name);
             let mut state = TreeState::load(&dir).unwrap_or_else(|why| {
                 tracing::warn!(tree = %w.name, %why, "state unreadable: re-baselining against the manifest");
                 TreeState::default()
@@ -324,7 +321,7 @@ impl Engine {
         }
         self.changes_stamp = Some(listing);
         let mut entries: Vec<ChangeEntry> = Vec::new();
-        let fetched = super::fetch::changes_dir(&self.cfg.state_dir);
+        let fetched = super::layout::fetched_changes(&self.cfg.state_dir);
         for dir in &dirs {
             let mut policy = self.cfg.change_policy();
             // What the collector hands out counts only when signed by a key this agent trusts.
@@ -765,7 +762,7 @@ impl Engine {
     fn root_unreadable(
         &mut self,
         i: usize,
-        why: crate::walk::WalkError,
+        why: crate::scan::walk::WalkError,
     ) -> Result<PassResult, EngineError> {
         let root = RelPath::from_bytes(TREE_ROOT.to_vec());
         if self.trees[i].state.open.contains_key(&root) {
@@ -782,8 +779,8 @@ impl Engine {
             path_bytes: None,
             change: "removed".into(),
             status: Status::Unverifiable.to_string(),
-            observed_at: crate::timefmt::format_timestamp(now),
-            window_start: crate::timefmt::format_timestamp(t0),
+            observed_at: crate::util::timefmt::format_timestamp(now),
+            window_start: crate::util::timefmt::format_timestamp(t0),
             blake3: None,
             previous_blake3: None,
             size: None,

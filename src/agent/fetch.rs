@@ -8,26 +8,13 @@
 //! can authorize nothing. Without `[trust] release_keys` (or `approver_keys`) nothing of that
 //! kind is fetched.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
 use super::Sink;
 use super::config::AgentConfig;
 use crate::client::ClientError;
-
-/// Where the manifest fetched for `tree` is kept.
-pub fn manifest_path(state_dir: &Path, tree: &str) -> PathBuf {
-    state_dir
-        .join("fetched")
-        .join("manifests")
-        .join(format!("{tree}.json"))
-}
-
-/// Where fetched change entries are kept.
-pub fn changes_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("fetched").join("changes")
-}
 
 /// A signed document as the collector serves it.
 #[derive(Debug, Deserialize)]
@@ -67,7 +54,7 @@ pub async fn fetch(sink: &Sink, cfg: &AgentConfig) -> (Fetched, Vec<String>) {
     if !cfg.approver_keys.is_empty() {
         match changes(sink).await {
             Ok(docs) => {
-                let dir = changes_dir(&cfg.state_dir);
+                let dir = super::layout::fetched_changes(&cfg.state_dir);
                 for doc in docs {
                     let (Some(id), Some(text)) = (doc.id, doc.toml) else {
                         failed.push("a change entry without `id` or `toml`".into());
@@ -103,7 +90,7 @@ async fn fetch_manifest(sink: &Sink, cfg: &AgentConfig, tree: &str) -> Result<bo
         return Err("no `manifest` text".into());
     };
     keep(
-        &manifest_path(&cfg.state_dir, tree),
+        &super::layout::fetched_manifest(&cfg.state_dir, tree),
         text.as_bytes(),
         doc.minisig.as_deref(),
     )
@@ -179,14 +166,16 @@ fn keep(path: &Path, text: &[u8], minisig: Option<&str>) -> Result<bool, String>
         std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
     }
     match minisig {
-        Some(s) => crate::fsutil::write_atomic(&sig, s.as_bytes()).map_err(|e| fail(&sig, e))?,
+        Some(s) => {
+            crate::util::fsutil::write_atomic(&sig, s.as_bytes()).map_err(|e| fail(&sig, e))?
+        }
         None => match std::fs::remove_file(&sig) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(fail(&sig, e)),
         },
     }
-    crate::fsutil::write_atomic(path, text).map_err(|e| fail(path, e))?;
+    crate::util::fsutil::write_atomic(path, text).map_err(|e| fail(path, e))?;
     Ok(true)
 }
 

@@ -35,7 +35,7 @@ pub(super) fn spawn(
                 last_scan: last_scan
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .map(crate::timefmt::format_timestamp),
+                    .map(crate::util::timefmt::format_timestamp),
                 spool_dropped: dropped,
                 spool_depth: depth,
                 config_digest: Some(coverage::config_digest(&cfg)),

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod evidence;
 pub mod fetch;
 mod heartbeat;
+pub mod layout;
 pub mod observe;
 pub mod spool;
 pub mod staging;
@@ -513,7 +514,7 @@ mod tests {
     }
 
     fn batch(seq: u64) -> EventBatch {
-        let now = crate::timefmt::format_timestamp(Timestamp::now());
+        let now = crate::util::timefmt::format_timestamp(Timestamp::now());
         EventBatch {
             host: "web-01".into(),
             environment: "production".into(),

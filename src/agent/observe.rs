@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use globset::GlobSet;
 
-use crate::pathbytes::RelPath;
-use crate::snapshot::{self, Entry, Kind, ScanError, ScanOptions, Snapshot, StatCache};
-use crate::walk::WalkOptions;
+use crate::scan::snapshot::{self, Entry, Kind, ScanError, ScanOptions, Snapshot, StatCache};
+use crate::scan::walk::WalkOptions;
+use crate::util::pathbytes::RelPath;
 
 /// What an observer needs to know about the tree it looks at.
 pub struct Scope<'a> {

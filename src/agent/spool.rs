@@ -215,7 +215,7 @@ impl Spool {
     }
 }
 
-pub use crate::fsutil::write_atomic;
+pub use crate::util::fsutil::write_atomic;
 
 #[cfg(test)]
 mod tests {

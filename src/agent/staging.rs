@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use super::table::Table;
-use crate::pathbytes::RelPath;
-use crate::snapshot::{Entry, Kind};
+use crate::scan::snapshot::{Entry, Kind};
+use crate::util::pathbytes::RelPath;
 
 /// How long a staged copy may live before it is judged anyway: long enough for a large
 /// `rsync --delay-updates` to finish its transfer, short enough that a copy of approved code
@@ -137,8 +137,8 @@ fn deploy_hashes(table: &Table) -> HashSet<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::ManifestEntry;
-    use crate::snapshot::Meta;
+    use crate::judge::manifest::ManifestEntry;
+    use crate::scan::snapshot::Meta;
 
     fn entry(p: &str, kind: Kind, hash: Option<u8>) -> (RelPath, Option<Entry>) {
         let path = RelPath::from_bytes(p.as_bytes());
@@ -168,7 +168,7 @@ mod tests {
     fn deploying() -> Table {
         let approve = |p: &str, h: u8| ManifestEntry {
             path: RelPath::from_bytes(p.as_bytes()),
-            state: crate::diff::State::of(&entry(p, Kind::File, Some(h)).1.unwrap()),
+            state: crate::judge::diff::State::of(&entry(p, Kind::File, Some(h)).1.unwrap()),
         };
         let mut t = Table::default();
         t.replace_approved(vec![approve("app/a.js", 1), approve("index.php", 2)], false);

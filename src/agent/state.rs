@@ -6,15 +6,15 @@
 //! re-reports what differs from the approved state.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::table::{Observed, Reader, Table, get_xattrs, put_bytes, put_xattrs};
-use crate::diff::State;
-use crate::pathbytes::RelPath;
-use crate::snapshot::{Kind, Meta};
+use crate::judge::diff::State;
+use crate::scan::snapshot::{Kind, Meta};
+use crate::util::pathbytes::RelPath;
 
 /// An unauthorized change still open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +70,7 @@ impl StateDto {
             uid: self.uid,
             gid: self.gid,
             blake3: match &self.blake3 {
-                Some(h) => Some(crate::manifest::parse_hash(h).ok()?),
+                Some(h) => Some(crate::judge::manifest::parse_hash(h).ok()?),
                 None => None,
             },
             target: match &self.target {
@@ -192,11 +192,6 @@ pub struct TreeState {
 
 /// Above this many snapshot changes, a save rewrites `snapshot.bin` instead of growing the delta.
 const COMPACT_AT: usize = 4096;
-
-/// Where a tree's state files live.
-pub fn tree_dir(state_dir: &Path, tree: &str) -> PathBuf {
-    state_dir.join("trees").join(tree)
-}
 
 impl TreeState {
     /// Loads a tree's state; `Err` carries why it had to be rebuilt (the caller logs it).
@@ -407,7 +402,7 @@ impl TreeState {
     /// [`super::table::Row::fresh`]).
     pub fn approve(
         &mut self,
-        entries: Vec<crate::manifest::ManifestEntry>,
+        entries: Vec<crate::judge::manifest::ManifestEntry>,
         digest: [u8; 32],
         deploy: bool,
     ) {
@@ -617,7 +612,7 @@ mod tests {
             blake3: hash,
             target: Some(b"\xfft".to_vec()),
             problem: Some("denied".into()),
-            xattrs: crate::xattr::Xattrs::from_pairs(vec![
+            xattrs: crate::scan::xattr::Xattrs::from_pairs(vec![
                 (b"security.capability".to_vec(), vec![1, 0, 0, 2]),
                 (b"user.\xff".to_vec(), vec![]),
             ]),

@@ -8,7 +8,7 @@
 //! observed content is its approved content uses a single slot. Changes go to a small sorted
 //! *delta* that is merged into a new base when it grows; reads look at the delta first.
 //!
-//! Extended attributes (crate::xattr) live beside the records, not in them: a pool of distinct
+//! Extended attributes (crate::scan::xattr) live beside the records, not in them: a pool of distinct
 //! attribute sets (interned, so a tree labelled with one SELinux context holds one set) and a
 //! list of `(row, observed set, approved set)` sorted by row, in which only paths that have
 //! attributes appear (12 bytes each). A path without attributes costs nothing more.
@@ -16,11 +16,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
-use crate::diff::State;
-use crate::manifest::ManifestEntry;
-use crate::pathbytes::RelPath;
-use crate::snapshot::{CachedFile, Entry, Kind, Meta, StatCache};
-use crate::xattr::{XattrName, Xattrs};
+use crate::judge::diff::State;
+use crate::judge::manifest::ManifestEntry;
+use crate::scan::snapshot::{CachedFile, Entry, Kind, Meta, StatCache};
+use crate::scan::xattr::{XattrName, Xattrs};
+use crate::util::pathbytes::RelPath;
 
 /// Rows per front-coding block: a lookup decodes at most this many paths after its binary search.
 const BLOCK: usize = 16;
@@ -1046,7 +1046,7 @@ fn approved_only(state: State) -> Row {
 fn same_state(expected: &Option<State>, actual: &Option<State>) -> bool {
     match (expected, actual) {
         (None, None) => true,
-        (Some(e), Some(a)) => crate::diff::compare(e, a).is_none(),
+        (Some(e), Some(a)) => crate::judge::diff::compare(e, a).is_none(),
         _ => false,
     }
 }

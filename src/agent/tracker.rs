@@ -11,13 +11,16 @@ use jiff::Timestamp;
 use super::config::TreeConfig;
 use super::state::{OpenChange, TreeState};
 use super::table::Observed;
-use crate::changelog::ChangeEntry;
-use crate::classify::{self, Context, Observation, Status};
-use crate::diff::{self, Change, ChangeKind, State};
 use crate::event::{ChangeEvent, ScanSummary};
-use crate::pathbytes::RelPath;
-use crate::snapshot::Entry;
-use crate::timefmt;
+use crate::judge::changelog::ChangeEntry;
+use crate::judge::classify::{self, Context, Observation, Status};
+use crate::judge::diff::{self, Change, ChangeKind, State};
+use crate::scan::snapshot::Entry;
+use crate::util::pathbytes::RelPath;
+use crate::util::timefmt;
+
+/// The path of a change of the tree as a whole (its root unreadable): `.`, the tree root.
+pub const TREE_ROOT: &[u8] = b".";
 
 /// What one observed path leads to, applied to the state by [`commit`] once spooled.
 #[derive(Debug, Clone)]
@@ -260,7 +263,7 @@ impl Tracker<'_> {
             if at_approved {
                 // Files written before their manifest: the deploy they were is recorded as such.
                 // An unreadable root coming back is no deploy of anything.
-                let by = (path.as_bytes() != super::engine::TREE_ROOT)
+                let by = (path.as_bytes() != TREE_ROOT)
                     .then(|| self.deployed(state, path, deploy).map(Status::Release))
                     .flatten();
                 self.close_open(state, &change, &mut p, now, by.as_ref());
@@ -398,8 +401,8 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::manifest::ManifestEntry;
-    use crate::snapshot::{Kind, Meta};
+    use crate::judge::manifest::ManifestEntry;
+    use crate::scan::snapshot::{Kind, Meta};
 
     fn cfg() -> TreeConfig {
         TreeConfig {
@@ -407,7 +410,7 @@ mod tests {
             root: PathBuf::from("/srv/shop"),
             manifest: None,
             exclude_globs: vec!["var/cache/**".into()],
-            exclude: crate::glob::path_set(&["var/cache/**".to_string()]).unwrap(),
+            exclude: crate::util::glob::path_set(&["var/cache/**".to_string()]).unwrap(),
             cross_filesystems: false,
         }
     }

@@ -9,11 +9,11 @@ use serde_json::json;
 use crate::agent::config::{self as agent_config, AgentConfig};
 use crate::agent::engine::Engine;
 use crate::agent::{self, Sink};
-use crate::changelog;
 use crate::collector::config::{self as collector_config, CollectorConfig};
-use crate::exit;
-use crate::manifest::Manifest;
+use crate::judge::changelog;
+use crate::judge::manifest::Manifest;
 use crate::sign;
+use crate::util::exit;
 
 fn load_agent_config(path: Option<PathBuf>) -> anyhow::Result<AgentConfig> {
     let path = path.unwrap_or_else(|| PathBuf::from(agent_config::DEFAULT_PATH));

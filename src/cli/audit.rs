@@ -10,8 +10,8 @@ use jiff::Timestamp;
 use super::source::{Source, SourceArgs};
 use crate::collector::config::{self, CollectorConfig};
 use crate::collector::service::audit::{self, Checkpoint};
-use crate::exit;
 use crate::sign;
+use crate::util::exit;
 
 /// `audit` subcommands.
 #[derive(Debug, Subcommand)]

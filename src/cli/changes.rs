@@ -10,12 +10,12 @@ use serde_json::json;
 
 use super::source::{Source, SourceArgs};
 use super::util::TableFormat;
-use crate::changelog::{self, ChangeEntry, Policy};
 use crate::collector::service::SignedDoc;
-use crate::exit;
+use crate::judge::changelog::{self, ChangeEntry, Policy};
 use crate::kpi;
 use crate::sign;
-use crate::timefmt;
+use crate::util::exit;
+use crate::util::timefmt;
 
 /// `changes` subcommands.
 #[derive(Debug, Subcommand)]

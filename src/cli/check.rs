@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::util::Format;
-use crate::check::{self, CheckOptions};
-use crate::exit;
+use crate::judge::check::{self, CheckOptions};
+use crate::util::exit;
 
 /// Arguments of `check`.
 #[derive(Debug, Args)]
@@ -53,7 +53,7 @@ pub fn run_check(args: CheckArgs) -> anyhow::Result<u8> {
         pubkeys: args.pubkey,
         changes: args.changes,
         approver_pubkeys: args.approver_pubkey,
-        host: args.host.unwrap_or_else(crate::host::hostname),
+        host: args.host.unwrap_or_else(crate::util::host::hostname),
         exclude: args.exclude,
         allow_self_approval: args.allow_self_approval,
         threads: args.threads,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::collector::{self, Collector, config};
-use crate::exit;
+use crate::util::exit;
 
 /// `driftwatch collector`.
 pub fn run_collector(config_path: Option<PathBuf>, log_json: bool) -> anyhow::Result<u8> {

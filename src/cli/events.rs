@@ -6,8 +6,8 @@ use clap::Args;
 
 use super::source::{Source, SourceArgs};
 use super::util::TableFormat;
-use crate::exit;
 use crate::store::{EventQuery, StoredEvent};
+use crate::util::exit;
 
 /// Arguments of `events`.
 #[derive(Debug, Args)]
@@ -48,7 +48,7 @@ pub fn run_events(a: EventsArgs) -> anyhow::Result<u8> {
     let events = Source::open(&a.source)?.events(&query)?;
     let out = match a.format {
         TableFormat::Json => serde_json::to_string_pretty(&events)? + "\n",
-        TableFormat::Csv => crate::report::events_csv(&events),
+        TableFormat::Csv => crate::judge::report::events_csv(&events),
         TableFormat::Text => events_table(&events),
     };
     std::io::stdout().lock().write_all(out.as_bytes())?;

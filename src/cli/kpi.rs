@@ -7,8 +7,8 @@ use clap::Args;
 use super::source::{Source, SourceArgs};
 use super::util::TableFormat;
 use crate::collector::service::kpi::KpiQuery;
-use crate::exit;
 use crate::kpi;
+use crate::util::exit;
 
 /// Arguments of `kpi`.
 #[derive(Debug, Args)]

@@ -7,16 +7,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand};
 
-use crate::check;
 use crate::client::{self, Client};
 use crate::collector::service::SignedDoc;
 use crate::collector::service::changes::ManifestStored;
-use crate::exit;
-use crate::glob;
-use crate::manifest::Manifest;
+use crate::judge::check;
+use crate::judge::manifest::Manifest;
+use crate::scan::snapshot::{self, ScanOptions};
+use crate::scan::walk::WalkOptions;
 use crate::sign;
-use crate::snapshot::{self, ScanOptions};
-use crate::walk::WalkOptions;
+use crate::util::exit;
+use crate::util::glob;
 
 /// `manifest` subcommands.
 #[derive(Debug, Subcommand)]
@@ -143,7 +143,7 @@ pub fn run_verify(args: &VerifyArgs) -> anyhow::Result<u8> {
 fn manifest_push(args: &PushArgs) -> anyhow::Result<u8> {
     let bytes = std::fs::read(&args.file).with_context(|| format!("{}", args.file.display()))?;
     // Parsed here too, for the tree name and so a broken file never leaves the machine.
-    let m = crate::manifest::Manifest::parse(&bytes, &args.file)?;
+    let m = crate::judge::manifest::Manifest::parse(&bytes, &args.file)?;
     let text =
         String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8 text", args.file.display()))?;
     let sig_path = sign::sig_path(&args.file);
@@ -209,7 +209,7 @@ fn manifest_build(args: BuildArgs) -> anyhow::Result<u8> {
         format!(
             "{}@{}",
             std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-            crate::host::hostname()
+            crate::util::host::hostname()
         )
     });
     // The exclusions travel with the release: every check and agent applies them (§12.1).

@@ -24,8 +24,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::exit;
 use crate::sign;
+use crate::util::exit;
 
 /// driftwatch: catch code on production servers that did not come through the release process.
 #[derive(Debug, Parser)]

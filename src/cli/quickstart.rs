@@ -11,11 +11,11 @@ use anyhow::{Context as _, anyhow};
 use jiff::{Timestamp, ToSpan};
 
 use crate::agent::{self, config::AgentConfig};
-use crate::manifest::Manifest;
+use crate::judge::manifest::Manifest;
+use crate::scan::snapshot::{self, ScanOptions};
 use crate::sign;
-use crate::snapshot::{self, ScanOptions};
 use crate::store::{Role, Store, sqlite::SqliteStore};
-use crate::timefmt;
+use crate::util::timefmt;
 
 const DEMO: &[(&str, &str)] = &[
     (

@@ -6,8 +6,8 @@ use clap::Args;
 
 use super::source::{Source, SourceArgs};
 use crate::collector::service::kpi::KpiQuery;
-use crate::exit;
 use crate::store::EventQuery;
+use crate::util::exit;
 
 /// Arguments of `report`.
 #[derive(Debug, Args)]
@@ -45,7 +45,7 @@ pub fn run_report(a: ReportArgs) -> anyhow::Result<u8> {
         to: Some(day),
         ..EventQuery::default()
     })?;
-    let report = crate::daily::DailyReport {
+    let report = crate::collector::service::daily::DailyReport {
         day: rows
             .first()
             .map(|r| r.period.clone())

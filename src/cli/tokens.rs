@@ -7,8 +7,8 @@ use jiff::Timestamp;
 
 use super::source::{self, SourceArgs};
 use crate::collector::service::tokens;
-use crate::exit;
 use crate::store::Role;
+use crate::util::exit;
 
 /// `token` subcommands.
 #[derive(Debug, Subcommand)]

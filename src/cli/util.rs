@@ -74,7 +74,7 @@ pub fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
     Some(pb)
 }
 
-/// [`crate::fsutil::write_atomic`] with the path in the error, for commands.
+/// [`crate::util::fsutil::write_atomic`] with the path in the error, for commands.
 pub fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    crate::fsutil::write_atomic(path, data).with_context(|| path.display().to_string())
+    crate::util::fsutil::write_atomic(path, data).with_context(|| path.display().to_string())
 }

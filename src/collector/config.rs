@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::sign::TrustedKey;
-use crate::timefmt;
+use crate::util::timefmt;
 
 /// Default config path.
 pub const DEFAULT_PATH: &str = "/etc/driftwatch/collector.toml";
@@ -198,14 +198,17 @@ impl CollectorConfig {
 
     pub fn parse(text: &str, origin: &Path) -> Result<CollectorConfig, Vec<String>> {
         let p = origin.display();
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e| vec![format!("{p}: {}", crate::changelog::toml_error(&e, text))])?;
+        let table: toml::Table = text.parse().map_err(|e| {
+            vec![format!(
+                "{p}: {}",
+                crate::judge::changelog::toml_error(&e, text)
+            )]
+        })?;
         // The minimal config (§5) has no [trust]: the collector still ingests and serves the
         // KPI, and refuses uploads it could not check until keys are set.
         let has_trust = table.contains_key("trust");
         let mut unknown = Vec::new();
-        let raw = crate::confkeys::deserialize::<RawConfig>(table, &mut unknown);
+        let raw = crate::util::confkeys::deserialize::<RawConfig>(table, &mut unknown);
         let mut problems: Vec<String> = unknown.into_iter().map(|m| format!("{p}: {m}")).collect();
         let raw: RawConfig = match raw {
             Ok(r) => r,
@@ -335,8 +338,8 @@ impl CollectorConfig {
     }
 
     /// The change-log policy these settings imply.
-    pub fn change_policy(&self) -> crate::changelog::Policy {
-        crate::changelog::Policy {
+    pub fn change_policy(&self) -> crate::judge::changelog::Policy {
+        crate::judge::changelog::Policy {
             approver_keys: self.approver_keys.clone(),
             require_signatures: self.require_signatures,
             allow_self_approval: self.allow_self_approval,

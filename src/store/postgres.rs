@@ -35,7 +35,7 @@ use super::{
 };
 use crate::event::{EventBatch, Heartbeat, IngestResult};
 use crate::kpi::HostDay;
-use crate::timefmt;
+use crate::util::timefmt;
 
 /// Schema version this code writes. 2: `hosts.spool_depth`. 3: `hosts.coverage` (added by
 /// [`upgrade`] alone, for new and old databases alike).

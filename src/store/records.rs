@@ -13,7 +13,7 @@ use super::chain::{self, GENESIS};
 use super::{ChainReport, HostTree, StoreError};
 use crate::event::{ChangeEvent, Heartbeat, TreeCoverage};
 use crate::kpi::HostDay;
-use crate::timefmt;
+use crate::util::timefmt;
 
 /// Hash of a token secret: the store never sees the secret again.
 pub fn token_hash(secret: &str) -> String {

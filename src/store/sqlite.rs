@@ -23,7 +23,7 @@ use super::{
 };
 use crate::event::{EventBatch, Heartbeat, IngestResult};
 use crate::kpi::HostDay;
-use crate::timefmt;
+use crate::util::timefmt;
 
 /// Schema version this code writes. 2: `hosts.spool_depth`. 3: `hosts.coverage` (added by
 /// [`migrate`] alone, for new and old files alike).

@@ -14,8 +14,8 @@ use super::auth::{Auth, Readers};
 use super::{ApiError, ApiResult, AppState, csv_response, query};
 use crate::collector::service::KpiRequest;
 use crate::collector::service::kpi::{KpiQuery, parse_date};
+use crate::judge::manifest;
 use crate::kpi;
-use crate::manifest;
 use crate::store::EventQuery;
 
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
@@ -67,7 +67,7 @@ pub(super) async fn get_events(
     let events = state.run(move |s| s.events(&query)).await?;
     Ok(match format(&p)? {
         Format::Json => axum::Json(events).into_response(),
-        Format::Csv => csv_response(crate::report::events_csv(&events)),
+        Format::Csv => csv_response(crate::judge::report::events_csv(&events)),
     })
 }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{Service, ServiceError};
 use crate::sign::{self, TrustedKey};
 use crate::store::ChainReport;
-use crate::timefmt;
+use crate::util::timefmt;
 
 /// The checkpoint file's `format`.
 pub const CHECKPOINT_FORMAT: &str = "driftwatch.checkpoint.v1";

@@ -13,13 +13,13 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::{Service, ServiceError};
-use crate::changelog::ChangeEntry;
-use crate::classify::{self, StoredChangeRef};
-use crate::manifest::{self, Manifest};
-use crate::pathbytes::RelPath;
+use crate::judge::changelog::ChangeEntry;
+use crate::judge::classify::{self, StoredChangeRef};
+use crate::judge::manifest::{self, Manifest};
 use crate::sign;
 use crate::store::{EventQuery, Store, StoreError, StoredChange, StoredManifest};
-use crate::timefmt;
+use crate::util::pathbytes::RelPath;
+use crate::util::timefmt;
 
 /// An uploaded document with its signature, as the API carries it (`manifest` for
 /// `PUT /api/v1/manifests/{tree}`, `toml` for change entries).

@@ -9,12 +9,12 @@ use std::sync::atomic::Ordering;
 use jiff::Timestamp;
 
 use super::{Service, ServiceError};
-use crate::classify;
 use crate::event::{EventBatch, Heartbeat, IngestResult};
-use crate::manifest;
-use crate::pathbytes::RelPath;
+use crate::judge::classify;
+use crate::judge::manifest;
 use crate::store::{EventQuery, HeartbeatOutcome, StoredEvent};
-use crate::timefmt;
+use crate::util::pathbytes::RelPath;
+use crate::util::timefmt;
 
 impl Service {
     /// Validates and stores a batch idempotently; returns what was stored (where alerts on

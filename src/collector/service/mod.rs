@@ -21,6 +21,7 @@
 pub mod audit;
 pub mod changes;
 pub mod counters;
+pub mod daily;
 pub mod hosts;
 pub mod ingest;
 pub mod kpi;

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::diff::State;
-use crate::pathbytes::RelPath;
-use crate::snapshot::{Kind, Snapshot};
-use crate::timefmt;
-use crate::xattr::{XattrName, Xattrs};
+use crate::judge::diff::State;
+use crate::scan::snapshot::{Kind, Snapshot};
+use crate::scan::xattr::{XattrName, Xattrs};
+use crate::util::pathbytes::RelPath;
+use crate::util::timefmt;
 
 /// The `format` value of every manifest this version writes and reads.
 pub const FORMAT: &str = "driftwatch.manifest.v1";
@@ -106,7 +106,7 @@ struct JsonEntry {
     target: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     target_bytes: Option<String>,
-    /// `blake3:<digest>` of the extended attributes (crate::xattr), omitted when there are none.
+    /// `blake3:<digest>` of the extended attributes (crate::scan::xattr), omitted when there are none.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     xattrs: Option<String>,
     /// Their names, each with the 16-hex short digest of its value: what lets `check` say which
@@ -294,7 +294,7 @@ fn parse_exclude(v: &serde_json::Value) -> Result<Vec<String>, (String, String)>
         let Some(g) = item.as_str() else {
             return Err((format!("exclude[{i}]"), format!("{item} is not a string")));
         };
-        crate::glob::path_set(&[g]).map_err(|m| (format!("exclude[{i}]"), m))?;
+        crate::util::glob::path_set(&[g]).map_err(|m| (format!("exclude[{i}]"), m))?;
         globs.push(g.to_string());
     }
     Ok(canonical_globs(&globs))

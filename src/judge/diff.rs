@@ -4,9 +4,9 @@ use std::cmp::Ordering;
 
 use serde::Serialize;
 
-use crate::pathbytes::RelPath;
-use crate::snapshot::{Entry, Kind, Meta};
-use crate::xattr::{self, Xattrs};
+use crate::scan::snapshot::{Entry, Kind, Meta};
+use crate::scan::xattr::{self, Xattrs};
+use crate::util::pathbytes::RelPath;
 
 /// The compared state of one path: what a manifest approves or a scan observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,7 +216,7 @@ fn observed_change(kind: ChangeKind, expected: Option<&State>, o: &Entry) -> Cha
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::Meta;
+    use crate::scan::snapshot::Meta;
 
     fn file(hash: u8, size: u64, mode: u32, uid: u32) -> State {
         State {

@@ -12,8 +12,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::snapshot::{Kind, Meta};
-use crate::xattr::{self, XattrError, Xattrs};
+use super::entry::{Kind, Meta};
+use crate::scan::xattr::{self, XattrError, Xattrs};
 
 /// Files at least this big are hashed with BLAKE3's multi-threaded `update_rayon`.
 const RAYON_THRESHOLD: u64 = 4 << 20;

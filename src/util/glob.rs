@@ -20,6 +20,12 @@ pub fn path_set<S: AsRef<str>>(globs: &[S]) -> Result<GlobSet, String> {
     b.build().map_err(|e| e.to_string())
 }
 
+/// Two glob lists as one, sorted, each glob once (compared as written).
+pub fn union(a: &[String], b: &[String]) -> Vec<String> {
+    let all: std::collections::BTreeSet<&String> = a.iter().chain(b).collect();
+    all.into_iter().cloned().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,8 @@ use std::str::FromStr;
 use globset::GlobSet;
 use jiff::Timestamp;
 
-use crate::changelog::ChangeEntry;
-use crate::diff::Change;
+use crate::judge::changelog::ChangeEntry;
+use crate::judge::diff::Change;
 
 /// The verdict on one change.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -152,7 +152,7 @@ pub struct StoredChangeRef<'a> {
     /// Tree.
     pub tree: &'a str,
     /// Path.
-    pub path: &'a crate::pathbytes::RelPath,
+    pub path: &'a crate::util::pathbytes::RelPath,
     /// New content hash (`None` for a removal or a non-file).
     pub blake3: Option<[u8; 32]>,
     /// The path is gone.
@@ -166,8 +166,8 @@ pub struct StoredChangeRef<'a> {
 /// The status a stored change gets from a newly arrived (or newly approved) entry, if it covers it.
 pub fn reclassify(c: &StoredChangeRef<'_>, entry: &ChangeEntry, now: Timestamp) -> Option<Status> {
     let (_, approved_at) = entry.approval.as_ref()?;
-    let actual = (!c.removed).then_some(crate::diff::State {
-        kind: crate::snapshot::Kind::File,
+    let actual = (!c.removed).then_some(crate::judge::diff::State {
+        kind: crate::scan::snapshot::Kind::File,
         size: None,
         mode: 0,
         uid: None,
@@ -193,10 +193,10 @@ pub fn reclassify(c: &StoredChangeRef<'_>, entry: &ChangeEntry, now: Timestamp) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::{ChangeKind, State};
-    use crate::pathbytes::RelPath;
-    use crate::snapshot::Kind;
-    use crate::timefmt::parse_timestamp as ts;
+    use crate::judge::diff::{ChangeKind, State};
+    use crate::scan::snapshot::Kind;
+    use crate::util::pathbytes::RelPath;
+    use crate::util::timefmt::parse_timestamp as ts;
     use std::path::Path;
 
     fn entry(id: &str, approved_at: &str, start: &str, end: &str, paths: &str) -> ChangeEntry {
@@ -229,7 +229,7 @@ mod tests {
 
     #[test]
     fn rules_in_order() {
-        let exclude = crate::glob::path_set(&["var/cache/**"]).unwrap();
+        let exclude = crate::util::glob::path_set(&["var/cache/**"]).unwrap();
         let entries = vec![
             entry(
                 "CHG-1",

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::classify::Status;
-use crate::diff::{Change, State, xattr_detail};
-use crate::manifest::format_mode;
-use crate::snapshot::ScanStats;
+use crate::judge::classify::Status;
+use crate::judge::diff::{Change, State, xattr_detail};
+use crate::judge::manifest::format_mode;
+use crate::scan::snapshot::ScanStats;
 
 /// Counts by change kind and by status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

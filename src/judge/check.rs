@@ -4,16 +4,16 @@ use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 
-use crate::changelog::{self, ChangeLog, ChangeLogError, Policy};
-use crate::classify::{self, Context, Observation, Status};
-use crate::diff;
-use crate::glob;
-use crate::manifest::{Manifest, ManifestError};
-use crate::report::{Report, ReportedChange, Summary};
+use crate::judge::changelog::{self, ChangeLog, ChangeLogError, Policy};
+use crate::judge::classify::{self, Context, Observation, Status};
+use crate::judge::diff;
+use crate::judge::manifest::{Manifest, ManifestError};
+use crate::judge::report::{Report, ReportedChange, Summary};
+use crate::scan::snapshot::{self, ScanError, ScanOptions};
+use crate::scan::walk::WalkOptions;
 use crate::sign::{self, SignError};
-use crate::snapshot::{self, ScanError, ScanOptions};
-use crate::timefmt;
-use crate::walk::WalkOptions;
+use crate::util::glob;
+use crate::util::timefmt;
 
 /// Everything `driftwatch check` takes.
 #[derive(Debug, Clone, Default)]

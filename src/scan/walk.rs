@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use globset::GlobSet;
 use walkdir::WalkDir;
 
-use crate::pathbytes::RelPath;
-use crate::snapshot::Meta;
+use super::entry::Meta;
+use crate::util::pathbytes::RelPath;
 
 /// What to leave out of a walk.
 #[derive(Debug, Clone, Default)]

@@ -7,12 +7,12 @@ use globset::GlobSet;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::diff::State;
-use crate::glob;
-use crate::manifest::parse_hash;
-use crate::pathbytes::RelPath;
+use crate::judge::diff::State;
+use crate::judge::manifest::parse_hash;
 use crate::sign::{self, TrustedKey};
-use crate::timefmt;
+use crate::util::glob;
+use crate::util::pathbytes::RelPath;
+use crate::util::timefmt;
 
 /// A change entry as written in TOML (DESIGN §5). Timestamps may be strings or TOML datetimes.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -409,7 +409,7 @@ end = 2026-11-20T23:00:00Z
         let e = parse(&text).unwrap();
         let p = |s: &str| RelPath::from_bytes(s.as_bytes().to_vec());
         let state = |b: u8| State {
-            kind: crate::snapshot::Kind::File,
+            kind: crate::scan::snapshot::Kind::File,
             size: Some(1),
             mode: 0o644,
             uid: None,
