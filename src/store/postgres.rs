@@ -97,7 +97,6 @@ CREATE TABLE IF NOT EXISTS manifests (
 CREATE INDEX IF NOT EXISTS manifests_tree ON manifests (tree, seq);
 "#;
 
-
 /// The PostgreSQL-backed store.
 pub type PgStore = SqlStore<Postgres>;
 
@@ -446,15 +445,21 @@ impl<'a> PgArg<'a> {
 fn value(r: &::postgres::Row, i: usize) -> Result<Value, ::postgres::Error> {
     let ty = r.columns()[i].type_();
     Ok(match *ty {
-        Type::BOOL => r.try_get::<_, Option<bool>>(i)?.map_or(Value::Null, Value::Bool),
-        Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map_or(Value::Null, Value::Int),
+        Type::BOOL => r
+            .try_get::<_, Option<bool>>(i)?
+            .map_or(Value::Null, Value::Bool),
+        Type::INT8 => r
+            .try_get::<_, Option<i64>>(i)?
+            .map_or(Value::Null, Value::Int),
         Type::INT4 => r
             .try_get::<_, Option<i32>>(i)?
             .map_or(Value::Null, |v| Value::Int(v.into())),
         Type::INT2 => r
             .try_get::<_, Option<i16>>(i)?
             .map_or(Value::Null, |v| Value::Int(v.into())),
-        Type::FLOAT8 => r.try_get::<_, Option<f64>>(i)?.map_or(Value::Null, Value::Real),
+        Type::FLOAT8 => r
+            .try_get::<_, Option<f64>>(i)?
+            .map_or(Value::Null, Value::Real),
         Type::FLOAT4 => r
             .try_get::<_, Option<f32>>(i)?
             .map_or(Value::Null, |v| Value::Real(v.into())),

@@ -11,11 +11,11 @@ use jiff::tz::TimeZone;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
+use super::StoreError;
 use super::chain::GENESIS;
 pub use super::records::token_hash;
 use super::sql::dialect::SQLITE;
 use super::sql::{Backend, Conn, Dialect, Param, Res, Row, SqlStore, Value};
-use super::StoreError;
 
 /// Schema version this code writes. 2: `hosts.spool_depth`. 3: `hosts.coverage` (added by
 /// [`migrate`] alone, for new and old files alike).

@@ -22,7 +22,11 @@ impl Cursor {
         );
         let head: String = tx.query_one("chain", &sql, &[])?.get(0)?;
         let len: String = tx
-            .query_one("chain", "SELECT value FROM meta WHERE key = 'chain_len'", &[])?
+            .query_one(
+                "chain",
+                "SELECT value FROM meta WHERE key = 'chain_len'",
+                &[],
+            )?
             .get(0)?;
         Ok(Cursor {
             len: len.parse().unwrap_or(0),

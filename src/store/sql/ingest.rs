@@ -10,9 +10,7 @@
 use jiff::Timestamp;
 use jiff::civil::Date;
 
-use super::super::records::{
-    self, content_hash, event_body_of, from_micros, is_violation, micros,
-};
+use super::super::records::{self, content_hash, event_body_of, from_micros, is_violation, micros};
 use super::super::{EventQuery, StoredEvent};
 use super::cursor::Cursor;
 use super::hosts::upsert_host;
@@ -30,7 +28,8 @@ const INSERT_EVENT: &str = "INSERT INTO events (id, chain_seq, host, seq, enviro
    ?14, ?15, ?16, ?17, ?18, ?9, ?19, ?20, ?21)
  ON CONFLICT (host, seq) DO NOTHING RETURNING id";
 
-const UPSERT_SCAN: &str = "INSERT INTO scans (host, tree, day, finished_at, received_at, paths, vetted, release, seconds)
+const UPSERT_SCAN: &str =
+    "INSERT INTO scans (host, tree, day, finished_at, received_at, paths, vetted, release, seconds)
  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
  ON CONFLICT (host, tree, day) DO UPDATE SET finished_at = excluded.finished_at,
    received_at = excluded.received_at, paths = excluded.paths, vetted = excluded.vetted,
@@ -126,7 +125,16 @@ pub fn ingest(
         if let Some(row) = tx.query_opt("ingest", &open, args![&batch.host, r])? {
             let (id, status): (i64, String) = (row.get(0)?, row.get(1)?);
             let (new, reason) = records::closing(&status, &record_status);
-            append_reclass(&mut *tx, &mut cursor, id, &status, &new, false, &reason, &at)?;
+            append_reclass(
+                &mut *tx,
+                &mut cursor,
+                id,
+                &status,
+                &new,
+                false,
+                &reason,
+                &at,
+            )?;
         }
     }
     for s in &batch.scans {

@@ -219,10 +219,7 @@ pub fn compute_days(
     let mut counts: HashMap<(String, String), [u64; 5]> = HashMap::new();
     c.each("kpi", &sql, args![&f, &t], &mut |r| {
         let n = |i: usize| Ok::<_, super::StoreError>(r.get::<Option<i64>>(i)?.unwrap_or(0) as u64);
-        counts.insert(
-            (r.get(0)?, r.get(1)?),
-            [n(2)?, n(3)?, n(4)?, n(5)?, n(6)?],
-        );
+        counts.insert((r.get(0)?, r.get(1)?), [n(2)?, n(3)?, n(4)?, n(5)?, n(6)?]);
         Ok(())
     })?;
     let mut vetted: HashMap<(String, String), (u64, u64)> = HashMap::new();
