@@ -275,7 +275,7 @@ mod tests {
 
     use super::super::{LatestScan, Store};
     use super::*;
-    use crate::event::{EventBatch, Heartbeat};
+    use crate::event::Heartbeat;
 
     /// The hosts table as schema version 1 wrote it: no `spool_depth`.
     const V1_HOSTS: &str = "spool_dropped INTEGER NOT NULL DEFAULT 0, retired_day TEXT);";
@@ -396,52 +396,5 @@ mod tests {
         assert!(err.contains("schema version 99"), "{err}");
         assert_eq!(schema_version(&path), "99");
         assert!(!columns(&path).contains(&"spool_depth".to_string()));
-    }
-
-    #[test]
-    fn latest_scans_keep_the_last_finished_scan_per_host_and_tree() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&tmp.path().join("collector.db"), TimeZone::UTC).unwrap();
-        let ingest = |at: &str, scans: serde_json::Value| {
-            let b: EventBatch = serde_json::from_value(
-                serde_json::json!({"host": "web-01", "events": [], "scans": scans}),
-            )
-            .unwrap();
-            store.ingest(&b, at.parse().unwrap()).unwrap();
-        };
-        let scan = |tree: &str, finished: &str, seconds: f64| {
-            serde_json::json!({"tree": tree, "finished_at": finished, "paths": 1, "vetted": 1,
-                               "seconds": seconds})
-        };
-        ingest(
-            "2026-11-15T12:00:00Z",
-            serde_json::json!([scan("shop", "2026-11-15T11:00:00Z", 1.0)]),
-        );
-        ingest(
-            "2026-11-16T12:00:00Z",
-            serde_json::json!([
-                scan("shop", "2026-11-16T11:00:00Z", 2.0),
-                scan("blog", "2026-11-16T11:00:00Z", 3.0)
-            ]),
-        );
-        // Received a day later but finished earlier (an agent's spool drained late), in
-        // another offset: the 16th's scan of the shop is still the latest.
-        ingest(
-            "2026-11-17T00:30:00Z",
-            serde_json::json!([scan("shop", "2026-11-16T12:30:00+02:00", 4.0)]),
-        );
-        let got: Vec<(String, f64)> = store
-            .latest_scans("2026-11-16".parse().unwrap())
-            .unwrap()
-            .into_iter()
-            .map(|s| (s.tree, s.seconds))
-            .collect();
-        assert_eq!(got, [("blog".to_string(), 3.0), ("shop".to_string(), 2.0)]);
-        let got = store.latest_scans("2026-11-17".parse().unwrap()).unwrap();
-        assert_eq!(
-            got.iter().map(|s| s.seconds).collect::<Vec<_>>(),
-            [4.0],
-            "{got:?}"
-        );
     }
 }

@@ -470,3 +470,56 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend.with(verify::chain_head)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::Sqlite;
+
+    fn sqlite() -> (tempfile::TempDir, Sqlite) {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&tmp.path().join("collector.db")).unwrap();
+        (tmp, db)
+    }
+
+    #[test]
+    fn a_transaction_is_rolled_back_unless_committed() {
+        let (_tmp, db) = sqlite();
+        let insert = "INSERT INTO meta (key, value) VALUES ('k', ?1)";
+        db.with(|c| {
+            {
+                let mut tx = Tx::begin(c, TxKind::Write, "test")?;
+                tx.execute("test", insert, args!["dropped"])?;
+            }
+            assert_eq!(cursor::meta_get(c, "k")?, None);
+            let mut tx = Tx::begin(c, TxKind::Write, "test")?;
+            tx.execute("test", insert, args!["kept"])?;
+            tx.commit()?;
+            assert_eq!(cursor::meta_get(c, "k")?.as_deref(), Some("kept"));
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn values_read_back_as_bound_and_a_mismatch_names_its_column() {
+        let (_tmp, db) = sqlite();
+        db.with(|c| {
+            let none: Option<&str> = None;
+            let r = c.query_one(
+                "test",
+                "SELECT ?1, ?2, ?3, ?4, ?5",
+                args![true, 7i64, 1.5, "x", none],
+            )?;
+            assert!(r.get::<bool>(0)?);
+            assert_eq!(r.get::<i64>(1)?, 7);
+            assert_eq!(r.get::<f64>(2)?, 1.5);
+            assert_eq!(r.get::<String>(3)?, "x");
+            assert_eq!(r.get::<Option<String>>(4)?, None);
+            let err = r.get::<i64>(3).unwrap_err().to_string();
+            assert!(err.contains("column 3") && err.contains("integer"), "{err}");
+            Ok(())
+        })
+        .unwrap();
+    }
+}
