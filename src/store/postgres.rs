@@ -27,7 +27,7 @@ use jiff::tz::TimeZone;
 use super::StoreError;
 use super::chain::GENESIS;
 use super::sql::dialect::POSTGRES;
-use super::sql::{Backend, Conn, Dialect, Param, Res, Row, SqlStore, Value};
+use super::sql::{Backend, Conn, Dialect, EachRow, Param, Res, Row, SqlStore, Value};
 
 /// Schema version this code writes. 2: `hosts.spool_depth`. 3: `hosts.coverage` (added by
 /// [`upgrade`] alone, for new and old databases alike).
@@ -372,29 +372,30 @@ fn migrate(c: &mut Client, shown: &str) -> Res<()> {
 /// against every reader, even when `IF NOT EXISTS` makes it a no-op, and a collector starting
 /// next to busy ones should not stall them.
 fn upgrade(tx: &mut Transaction<'_>) -> Result<(), ::postgres::Error> {
-    let has_depth: bool = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_attribute
-               WHERE attrelid = to_regclass('hosts') AND attname = 'spool_depth' AND NOT attisdropped)",
-            &[],
-        )?
-        .try_get(0)?;
-    if !has_depth {
-        tx.batch_execute(
-            "ALTER TABLE hosts ADD COLUMN IF NOT EXISTS spool_depth BIGINT NOT NULL DEFAULT 0",
-        )?;
-    }
+    // (column of `hosts`, the statement adding it), in schema order. 2: `spool_depth`.
     // 3: the coverage of the last heartbeat (records::coverage_column); NULL until an agent
     // that reports it sends one.
-    let has_coverage: bool = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_attribute
-               WHERE attrelid = to_regclass('hosts') AND attname = 'coverage' AND NOT attisdropped)",
-            &[],
-        )?
-        .try_get(0)?;
-    if !has_coverage {
-        tx.batch_execute("ALTER TABLE hosts ADD COLUMN IF NOT EXISTS coverage TEXT")?;
+    const STEPS: [(&str, &str); 2] = [
+        (
+            "spool_depth",
+            "ALTER TABLE hosts ADD COLUMN IF NOT EXISTS spool_depth BIGINT NOT NULL DEFAULT 0",
+        ),
+        (
+            "coverage",
+            "ALTER TABLE hosts ADD COLUMN IF NOT EXISTS coverage TEXT",
+        ),
+    ];
+    for (column, add) in STEPS {
+        let has: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = to_regclass('hosts') AND attname = $1 AND NOT attisdropped)",
+                &[&column],
+            )?
+            .try_get(0)?;
+        if !has {
+            tx.batch_execute(add)?;
+        }
     }
     Ok(())
 }
@@ -516,13 +517,7 @@ impl Conn for PgConn {
         self.client.execute(&st, &refs).map_err(db(ctx))
     }
 
-    fn each(
-        &mut self,
-        ctx: &str,
-        sql: &str,
-        params: &[Param<'_>],
-        f: &mut dyn FnMut(&Row) -> Res<()>,
-    ) -> Res<()> {
+    fn each(&mut self, ctx: &str, sql: &str, params: &[Param<'_>], f: &mut EachRow<'_>) -> Res<()> {
         let st = self.statement(ctx, sql)?;
         let args = PgConn::bind(ctx, &st, params)?;
         let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(PgArg::as_sql).collect();

@@ -15,7 +15,7 @@ use super::StoreError;
 use super::chain::GENESIS;
 pub use super::records::token_hash;
 use super::sql::dialect::SQLITE;
-use super::sql::{Backend, Conn, Dialect, Param, Res, Row, SqlStore, Value};
+use super::sql::{Backend, Conn, Dialect, EachRow, Param, Res, Row, SqlStore, Value};
 
 /// Schema version this code writes. 2: `hosts.spool_depth`. 3: `hosts.coverage` (added by
 /// [`migrate`] alone, for new and old files alike).
@@ -168,23 +168,25 @@ impl Backend for Sqlite {
 /// Brings the tables of an older schema up to [`SCHEMA_VERSION`] (`CREATE TABLE IF NOT EXISTS`
 /// leaves an existing table as it was). Each step checks what is there, so it can run again.
 fn migrate(tx: &Transaction<'_>) -> rusqlite::Result<()> {
-    let has_depth: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('hosts') WHERE name = 'spool_depth')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_depth {
-        tx.execute_batch("ALTER TABLE hosts ADD COLUMN spool_depth INTEGER NOT NULL DEFAULT 0")?;
-    }
+    // (column of `hosts`, the statement adding it), in schema order. 2: `spool_depth`.
     // 3: the coverage of the last heartbeat (records::coverage_column); NULL until an agent
     // that reports it sends one.
-    let has_coverage: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('hosts') WHERE name = 'coverage')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_coverage {
-        tx.execute_batch("ALTER TABLE hosts ADD COLUMN coverage TEXT")?;
+    const STEPS: [(&str, &str); 2] = [
+        (
+            "spool_depth",
+            "ALTER TABLE hosts ADD COLUMN spool_depth INTEGER NOT NULL DEFAULT 0",
+        ),
+        ("coverage", "ALTER TABLE hosts ADD COLUMN coverage TEXT"),
+    ];
+    for (column, add) in STEPS {
+        let has: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('hosts') WHERE name = ?1)",
+            [column],
+            |r| r.get(0),
+        )?;
+        if !has {
+            tx.execute_batch(add)?;
+        }
     }
     Ok(())
 }
@@ -242,13 +244,7 @@ impl Conn for SqliteConn<'_> {
         Ok(n as u64)
     }
 
-    fn each(
-        &mut self,
-        ctx: &str,
-        sql: &str,
-        params: &[Param<'_>],
-        f: &mut dyn FnMut(&Row) -> Res<()>,
-    ) -> Res<()> {
+    fn each(&mut self, ctx: &str, sql: &str, params: &[Param<'_>], f: &mut EachRow<'_>) -> Res<()> {
         let mut st = self.conn.prepare_cached(sql).map_err(db(ctx))?;
         let columns = st.column_count();
         let mut rows = st

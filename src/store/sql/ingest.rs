@@ -14,7 +14,7 @@ use super::super::records::{self, content_hash, event_body_of, from_micros, is_v
 use super::super::{EventQuery, StoredEvent};
 use super::cursor::Cursor;
 use super::hosts::upsert_host;
-use super::reclassify::append_reclass;
+use super::reclassify::{Reclass, append_reclass};
 use super::{Conn, Param, Res, Tx, TxKind, args};
 use crate::event::{EventBatch, IngestResult};
 use crate::timefmt;
@@ -125,16 +125,15 @@ pub fn ingest(
         if let Some(row) = tx.query_opt("ingest", &open, args![&batch.host, r])? {
             let (id, status): (i64, String) = (row.get(0)?, row.get(1)?);
             let (new, reason) = records::closing(&status, &record_status);
-            append_reclass(
-                &mut *tx,
-                &mut cursor,
-                id,
-                &status,
-                &new,
-                false,
-                &reason,
-                &at,
-            )?;
+            let change = Reclass {
+                event_id: id,
+                old: &status,
+                new: &new,
+                open_after: false,
+                reason: &reason,
+                at: &at,
+            };
+            append_reclass(&mut *tx, &mut cursor, &change)?;
         }
     }
     for s in &batch.scans {

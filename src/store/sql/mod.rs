@@ -235,6 +235,9 @@ pub enum TxKind {
     Snapshot,
 }
 
+/// What [`Conn::each`] calls with each row.
+pub type EachRow<'f> = dyn FnMut(&Row) -> Res<()> + 'f;
+
 /// One connection of a backend, used by one call at a time.
 pub trait Conn {
     /// The SQL dialect of this connection.
@@ -244,13 +247,7 @@ pub trait Conn {
     /// Runs one statement; returns the rows it changed.
     fn execute(&mut self, ctx: &str, sql: &str, params: &[Param<'_>]) -> Res<u64>;
     /// Runs one query, calling `f` with each row in turn.
-    fn each(
-        &mut self,
-        ctx: &str,
-        sql: &str,
-        params: &[Param<'_>],
-        f: &mut dyn FnMut(&Row) -> Res<()>,
-    ) -> Res<()>;
+    fn each(&mut self, ctx: &str, sql: &str, params: &[Param<'_>], f: &mut EachRow<'_>) -> Res<()>;
 }
 
 impl dyn Conn + '_ {

@@ -29,16 +29,15 @@ pub fn reclassify(
         )?
         .ok_or_else(|| StoreError::NotFound(format!("event {event_id}")))?;
     let (old, host, day): (String, String, String) = (row.get(0)?, row.get(1)?, row.get(2)?);
-    append_reclass(
-        &mut *tx,
-        &mut cursor,
+    let change = Reclass {
         event_id,
-        &old,
-        new_status,
-        is_violation(new_status),
+        old: &old,
+        new: new_status,
+        open_after: is_violation(new_status),
         reason,
-        &at,
-    )?;
+        at: &at,
+    };
+    append_reclass(&mut *tx, &mut cursor, &change)?;
     let sealed: i64 = tx
         .query_one(
             "reclassify",
@@ -61,35 +60,39 @@ pub fn reclassify(
     tx.commit()
 }
 
-/// Appends a re-classification of `event_id` to the chain and applies it to the event's
-/// current status and open flag. The caller holds the chain lock.
-#[allow(clippy::too_many_arguments)]
-pub fn append_reclass(
-    c: &mut dyn Conn,
-    cursor: &mut Cursor,
-    event_id: i64,
-    old: &str,
-    new: &str,
-    open_after: bool,
-    reason: &str,
-    at: &str,
-) -> Res<()> {
-    let (cseq, prev, hash) = cursor.peek(
-        "reclassification",
-        &reclass_body(event_id, old, new, open_after, reason, at),
-    );
+/// A re-classification about to be chained.
+pub struct Reclass<'a> {
+    /// The event re-classified.
+    pub event_id: i64,
+    /// Its status before.
+    pub old: &'a str,
+    /// Its status after.
+    pub new: &'a str,
+    /// Whether it stays open (an unresolved violation).
+    pub open_after: bool,
+    /// Why, for the history.
+    pub reason: &'a str,
+    /// When (RFC 3339).
+    pub at: &'a str,
+}
+
+/// Appends a re-classification to the chain and applies it to the event's current status and
+/// open flag. The caller holds the chain lock.
+pub fn append_reclass(c: &mut dyn Conn, cursor: &mut Cursor, r: &Reclass<'_>) -> Res<()> {
+    let body = reclass_body(r.event_id, r.old, r.new, r.open_after, r.reason, r.at);
+    let (cseq, prev, hash) = cursor.peek("reclassification", &body);
     c.execute(
         "reclassify",
         "INSERT INTO reclassifications (id, chain_seq, event_id, old_status, new_status, open_after, reason, at,
            prev_hash, hash)
          VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM reclassifications), ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        args![cseq, event_id, old, new, open_after, reason, at, &prev, &hash],
+        args![cseq, r.event_id, r.old, r.new, r.open_after, r.reason, r.at, &prev, &hash],
     )?;
     cursor.advance(hash);
     c.execute(
         "reclassify",
         "UPDATE events SET current_status = ?1, open = ?2 WHERE id = ?3",
-        args![new, open_after, event_id],
+        args![r.new, r.open_after, r.event_id],
     )?;
     Ok(())
 }
