@@ -316,10 +316,12 @@ impl<'c> Tx<'c> {
         })
     }
 
-    /// Commits.
+    /// Commits. A failed `COMMIT` (SQLite busy, say) can leave the transaction open: it is then
+    /// rolled back like any other unfinished one.
     pub fn commit(mut self) -> Res<()> {
-        self.open = false;
-        self.conn.batch(self.ctx, "COMMIT")
+        let done = self.conn.batch(self.ctx, "COMMIT");
+        self.open = done.is_err();
+        done
     }
 }
 
