@@ -7,7 +7,7 @@
 //! backend itself only keeps its connections, its schema and its migrations.
 //!
 //! Invariants every operation here keeps, whichever backend runs it:
-//! - A transaction that appends to the hash chain takes the chain cursor ([`cursor::Cursor::lock`])
+//! - A transaction that appends to the hash chain takes the chain cursor (`cursor::Cursor::lock`)
 //!   before anything else and saves it before committing: appends from every process queue up
 //!   on the chain head, each sees all appends committed before it, and no lock is taken before
 //!   it (no deadlock).
@@ -198,11 +198,6 @@ pub struct Row {
 }
 
 impl Row {
-    /// A row of these values.
-    pub fn new(values: Vec<Value>) -> Row {
-        Row { values }
-    }
-
     /// The values, for a backend refilling one row buffer.
     pub fn values_mut(&mut self) -> &mut Vec<Value> {
         &mut self.values
@@ -366,11 +361,6 @@ impl<B: Backend> SqlStore<B> {
     /// The store over an opened (and migrated) backend; days are counted in `tz`.
     pub fn new(backend: B, tz: TimeZone) -> SqlStore<B> {
         SqlStore { backend, tz }
-    }
-
-    /// The backend.
-    pub fn backend(&self) -> &B {
-        &self.backend
     }
 
     fn day_of(&self, t: Timestamp) -> Date {
