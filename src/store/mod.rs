@@ -9,6 +9,7 @@
 pub mod chain;
 pub mod postgres;
 pub mod records;
+pub mod sql;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
