@@ -738,7 +738,7 @@ fn reopening_keeps_history_and_newer_schemas_are_refused() {
     assert!(err.contains("schema version 99"), "{err}");
 }
 
-/// A database written by schema version 1 (no `hosts.spool_depth`, no `hosts.coverage`) is brought up to date when
+/// A database written by schema version 1 (no `hosts.spool_depth`, no `hosts.coverage`, no `events.detail`) is brought up to date when
 /// opened, by several instances at once, and keeps its history.
 #[test]
 fn a_version_1_database_is_migrated_when_opened() {
@@ -767,13 +767,15 @@ fn a_version_1_database_is_migrated_when_opened() {
     c.batch_execute(
         "ALTER TABLE hosts DROP COLUMN spool_depth;
          ALTER TABLE hosts DROP COLUMN coverage;
+         ALTER TABLE events DROP COLUMN detail;
          UPDATE meta SET value = '1' WHERE key = 'schema_version';",
     )
     .expect("downgrade to version 1");
     let has_depth = |c: &mut postgres::Client| -> i64 {
         c.query_one(
             "SELECT COUNT(*) FROM information_schema.columns
-             WHERE table_name = 'hosts' AND column_name IN ('spool_depth', 'coverage')",
+             WHERE (table_name = 'hosts' AND column_name IN ('spool_depth', 'coverage'))
+                OR (table_name = 'events' AND column_name = 'detail')",
             &[],
         )
         .expect("columns")
@@ -788,12 +790,12 @@ fn a_version_1_database_is_migrated_when_opened() {
         hs.into_iter().map(|h| h.join().expect("thread")).collect()
     });
     assert!(heads.iter().all(|h| *h == head), "{heads:?} vs {head:?}");
-    assert_eq!(has_depth(&mut c), 2, "both columns back");
+    assert_eq!(has_depth(&mut c), 3, "all three columns back");
     let version: String = c
         .query_one("SELECT value FROM meta WHERE key = 'schema_version'", &[])
         .expect("meta")
         .get(0);
-    assert_eq!(version, "3");
+    assert_eq!(version, "4");
 
     let s = db.open();
     let hosts = s.hosts(ts(d, 10, 0)).expect("hosts");

@@ -293,6 +293,18 @@ fn a_malformed_xattrs_value_is_refused_naming_file_and_field() {
 /// Waits for the agent's `metadata` event about `path` and returns how long it took.
 #[track_caller]
 fn wait_metadata(db: &Path, agent: &Agent, path: &str, since: Instant) -> Duration {
+    wait_metadata_named(db, agent, path, since, None)
+}
+
+/// As [`wait_metadata`]; with `detail`, the stored event (what `driftwatch events` shows)
+/// names the attribute too.
+fn wait_metadata_named(
+    db: &Path,
+    agent: &Agent,
+    path: &str,
+    since: Instant,
+    detail: Option<&str>,
+) -> Duration {
     let evs = wait_events(
         db,
         &format!("metadata event for {path}"),
@@ -308,6 +320,9 @@ fn wait_metadata(db: &Path, agent: &Agent, path: &str, since: Instant) -> Durati
     let found = about(&evs, TREE, path);
     assert_eq!(found.len(), 1, "one event for {path}: {found:#?}");
     assert_eq!(s(found[0], "status"), "unauthorized", "{:#}", found[0]);
+    if let Some(d) = detail {
+        assert_eq!(s(found[0], "detail"), d, "the stored event: {:#}", found[0]);
+    }
     took
 }
 
@@ -365,7 +380,7 @@ fn the_agent_reports_xattr_capability_and_acl_changes_in_real_time() {
         let t = Instant::now();
         set_xattr(abs, name, Some(value)).unwrap();
         assert_eq!(mode_of(abs), mode, "{rel}: mode bits unchanged");
-        let took = wait_metadata(&db, &agent, rel, t);
+        let took = wait_metadata_named(&db, &agent, rel, t, Some(&format!("{name} added")));
         assert!(
             took <= Duration::from_secs(2),
             "{rel}: {name} → event took {took:?} (real time: ≤ 2 s)"

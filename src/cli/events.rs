@@ -74,7 +74,10 @@ fn events_table(events: &[StoredEvent]) -> String {
             status,
             e.change,
             if e.open { "yes" } else { "" },
-            e.path.escape_debug()
+            match &e.detail {
+                Some(d) => format!("{} ({d})", e.path.escape_debug()),
+                None => e.path.escape_debug().to_string(),
+            }
         ));
     }
     out.push_str(&format!("{} events\n", events.len()));

@@ -293,7 +293,7 @@ fn change_json(c: &ReportedChange) -> Value {
 }
 
 /// Columns of `events --format csv` (DESIGN §7).
-pub const EVENTS_CSV_HEADER: &str = "id,host,seq,environment,tree,path,path_bytes,change,status,original_status,open,observed_at,window_start,received_at,blake3,previous_blake3,size";
+pub const EVENTS_CSV_HEADER: &str = "id,host,seq,environment,tree,path,path_bytes,change,status,original_status,open,observed_at,window_start,received_at,blake3,previous_blake3,size,detail";
 
 /// Events as CSV with the same fields as the JSON.
 pub fn events_csv(events: &[crate::store::StoredEvent]) -> String {
@@ -318,6 +318,7 @@ pub fn events_csv(events: &[crate::store::StoredEvent]) -> String {
             e.blake3.clone().unwrap_or_default(),
             e.previous_blake3.clone().unwrap_or_default(),
             e.size.map(|s| s.to_string()).unwrap_or_default(),
+            e.detail.clone().unwrap_or_default(),
         ];
         let line: Vec<String> = fields
             .iter()

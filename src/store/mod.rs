@@ -133,6 +133,9 @@ pub struct StoredEvent {
     pub previous_blake3: Option<String>,
     /// New size.
     pub size: Option<u64>,
+    /// What a `metadata` change touched (`security.capability added`), when the agent said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Filters for listing events.

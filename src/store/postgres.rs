@@ -29,9 +29,9 @@ use super::chain::GENESIS;
 use super::sql::dialect::POSTGRES;
 use super::sql::{Backend, Conn, Dialect, EachRow, Param, Res, Row, SqlStore, Value};
 
-/// Schema version this code writes. 2: `hosts.spool_depth`. 3: `hosts.coverage` (added by
-/// [`upgrade`] alone, for new and old databases alike).
-const SCHEMA_VERSION: i64 = 3;
+/// Schema version this code writes. 2: `hosts.spool_depth`. 3: `hosts.coverage`. 4:
+/// `events.detail` (3 and 4 added by [`upgrade`] alone, for new and old databases alike).
+const SCHEMA_VERSION: i64 = 4;
 
 /// Advisory lock held while migrating, so instances starting together create the tables once.
 const MIGRATION_LOCK: i64 = 0x6472_6966_7477_6d31; // "driftwm1"
@@ -372,25 +372,32 @@ fn migrate(c: &mut Client, shown: &str) -> Res<()> {
 /// against every reader, even when `IF NOT EXISTS` makes it a no-op, and a collector starting
 /// next to busy ones should not stall them.
 fn upgrade(tx: &mut Transaction<'_>) -> Result<(), ::postgres::Error> {
-    // (column of `hosts`, the statement adding it), in schema order. 2: `spool_depth`.
-    // 3: the coverage of the last heartbeat (records::coverage_column); NULL until an agent
-    // that reports it sends one.
-    const STEPS: [(&str, &str); 2] = [
+    // (table, column, the statement adding it), in schema order. 2: `spool_depth`. 3: the
+    // coverage of the last heartbeat (records::coverage_column); NULL until an agent that
+    // reports it sends one. 4: `events.detail`, what a metadata change touched.
+    const STEPS: [(&str, &str, &str); 3] = [
         (
+            "hosts",
             "spool_depth",
             "ALTER TABLE hosts ADD COLUMN IF NOT EXISTS spool_depth BIGINT NOT NULL DEFAULT 0",
         ),
         (
+            "hosts",
             "coverage",
             "ALTER TABLE hosts ADD COLUMN IF NOT EXISTS coverage TEXT",
         ),
+        (
+            "events",
+            "detail",
+            "ALTER TABLE events ADD COLUMN IF NOT EXISTS detail TEXT",
+        ),
     ];
-    for (column, add) in STEPS {
+    for (table, column, add) in STEPS {
         let has: bool = tx
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_attribute
-                   WHERE attrelid = to_regclass('hosts') AND attname = $1 AND NOT attisdropped)",
-                &[&column],
+                   WHERE attrelid = to_regclass($1) AND attname = $2 AND NOT attisdropped)",
+                &[&table, &column],
             )?
             .try_get(0)?;
         if !has {

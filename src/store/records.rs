@@ -90,7 +90,9 @@ pub fn is_violation(status: &str) -> bool {
     status == "unauthorized" || status == "unverifiable"
 }
 
-/// The hashed fields of an event row, in chain order.
+/// The hashed fields of an event row, in chain order. `detail` (schema 4: which attribute a
+/// `metadata` change touched) is hashed only when present, so the rows written before it existed
+/// keep their hashes and the chain still verifies.
 #[allow(clippy::too_many_arguments)]
 pub fn event_body(
     host: &str,
@@ -100,10 +102,11 @@ pub fn event_body(
     received_at: i64,
     day: &str,
     hashes: (Option<&str>, Option<&str>, Option<i64>, Option<i64>),
+    detail: Option<&str>,
 ) -> String {
     let (tree, path, path_bytes, change, status, observed_at, window_start) = e;
     let (b3, prev_b3, size, resolves) = hashes;
-    chain::body(&[
+    let mut fields = vec![
         json!(host),
         json!(seq),
         json!(environment),
@@ -120,7 +123,11 @@ pub fn event_body(
         json!(prev_b3),
         json!(size),
         json!(resolves),
-    ])
+    ];
+    if let Some(d) = detail {
+        fields.push(json!(d));
+    }
+    chain::body(&fields)
 }
 
 /// The hashed fields of a re-classification row, in chain order.
@@ -206,6 +213,7 @@ pub fn event_body_of(
             e.size.map(|s| s as i64),
             e.resolves.map(|s| s as i64),
         ),
+        e.detail.as_deref(),
     )
 }
 

@@ -17,9 +17,9 @@ pub use super::records::token_hash;
 use super::sql::dialect::SQLITE;
 use super::sql::{Backend, Conn, Dialect, EachRow, Param, Res, Row, SqlStore, Value};
 
-/// Schema version this code writes. 2: `hosts.spool_depth`. 3: `hosts.coverage` (added by
-/// [`migrate`] alone, for new and old files alike).
-const SCHEMA_VERSION: i64 = 3;
+/// Schema version this code writes. 2: `hosts.spool_depth`. 3: `hosts.coverage`. 4:
+/// `events.detail` (3 and 4 added by [`migrate`] alone, for new and old files alike).
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -168,20 +168,30 @@ impl Backend for Sqlite {
 /// Brings the tables of an older schema up to [`SCHEMA_VERSION`] (`CREATE TABLE IF NOT EXISTS`
 /// leaves an existing table as it was). Each step checks what is there, so it can run again.
 fn migrate(tx: &Transaction<'_>) -> rusqlite::Result<()> {
-    // (column of `hosts`, the statement adding it), in schema order. 2: `spool_depth`.
-    // 3: the coverage of the last heartbeat (records::coverage_column); NULL until an agent
-    // that reports it sends one.
-    const STEPS: [(&str, &str); 2] = [
+    // (table, column, the statement adding it), in schema order. 2: `spool_depth`. 3: the
+    // coverage of the last heartbeat (records::coverage_column); NULL until an agent that
+    // reports it sends one. 4: `events.detail`, what a metadata change touched.
+    const STEPS: [(&str, &str, &str); 3] = [
         (
+            "hosts",
             "spool_depth",
             "ALTER TABLE hosts ADD COLUMN spool_depth INTEGER NOT NULL DEFAULT 0",
         ),
-        ("coverage", "ALTER TABLE hosts ADD COLUMN coverage TEXT"),
+        (
+            "hosts",
+            "coverage",
+            "ALTER TABLE hosts ADD COLUMN coverage TEXT",
+        ),
+        (
+            "events",
+            "detail",
+            "ALTER TABLE events ADD COLUMN detail TEXT",
+        ),
     ];
-    for (column, add) in STEPS {
+    for (table, column, add) in STEPS {
         let has: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('hosts') WHERE name = ?1)",
-            [column],
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, column],
             |r| r.get(0),
         )?;
         if !has {

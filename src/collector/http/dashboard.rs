@@ -296,7 +296,10 @@ fn page(svc: &Service, d: &Data, env: Option<&str>) -> String {
                 esc(&e.host),
                 esc(&e.tree),
                 esc(&e.path),
-                esc(&e.change),
+                match &e.detail {
+                    Some(d) => format!("{} ({})", esc(&e.change), esc(d)),
+                    None => esc(&e.change).to_string(),
+                },
                 esc(&e.status),
                 if e.open { "yes" } else { "closed" },
                 esc(e.blake3.as_deref().unwrap_or("")),

@@ -24,9 +24,9 @@ use crate::util::timefmt;
 /// every insert keep a statement journal, a seventh of the ingestion time.
 const INSERT_EVENT: &str = "INSERT INTO events (id, chain_seq, host, seq, environment, tree, path, path_bytes, change,
    status, observed_at, window_start, received_at, day, blake3, previous_blake3, size, resolves, content_hash,
-   current_status, open, prev_hash, hash)
+   current_status, open, prev_hash, hash, detail)
  VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM events), ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
-   ?14, ?15, ?16, ?17, ?18, ?9, ?19, ?20, ?21)
+   ?14, ?15, ?16, ?17, ?18, ?9, ?19, ?20, ?21, ?22)
  ON CONFLICT (host, seq) DO NOTHING";
 
 const UPSERT_SCAN: &str =
@@ -87,6 +87,7 @@ pub fn ingest(
             is_violation(&e.status),
             &prev,
             &hash,
+            &e.detail,
         ];
         let inserted = tx.execute("ingest", INSERT_EVENT, params)? == 1;
         if inserted {
@@ -170,7 +171,7 @@ pub fn events(c: &mut dyn Conn, q: &EventQuery) -> Res<Vec<StoredEvent>> {
     let d = c.dialect();
     let mut sql = String::from(
         "SELECT id, host, seq, environment, tree, path, path_bytes, change, current_status, status, open,
-           observed_at, window_start, received_at, blake3, previous_blake3, size FROM events WHERE resolves IS NULL",
+           observed_at, window_start, received_at, blake3, previous_blake3, size, detail FROM events WHERE resolves IS NULL",
     );
     let mut args: Vec<String> = Vec::new();
     // Appends `clause`, its `?` numbered as the next parameter, `v` bound to it.
@@ -227,6 +228,7 @@ pub fn events(c: &mut dyn Conn, q: &EventQuery) -> Res<Vec<StoredEvent>> {
             blake3: r.get(14)?,
             previous_blake3: r.get(15)?,
             size: r.get::<Option<i64>>(16)?.map(|s| s as u64),
+            detail: r.get(17)?,
         })
     })
 }

@@ -16,7 +16,7 @@ pub fn verify(c: &mut dyn Conn, at: Option<u64>, ctx: &str) -> Res<ChainReport> 
     tx.each(
         ctx,
         "SELECT chain_seq, id, host, seq, environment, tree, path, path_bytes, change, status, observed_at,
-           window_start, received_at, day, blake3, previous_blake3, size, resolves, prev_hash, hash FROM events",
+           window_start, received_at, day, blake3, previous_blake3, size, resolves, prev_hash, hash, detail FROM events",
         &[],
         &mut |r| {
             let host: String = r.get(2)?;
@@ -42,6 +42,7 @@ pub fn verify(c: &mut dyn Conn, at: Option<u64>, ctx: &str) -> Res<ChainReport> 
                     r.get(16)?,
                     r.get(17)?,
                 ),
+                r.get::<Option<String>>(20)?.as_deref(),
             );
             walk.add(
                 r.get(0)?,
