@@ -331,7 +331,7 @@ fn manifests_and_change_entries_come_from_the_collector() {
     std::fs::create_dir_all(&blog).expect("mkdir");
     std::fs::write(blog.join("index.html"), "<h1>blog</h1>\n").expect("write");
     let blog_manifest = fx.base.join("blog.json");
-    build_signed_manifest(&fx, &blog, "b1", "blog", &blog_manifest);
+    build_signed_manifest(&fx, &blog, "b1", "blog", &blog_manifest, &[]);
     std::fs::write(blog.join("backdoor.php"), "<?php eval($_POST['x']);\n").expect("write");
 
     let mut spec = AgentSpec::for_fx(&fx);
@@ -880,7 +880,7 @@ fn sighup_adds_a_tree_and_its_writes_are_reported() {
     std::fs::write(blog.join("index.html"), "<h1>blog</h1>\n").expect("write");
     std::fs::write(blog.join("posts/1.html"), "<p>one</p>\n").expect("write");
     let blog_manifest = st.fx.base.join("blog.json");
-    build_signed_manifest(&st.fx, &blog, "b1", "blog", &blog_manifest);
+    build_signed_manifest(&st.fx, &blog, "b1", "blog", &blog_manifest, &[]);
     st.spec.trees.push(TreeSpec {
         name: "blog".into(),
         root: blog.clone(),
@@ -959,7 +959,7 @@ fn build_r2(fx: &Fx) -> PathBuf {
     std::fs::remove_file(next.join("app/lib/util.js")).expect("rm");
     std::thread::sleep(Duration::from_millis(1100));
     let m2 = fx.base.join("m2.json");
-    build_signed_manifest(fx, &next, "r2", "shop", &m2);
+    build_signed_manifest(fx, &next, "r2", "shop", &m2, &[]);
     m2
 }
 
@@ -1033,28 +1033,6 @@ fn both_logs(agent: &Proc, collector: &Proc) -> String {
         agent.log(),
         collector.log()
     )
-}
-
-/// `manifest build` of `root` as release `release` of tree `tree`, signed with the fixture's
-/// release key, written to `out`.
-fn build_signed_manifest(fx: &Fx, root: &Path, release: &str, tree: &str, out: &Path) {
-    run([
-        OsStr::new("manifest"),
-        OsStr::new("build"),
-        OsStr::new("--root"),
-        root.as_os_str(),
-        OsStr::new("--release"),
-        OsStr::new(release),
-        OsStr::new("--tree"),
-        OsStr::new(tree),
-        OsStr::new("--created-by"),
-        OsStr::new("ci@test"),
-        OsStr::new("--sign"),
-        fx.release.secret.as_os_str(),
-        OsStr::new("-o"),
-        out.as_os_str(),
-    ])
-    .expect_code(0);
 }
 
 /// Publishes a manifest at the configured path (signature, then manifest, each by rename).

@@ -23,24 +23,7 @@ fn secs(n: u64) -> Duration {
 
 /// `manifest build` of `root` as `release` of tree `shop`, signed with the fixture's release key.
 fn build_manifest(fx: &Fx, root: &Path, release: &str, out: &Path, extra: &[&str]) {
-    let mut args: Vec<&OsStr> = vec![
-        OsStr::new("manifest"),
-        OsStr::new("build"),
-        OsStr::new("--root"),
-        root.as_os_str(),
-        OsStr::new("--release"),
-        OsStr::new(release),
-        OsStr::new("--tree"),
-        OsStr::new("shop"),
-        OsStr::new("--created-by"),
-        OsStr::new("ci@test"),
-        OsStr::new("--sign"),
-        fx.release.secret.as_os_str(),
-        OsStr::new("-o"),
-        out.as_os_str(),
-    ];
-    args.extend(extra.iter().map(OsStr::new));
-    run(args).expect_code(0);
+    build_signed_manifest(fx, root, release, "shop", out, extra);
 }
 
 fn sig(p: &Path) -> PathBuf {

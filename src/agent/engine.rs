@@ -95,6 +95,17 @@ pub struct TreeRuntime {
 }
 
 impl TreeRuntime {
+    /// What an observer of this tree needs; `skip` is [`own_files`] of it.
+    fn scope<'a>(&'a self, skip: &'a [PathBuf], threads: usize) -> Scope<'a> {
+        Scope {
+            root: &self.cfg.root,
+            exclude: &self.cfg.exclude,
+            skip,
+            cross_filesystems: self.cfg.cross_filesystems,
+            threads,
+        }
+    }
+
     /// Puts the tree's effective exclusions (the config's plus the manifest in force's) in
     /// `cfg.exclude`, which every walk, judgement and summary of the tree reads. Called
     /// whenever either side changes: a reload, a state loaded, a manifest come into force.
@@ -423,13 +434,7 @@ impl Engine {
             Some(t.state.table.clone())
         };
         let skip = own_files(&t.cfg);
-        let scope = Scope {
-            root: &t.cfg.root,
-            exclude: &t.cfg.exclude,
-            skip: &skip,
-            cross_filesystems: t.cfg.cross_filesystems,
-            threads: self.cfg.threads,
-        };
+        let scope = t.scope(&skip, self.cfg.threads);
         // The cache's reference is given away and dropped with the scan, so committing does not
         // copy the table.
         let snap = match self.observer.full(&scope, cache) {
@@ -548,13 +553,7 @@ impl Engine {
             let rel = RelPath::from_bytes(
                 std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()).to_vec(),
             );
-            let scope = Scope {
-                root: &t.cfg.root,
-                exclude: &t.cfg.exclude,
-                skip: &skip,
-                cross_filesystems: t.cfg.cross_filesystems,
-                threads: self.cfg.threads,
-            };
+            let scope = t.scope(&skip, self.cfg.threads);
             let (entry, below) = self.observer.path(&scope, abs, &rel);
             // Whatever was below a path that changed type or vanished is gone unless seen again.
             for p in t.state.table.observed_below(&rel) {

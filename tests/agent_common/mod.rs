@@ -679,3 +679,33 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `manifest build` of `root` as release `release` of tree `tree`, signed with the fixture's
+/// release key, written to `out` (plus `extra` arguments).
+pub fn build_signed_manifest(
+    fx: &Fx,
+    root: &Path,
+    release: &str,
+    tree: &str,
+    out: &Path,
+    extra: &[&str],
+) {
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new("manifest"),
+        OsStr::new("build"),
+        OsStr::new("--root"),
+        root.as_os_str(),
+        OsStr::new("--release"),
+        OsStr::new(release),
+        OsStr::new("--tree"),
+        OsStr::new(tree),
+        OsStr::new("--created-by"),
+        OsStr::new("ci@test"),
+        OsStr::new("--sign"),
+        fx.release.secret.as_os_str(),
+        OsStr::new("-o"),
+        out.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    common::run(args).expect_code(0);
+}
