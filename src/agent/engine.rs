@@ -712,6 +712,11 @@ impl Engine {
         }
         // Many changed rows are merged into the compact base, so lookups stay binary searches.
         Arc::make_mut(&mut t.state.table).settle();
+        // A deploy landed here: what is still to land is looked up again, so once everything
+        // has landed nothing more is held back as a staging copy.
+        if kept.iter().any(|e| e.status.starts_with("release:")) {
+            t.staging.reset();
+        }
         if let Some(r) = rejudge {
             // Saved with the commit point: a crash neither skips nor repeats part of it.
             t.state.rejudge = resume.map(|from| state::Rejudge { from, t0: r.t0 });

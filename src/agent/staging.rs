@@ -4,7 +4,8 @@
 //! destination and renames them all into place at the end; other tools stage likewise. Judged
 //! while they exist, those copies would be unauthorized added files, and a deploy of 200 files
 //! would put 200 violations into the KPI. So while a deploy is under way (the manifest in force
-//! approves content that has not landed everywhere yet), a *new* path holding content that
+//! approves content that has not landed everywhere yet; looked up again whenever part of it
+//! lands), a *new* path holding content that
 //! deploy brings — or a new directory holding nothing else — is held back for up to
 //! [`GRACE`]: if it is gone by then (renamed into place), it never was a change; if it is still
 //! there, it is judged like any other path. Nothing is committed for a held path, so a crash
@@ -42,7 +43,8 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// A new manifest came into force: what it brings is looked up again.
+    /// A new manifest came into force, or part of a deploy landed: what is still to land is
+    /// looked up again (a walk of the table, at the next [`Staging::hold`]).
     pub fn reset(&mut self) {
         self.hashes = None;
     }
@@ -56,7 +58,11 @@ impl Staging {
     ) {
         let hashes = self.hashes.get_or_insert_with(|| deploy_hashes(table));
         if hashes.is_empty() {
-            self.held.clear();
+            // Nothing (more) to land: hold nothing new. What is held stays until it is due and
+            // looked at again, so it is judged, never dropped.
+            for (p, _) in observed.iter() {
+                self.held.remove(p);
+            }
             return;
         }
         let held = &self.held;
@@ -229,6 +235,32 @@ mod tests {
         s.hold(&t, &mut late, start + GRACE);
         assert_eq!(paths(&late), ["app/.~tmp~"]);
         assert_eq!(s.next_due(), None);
+    }
+
+    #[test]
+    fn what_is_held_when_the_deploy_lands_is_still_judged() {
+        let mut t = deploying();
+        let mut s = Staging::default();
+        let start = Instant::now();
+        let mut seen = vec![entry("app/.~tmp~/a.js", Kind::File, Some(7))];
+        s.hold(&t, &mut seen, start);
+        assert!(seen.is_empty());
+        // The deploy lands: nothing is fresh any more.
+        t.set_observed(
+            &RelPath::from_bytes(b"app/a.js".to_vec()),
+            entry("app/a.js", Kind::File, Some(7))
+                .1
+                .map(|e| crate::agent::table::Observed::of(&e)),
+        );
+        s.reset();
+        let mut other = vec![entry("index2.php", Kind::File, Some(9))];
+        s.hold(&t, &mut other, start);
+        assert_eq!(other.len(), 1, "nothing new is held");
+        assert_eq!(
+            s.due(start + SETTLE),
+            [RelPath::from_bytes(b"app/.~tmp~/a.js".to_vec())],
+            "the held copy is still looked at again"
+        );
     }
 
     #[test]
