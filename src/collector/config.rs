@@ -9,6 +9,9 @@ use serde::Deserialize;
 use crate::sign::TrustedKey;
 use crate::util::timefmt;
 
+/// How often the background chain check runs when `audit.verify_every` is not set.
+pub const DEFAULT_AUDIT_EVERY: &str = "1h";
+
 /// Default config path.
 pub const DEFAULT_PATH: &str = "/etc/driftwatch/collector.toml";
 
@@ -32,6 +35,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    alert: Vec<crate::collector::alerts::config::RawAlert>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +85,8 @@ struct RawAudit {
     key: Option<PathBuf>,
     #[serde(default)]
     pubkey: Option<PathBuf>,
+    #[serde(default)]
+    verify_every: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -155,6 +162,10 @@ pub struct CollectorConfig {
     pub audit_pubkey: Option<PathBuf>,
     /// Evidence store to serve (embedded mode: the agent's `STATE_DIR/evidence`).
     pub evidence_dir: Option<PathBuf>,
+    /// `[[alert]]` sinks (DESIGN §12.3).
+    pub alerts: Vec<crate::collector::alerts::AlertConfig>,
+    /// How often the background chain check runs (it raises `audit` alerts).
+    pub audit_every: Duration,
     /// Why manifest and change-entry uploads are refused, when they are: the config has no
     /// `[trust]` table, so nothing uploaded could be checked. Ingestion, KPI and reads work.
     pub uploads_refused: Option<String>,
@@ -299,10 +310,25 @@ impl CollectorConfig {
         {
             field("audit.key", Err(format!("{}: {e}", k.display())));
         }
+        let audit_every = timefmt::parse_duration(
+            raw.audit
+                .verify_every
+                .as_deref()
+                .unwrap_or(DEFAULT_AUDIT_EVERY),
+        );
+        field(
+            "audit.verify_every",
+            audit_every.as_ref().map(|_| ()).map_err(Clone::clone),
+        );
+        let alerts = crate::collector::alerts::config::validate(&raw.alert, &mut |k, m| {
+            problems.push(format!("{p}: {k}: {m}"))
+        });
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(CollectorConfig {
+            alerts,
+            audit_every: audit_every.expect("checked"),
             origin: origin.to_path_buf(),
             listen: listen.expect("checked"),
             tls: raw.tls.map(|t| Tls {

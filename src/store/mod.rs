@@ -319,6 +319,16 @@ pub trait Store: Send + Sync + 'static {
         &self,
         hb: &Heartbeat,
         now: Timestamp,
+    ) -> Result<HeartbeatOutcome, StoreError> {
+        self.record_heartbeat_alerting(hb, now, &outbox::NoAlerts)
+    }
+    /// Notes a heartbeat, and in the same transaction the alerts `plan` asks for what it
+    /// changed (coverage, events dropped from the agent's spool).
+    fn record_heartbeat_alerting(
+        &self,
+        hb: &Heartbeat,
+        now: Timestamp,
+        plan: &dyn outbox::AlertPlan,
     ) -> Result<HeartbeatOutcome, StoreError>;
     /// Stores a batch idempotently.
     fn ingest(&self, batch: &EventBatch, now: Timestamp) -> Result<IngestResult, StoreError> {
@@ -334,8 +344,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<IngestResult, StoreError>;
     /// Adds alerts to the delivery outbox; an id already there is left as it is (so a cause
     /// noticed twice alerts once). Returns how many were new.
-    fn enqueue_alerts(&self, alerts: &[outbox::NewAlert], now: Timestamp)
-    -> Result<u64, StoreError>;
+    fn enqueue_alerts(
+        &self,
+        alerts: &[outbox::NewAlert],
+        now: Timestamp,
+    ) -> Result<u64, StoreError>;
     /// Pending alerts due at `now` (at most `limit`), oldest first.
     fn due_alerts(&self, now: Timestamp, limit: u64) -> Result<Vec<outbox::OutboxRow>, StoreError>;
     /// Records the outcome of one delivery attempt of the alerts `ids`.

@@ -16,7 +16,7 @@
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::event::ChangeEvent;
+use crate::event::{ChangeEvent, Heartbeat};
 
 /// An alert to put in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +135,17 @@ pub trait AlertPlan: Sync {
     fn on_event(&self, host: &str, environment: &str, event: &ChangeEvent, out: &mut Vec<NewAlert>);
     /// Alerts for sequence numbers `first..=last` of `host` found missing.
     fn on_gap(&self, host: &str, environment: &str, first: u64, last: u64, out: &mut Vec<NewAlert>);
+    /// Alerts for a heartbeat just stored: whether its coverage differs from the previous one
+    /// (false for the first report of it),
+    /// and how many events the agent reported dropped before it (the heartbeat carries the
+    /// new total).
+    fn on_heartbeat(
+        &self,
+        hb: &Heartbeat,
+        coverage_changed: bool,
+        dropped_before: u64,
+        out: &mut Vec<NewAlert>,
+    );
 }
 
 /// The plan of a collector without `[[alert]]` tables.
@@ -143,4 +154,5 @@ pub struct NoAlerts;
 impl AlertPlan for NoAlerts {
     fn on_event(&self, _: &str, _: &str, _: &ChangeEvent, _: &mut Vec<NewAlert>) {}
     fn on_gap(&self, _: &str, _: &str, _: u64, _: u64, _: &mut Vec<NewAlert>) {}
+    fn on_heartbeat(&self, _: &Heartbeat, _: bool, _: u64, _: &mut Vec<NewAlert>) {}
 }

@@ -10,12 +10,12 @@
 use jiff::Timestamp;
 use jiff::civil::Date;
 
+use super::super::outbox::AlertPlan;
 use super::super::records::{self, content_hash, event_body_of, from_micros, is_violation, micros};
 use super::super::{EventQuery, StoredEvent};
-use super::super::outbox::AlertPlan;
 use super::cursor::Cursor;
-use super::outbox;
 use super::hosts::upsert_host;
+use super::outbox;
 use super::reclassify::{Reclass, append_reclass};
 use super::{Conn, Param, Res, Tx, TxKind, args};
 use crate::event::{EventBatch, IngestResult};

@@ -33,11 +33,11 @@ use jiff::tz::TimeZone;
 
 pub use dialect::Dialect;
 
+use super::outbox::{AlertCount, AlertPlan, NewAlert, OutboxRow, Settle};
 use super::{
     ChainHead, ChainReport, EventQuery, HeartbeatOutcome, HostInfo, LatestScan, Role, Store,
     StoreError, StoredChange, StoredEvent, StoredManifest, Token,
 };
-use super::outbox::{AlertCount, AlertPlan, NewAlert, OutboxRow, Settle};
 use crate::event::{EventBatch, Heartbeat, IngestResult};
 use crate::kpi::HostDay;
 
@@ -396,9 +396,15 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend.with(|c| tokens::revoke(c, id, now, today))
     }
 
-    fn record_heartbeat(&self, hb: &Heartbeat, now: Timestamp) -> Res<HeartbeatOutcome> {
+    fn record_heartbeat_alerting(
+        &self,
+        hb: &Heartbeat,
+        now: Timestamp,
+        plan: &dyn AlertPlan,
+    ) -> Res<HeartbeatOutcome> {
         let today = self.day_of(now);
-        self.backend.with(|c| hosts::heartbeat(c, hb, now, today))
+        self.backend
+            .with(|c| hosts::heartbeat(c, hb, now, today, plan))
     }
 
     fn ingest_alerting(

@@ -10,7 +10,8 @@ use super::super::outbox::{AlertCount, NewAlert, OutboxRow, Settle, State};
 use super::super::records::{from_micros, micros};
 use super::{Conn, Res, Row, Tx, TxKind, args, db_error};
 
-const INSERT: &str = "INSERT INTO alert_outbox (id, sink, kind, host, body, state, attempts, created_at, due_at)
+const INSERT: &str =
+    "INSERT INTO alert_outbox (id, sink, kind, host, body, state, attempts, created_at, due_at)
  VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?7) ON CONFLICT (id) DO NOTHING";
 
 /// The due time of the batch window of (sink, host) still open at `now`: the window of an alert
