@@ -14,7 +14,7 @@
 //! inside the transaction, which alerts an event causes.
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{ChangeEvent, Heartbeat};
 
@@ -37,7 +37,7 @@ pub struct NewAlert {
 }
 
 /// Delivery state of an outbox row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Not delivered yet (waiting for its batch window or a retry).
@@ -70,7 +70,7 @@ impl State {
 }
 
 /// One row of the outbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxRow {
     /// Stable id.
     pub id: String,
@@ -80,8 +80,8 @@ pub struct OutboxRow {
     pub kind: String,
     /// Host (may be empty).
     pub host: String,
-    /// The alert item JSON.
-    #[serde(skip)]
+    /// The alert item JSON (not in the API's list: `alerts list` shows delivery state).
+    #[serde(skip, default)]
     pub body: String,
     /// Delivery state.
     pub state: State,

@@ -67,6 +67,37 @@ pub fn build(cfg: &AlertConfig) -> Box<dyn Sink> {
     }
 }
 
+/// What `config check` finds unreachable among `alerts` (in config order): an SMTP server that
+/// does not answer now would drop mail later, and that is better known before the first alert.
+/// Webhooks and syslog receivers are not probed: a probe would itself be a delivery.
+pub fn check_reachable(alerts: &[AlertConfig]) -> Vec<String> {
+    let emails: Vec<(usize, email::Email)> = alerts
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| matches!(a.target, SinkTarget::Email { .. }))
+        .map(|(i, a)| (i, email::Email::new(&a.target)))
+        .collect();
+    if emails.is_empty() {
+        return Vec::new();
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return vec![format!("alert: cannot start the async runtime: {e}")],
+    };
+    rt.block_on(async {
+        let mut problems = Vec::new();
+        for (i, e) in &emails {
+            if let Err(m) = e.probe().await {
+                problems.push(format!("alert[{i}].smtp: unreachable: {m}"));
+            }
+        }
+        problems
+    })
+}
+
 /// The HTTP client the webhook and Slack sinks share.
 pub fn http_client() -> reqwest::Client {
     crate::client::install_crypto_provider();
