@@ -136,3 +136,137 @@ pub fn counts(c: &mut dyn Conn) -> Res<Vec<AlertCount>> {
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::Store;
+    use super::super::super::outbox::{AlertPlan, NewAlert, Settle, State};
+    use super::super::super::sqlite::SqliteStore;
+    use crate::event::{ChangeEvent, EventBatch, Heartbeat};
+    use jiff::Timestamp;
+
+    /// One alert per stored event, batched per host within 5 s.
+    struct EveryEvent;
+    impl AlertPlan for EveryEvent {
+        fn on_event(&self, host: &str, _: &str, e: &ChangeEvent, out: &mut Vec<NewAlert>) {
+            out.push(NewAlert {
+                id: format!("{host}-{}", e.seq),
+                sink: "s".into(),
+                kind: "unauthorized".into(),
+                host: host.into(),
+                body: "{}".into(),
+                batch_micros: 5_000_000,
+            });
+        }
+        fn on_gap(&self, _: &str, _: &str, _: u64, _: u64, _: &mut Vec<NewAlert>) {}
+        fn on_heartbeat(&self, _: &Heartbeat, _: bool, _: u64, _: &mut Vec<NewAlert>) {}
+    }
+
+    fn batch(seqs: &[u64]) -> EventBatch {
+        let events: Vec<_> = seqs
+            .iter()
+            .map(|s| serde_json::json!({"seq": s, "tree": "t", "path": format!("p{s}"), "change": "added",
+                "status": "unauthorized", "observed_at": "2026-01-01T00:00:00Z", "window_start": "2026-01-01T00:00:00Z"}))
+            .collect();
+        serde_json::from_value(serde_json::json!({"host": "h", "events": events})).unwrap()
+    }
+
+    #[test]
+    fn ingest_writes_alerts_once_batched_and_settles_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&tmp.path().join("c.db"), jiff::tz::TimeZone::UTC).unwrap();
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let at = |s: i64| t0 + jiff::SignedDuration::from_secs(s);
+        store
+            .ingest_alerting(&batch(&[1]), t0, &EveryEvent)
+            .unwrap();
+        // Within the window: joins it. A re-sent event: no second alert.
+        store
+            .ingest_alerting(&batch(&[1, 2]), at(3), &EveryEvent)
+            .unwrap();
+        assert!(store.due_alerts(at(4), 10).unwrap().is_empty());
+        let due = store.due_alerts(at(5), 10).unwrap();
+        assert_eq!(
+            due.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["h-1", "h-2"]
+        );
+        // After the window: a new one.
+        store
+            .ingest_alerting(&batch(&[3]), at(6), &EveryEvent)
+            .unwrap();
+        assert_eq!(store.due_alerts(at(10), 10).unwrap().len(), 2);
+        assert_eq!(store.due_alerts(at(11), 10).unwrap().len(), 3);
+
+        let ids = vec!["h-1".to_string(), "h-2".to_string()];
+        let retry = Settle::Retry {
+            due_at: at(20),
+            error: "down".into(),
+        };
+        store.settle_alerts(&ids, &retry, at(11)).unwrap();
+        assert_eq!(store.due_alerts(at(19), 10).unwrap().len(), 1);
+        store.settle_alerts(&ids, &Settle::Sent, at(20)).unwrap();
+        // Settled rows do not move again (another instance cannot fail a sent alert).
+        store
+            .settle_alerts(&ids, &Settle::Failed { error: "x".into() }, at(21))
+            .unwrap();
+        let list = store.list_alerts(10).unwrap();
+        let h1 = list.iter().find(|r| r.id == "h-1").unwrap();
+        assert_eq!(
+            (h1.state, h1.attempts, h1.last_error.as_deref()),
+            (State::Sent, 2, Some("down"))
+        );
+        let counts = store.alert_counts().unwrap();
+        let n = |st: State| {
+            counts
+                .iter()
+                .filter(|c| c.state == st)
+                .map(|c| c.count)
+                .sum::<u64>()
+        };
+        assert_eq!(
+            (n(State::Sent), n(State::Pending), n(State::Failed)),
+            (2, 1, 0)
+        );
+        // A plain ingest (no plan) raises nothing.
+        store.ingest(&batch(&[4]), at(30)).unwrap();
+        assert_eq!(store.list_alerts(10).unwrap().len(), 3);
+        assert_eq!(store.verify_chain(None).unwrap().first_bad, None);
+    }
+
+    /// An outbox insert that fails fails the whole ingest: no event is stored without its alert.
+    #[test]
+    fn a_failed_outbox_insert_stores_no_event() {
+        struct Broken;
+        impl AlertPlan for Broken {
+            fn on_event(&self, _: &str, _: &str, _: &ChangeEvent, out: &mut Vec<NewAlert>) {
+                out.push(NewAlert {
+                    id: "x".into(),
+                    sink: "s".into(),
+                    kind: "k".into(),
+                    host: "h".into(),
+                    body: "{}".into(),
+                    batch_micros: 0,
+                });
+            }
+            fn on_gap(&self, _: &str, _: &str, _: u64, _: u64, _: &mut Vec<NewAlert>) {}
+            fn on_heartbeat(&self, _: &Heartbeat, _: bool, _: u64, _: &mut Vec<NewAlert>) {}
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("c.db");
+        let store = SqliteStore::open(&path, jiff::tz::TimeZone::UTC).unwrap();
+        // Make every outbox insert fail, as a full disk or a lost connection would.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TRIGGER no_alerts BEFORE INSERT ON alert_outbox BEGIN SELECT RAISE(ABORT, 'outbox down'); END;")
+            .unwrap();
+        let err = store
+            .ingest_alerting(&batch(&[1]), Timestamp::now(), &Broken)
+            .unwrap_err();
+        assert!(err.to_string().contains("outbox down"), "{err}");
+        assert!(
+            store.events(&Default::default()).unwrap().is_empty(),
+            "the event must not be stored without its alert"
+        );
+        assert_eq!(store.hosts(Timestamp::now()).unwrap().len(), 0);
+    }
+}
