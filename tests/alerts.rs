@@ -252,7 +252,7 @@ fn a_web_shell_reaches_the_webhook_signed_and_slack_from_the_embedded_collector(
 
     let shell = b"<?php system($_GET['c']); ?>\n";
     let wrote = Instant::now();
-    fx.write("uploads/cmd.php", shell);
+    fx.write("wp-content/uploads/cmd.php", shell);
     let reqs = rx.wait("the web shell alert", |r| {
         r.iter().any(|q| q.path == "/hook") && r.iter().any(|q| q.path == "/slack")
     });
@@ -264,7 +264,7 @@ fn a_web_shell_reaches_the_webhook_signed_and_slack_from_the_embedded_collector(
     assert_eq!(body["host"], common::HOST);
     let it = &body["alerts"][0];
     assert_eq!(it["kind"], "unauthorized", "{body:#}");
-    assert_eq!(it["path"], "uploads/cmd.php", "{body:#}");
+    assert_eq!(it["path"], "wp-content/uploads/cmd.php", "{body:#}");
     assert_eq!(it["tree"], common::TREE);
     assert_eq!(it["change"], "added");
     assert_eq!(it["status"], "unauthorized");
@@ -301,7 +301,7 @@ fn a_web_shell_reaches_the_webhook_signed_and_slack_from_the_embedded_collector(
     assert_eq!(blocks[0]["type"], "header");
     let text = serde_json::to_string(blocks).unwrap();
     assert!(
-        text.contains("uploads/cmd.php") && text.contains(&common::blake3_hex(shell)),
+        text.contains("wp-content/uploads/cmd.php") && text.contains(&common::blake3_hex(shell)),
         "{slack:#}"
     );
     assert!(
@@ -578,7 +578,13 @@ fn syslog_lines_over_udp_and_tcp_carry_every_field() {
     let c = site.start();
     let token = site.token("agent", Some("web-01"));
     let now = common::rfc3339(-60);
-    let mut e = event(1, "uploads/cmd.php", "added", "unauthorized", &now);
+    let mut e = event(
+        1,
+        "wp-content/uploads/cmd.php",
+        "added",
+        "unauthorized",
+        &now,
+    );
     e["blake3"] = Value::from("ab".repeat(32));
     e["size"] = Value::from(31);
     c.ingest(&token, &batch("web-01", vec![e]));
@@ -598,7 +604,7 @@ fn syslog_lines_over_udp_and_tcp_carry_every_field() {
     for f in [
         "host=\"web-01\"",
         "tree=\"shop\"",
-        "path=\"uploads/cmd.php\"",
+        "path=\"wp-content/uploads/cmd.php\"",
         "change=\"added\"",
         "status=\"unauthorized\"",
         "size=\"31\"",
@@ -610,7 +616,7 @@ fn syslog_lines_over_udp_and_tcp_carry_every_field() {
         "{line}"
     );
     assert!(
-        sd.ends_with("unauthorized change on web-01: added shop/uploads/cmd.php"),
+        sd.ends_with("unauthorized change on web-01: added shop/wp-content/uploads/cmd.php"),
         "{line}"
     );
 
@@ -640,7 +646,7 @@ fn syslog_lines_over_udp_and_tcp_carry_every_field() {
     assert_eq!(head[6], "8", "{cef}");
     for f in [
         "dhost=web-01",
-        "filePath=uploads/cmd.php",
+        "filePath=wp-content/uploads/cmd.php",
         "act=added",
         "fsize=31",
         "cs1Label=alertId",
@@ -745,7 +751,8 @@ fn email_is_multipart_text_and_html_with_the_path() {
     c.ingest(&token, &batch("web-01", simple_events(1, 1, "uploads/cmd")));
     let mail = mails.recv_timeout(ARRIVAL).expect("a mail");
     assert_eq!(mail.rcpt, ["<oncall@example.org>"]);
-    let data = unqp(&mail.data);
+    // Headers unfolded (RFC 5322 §2.2.3), bodies decoded.
+    let data = unqp(&mail.data).replace("\r\n ", " ");
     assert!(
         data.contains(
             "Subject: driftwatch: unauthorized change on web-01: added shop/uploads/cmd-1.php"

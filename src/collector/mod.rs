@@ -75,6 +75,10 @@ impl Collector {
                     addr: cfg.listen,
                     source,
                 })?;
+        if let Ok(addr) = listener.local_addr() {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            svc.alerts.set_listening(&format!("{scheme}://{addr}/"));
+        }
         let state = http::AppState::new(svc.clone());
         let app = http::router(state.clone());
         Ok(Collector {

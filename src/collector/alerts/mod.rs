@@ -187,8 +187,10 @@ pub fn alert_id(cause: &str, sink: &str) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     routes: Vec<AlertConfig>,
-    /// Dashboard base URL when a route sets none (ends with `/`).
+    /// Dashboard base URL when a route sets none (ends with `/`): the configured listen address.
     dashboard: String,
+    /// The address actually bound, once the collector listens (port 0 becomes a real port).
+    bound: std::sync::OnceLock<String>,
 }
 
 impl Router {
@@ -197,7 +199,13 @@ impl Router {
         Router {
             routes,
             dashboard: with_slash(dashboard),
+            bound: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Notes the URL the collector serves on, for links of routes without `dashboard_url`.
+    pub fn set_listening(&self, url: &str) {
+        let _ = self.bound.set(with_slash(url));
     }
 
     /// No `[[alert]]` tables.
@@ -231,7 +239,7 @@ impl Router {
                     .dashboard_url
                     .as_deref()
                     .map(with_slash)
-                    .unwrap_or_else(|| self.dashboard.clone());
+                    .unwrap_or_else(|| self.bound.get().unwrap_or(&self.dashboard).clone());
                 it.evidence = it.blake3.as_ref().map(|h| format!("{base}evidence/{h}"));
                 it.dashboard = base;
                 NewAlert {

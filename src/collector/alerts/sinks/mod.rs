@@ -36,10 +36,21 @@ impl Message {
         let first = &self.items[0];
         if self.items.len() == 1 {
             format!("driftwatch: {}", first.summary)
-        } else if self.host.is_empty() {
-            format!("driftwatch: {} alerts", self.items.len())
         } else {
-            format!("driftwatch: {} alerts on {}", self.items.len(), self.host)
+            // The kinds in the heading: a notification shows little more than this line.
+            let mut kinds: Vec<&str> = self.items.iter().map(|i| i.kind.as_str()).collect();
+            kinds.sort_unstable();
+            kinds.dedup();
+            let on = if self.host.is_empty() {
+                String::new()
+            } else {
+                format!(" on {}", self.host)
+            };
+            format!(
+                "driftwatch: {} alerts{on} ({})",
+                self.items.len(),
+                kinds.join(", ")
+            )
         }
     }
 }
