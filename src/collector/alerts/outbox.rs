@@ -186,7 +186,8 @@ pub async fn watch_silence(svc: Arc<Service>) {
         for h in hosts {
             let name = h.info.host.clone();
             if h.silent {
-                if !silent.contains_key(&name) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = silent.entry(name.clone())
+                {
                     let summary = format!(
                         "{name} is silent: not heard from since {} (silent_after {})",
                         h.info.last_seen,
@@ -200,7 +201,7 @@ pub async fn watch_silence(svc: Arc<Service>) {
                         svc.alerts
                             .route(&it, &format!("silent\0{name}\0{}", h.info.last_seen)),
                     );
-                    silent.insert(name, h.info.last_seen);
+                    slot.insert(h.info.last_seen);
                 }
             } else if let Some(since) = silent.remove(&name) {
                 let summary =
