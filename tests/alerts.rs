@@ -878,3 +878,117 @@ fn alerts_test_sends_through_the_named_sink() {
         out.stderr
     );
 }
+
+/// With `batch = "2s"`, one host's alerts within the window go out as one message (each still
+/// with its own id); another host's go out apart.
+#[test]
+fn alerts_of_one_host_within_the_batch_window_go_out_together() {
+    let rx = Receiver::start();
+    let site = Site::with(
+        &(UNSIGNED.to_string()
+            + &webhook(
+                "hook",
+                &rx.url("/hook"),
+                &["unauthorized"],
+                "batch = \"2s\"\n",
+            )),
+    );
+    let c = site.start();
+    let web01 = site.token("agent", Some("web-01"));
+    let web02 = site.token("agent", Some("web-02"));
+    let start = Instant::now();
+    for seq in 1..=3 {
+        c.ingest(&web01, &batch("web-01", simple_events(seq, 1, "b")));
+    }
+    c.ingest(&web02, &batch("web-02", simple_events(1, 1, "other")));
+    let reqs = rx.wait("two batched messages", |r| r.len() >= 2);
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "sent before the window closed"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:#?}");
+    let by_host: BTreeMap<String, usize> = reqs
+        .iter()
+        .map(|r| {
+            let b = r.json();
+            (
+                b["host"].as_str().unwrap().to_string(),
+                b["alerts"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_host,
+        BTreeMap::from([("web-01".to_string(), 3), ("web-02".to_string(), 1)])
+    );
+    assert_eq!(id_counts(&rx.alerts("/hook")).len(), 4);
+}
+
+/// A heartbeat whose coverage shrank raises `coverage` (not the host's first report of it);
+/// a heartbeat reporting more spool drops raises `gap`.
+#[test]
+fn coverage_reductions_and_spool_drops_alert_from_heartbeats() {
+    let rx = Receiver::start();
+    let site = Site::with(
+        &(UNSIGNED.to_string() + &webhook("hook", &rx.url("/hook"), &["coverage", "gap"], "")),
+    );
+    let c = site.start();
+    let token = site.token("agent", Some("web-01"));
+    let hb = |local: &[&str], dropped: u64| {
+        serde_json::json!({"host": "web-01", "environment": "production", "agent_version": "t",
+            "spool_dropped": dropped, "config_digest": "ab".repeat(32),
+            "coverage": [{"tree": "shop", "exclude": ["var/cache/**"], "local_exclude": local}]})
+    };
+    assert_eq!(
+        c.post_json("/api/v1/heartbeat", Some(&token), &hb(&[], 0))
+            .status,
+        200
+    );
+    assert_eq!(
+        c.post_json("/api/v1/heartbeat", Some(&token), &hb(&[], 0))
+            .status,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(rx.alerts("/hook").is_empty(), "{:#?}", rx.alerts("/hook"));
+    assert_eq!(
+        c.post_json("/api/v1/heartbeat", Some(&token), &hb(&["uploads/**"], 0))
+            .status,
+        200
+    );
+    rx.wait("the coverage alert", |_| !rx.alerts("/hook").is_empty());
+    let cov = &rx.alerts("/hook")[0];
+    assert_eq!(
+        (cov["kind"].as_str(), cov["status"].as_str()),
+        (Some("coverage"), Some("reduced")),
+        "{cov:#}"
+    );
+    assert!(
+        cov["summary"]
+            .as_str()
+            .unwrap()
+            .contains("shop excludes uploads/**"),
+        "{cov:#}"
+    );
+    assert_eq!(
+        c.post_json("/api/v1/heartbeat", Some(&token), &hb(&["uploads/**"], 7))
+            .status,
+        200
+    );
+    rx.wait("the spool drop alert", |_| rx.alerts("/hook").len() >= 2);
+    let drop = &rx.alerts("/hook")[1];
+    assert_eq!(
+        (drop["kind"].as_str(), drop["status"].as_str()),
+        (Some("gap"), Some("spool_dropped")),
+        "{drop:#}"
+    );
+    assert!(
+        drop["summary"]
+            .as_str()
+            .unwrap()
+            .contains("dropped 7 events"),
+        "{drop:#}"
+    );
+}
