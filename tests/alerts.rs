@@ -992,3 +992,43 @@ fn coverage_reductions_and_spool_drops_alert_from_heartbeats() {
         "{drop:#}"
     );
 }
+
+/// Every metric the shipped Alertmanager rules use is one the collector exports.
+#[test]
+fn the_shipped_prometheus_rules_use_exported_metrics() {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/prometheus-alerts.yml"
+    ))
+    .unwrap();
+    let rx = Receiver::start();
+    let site = Site::with(
+        &(UNSIGNED.to_string() + &webhook("hook", &rx.url("/hook"), &["unauthorized"], "")),
+    );
+    let c = site.start();
+    let token = site.token("agent", Some("web-01"));
+    c.ingest(&token, &batch("web-01", simple_events(1, 1, "x")));
+    let hb = serde_json::json!({"host": "web-01", "spool_depth": 1});
+    assert_eq!(
+        c.post_json("/api/v1/heartbeat", Some(&token), &hb).status,
+        200
+    );
+    let metrics = c.get("/metrics", None).text();
+    let mut used: Vec<&str> = rules
+        .lines()
+        .filter(|l| l.trim_start().starts_with("expr:"))
+        .flat_map(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|w| w.starts_with("driftwatch_"))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(used.len() >= 8, "{used:?}");
+    for m in used {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(m) && l[m.len()..].starts_with([' ', '{'])),
+            "{m} is used by config/prometheus-alerts.yml but not exported:\n{metrics}"
+        );
+    }
+}
