@@ -901,7 +901,7 @@ fn alerts_of_one_host_within_the_batch_window_go_out_together() {
         c.ingest(&web01, &batch("web-01", simple_events(seq, 1, "b")));
     }
     c.ingest(&web02, &batch("web-02", simple_events(1, 1, "other")));
-    let reqs = rx.wait("two batched messages", |r| r.len() >= 2);
+    rx.wait("two batched messages", |r| r.len() >= 2);
     assert!(
         start.elapsed() >= Duration::from_secs(2),
         "sent before the window closed"
