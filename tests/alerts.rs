@@ -418,6 +418,22 @@ fn a_refusing_receiver_fails_the_alert_at_once_and_says_so_once() {
         1,
         "a refusal must not be retried"
     );
+    // The same state over the API (`--collector` with a reader token).
+    let reader = site.token_file("reader.token", &site.token("reader", None));
+    let out = common::run([
+        "alerts",
+        "list",
+        "--collector",
+        c.url.as_str(),
+        "--token-file",
+        reader.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    out.expect_code(0);
+    let remote = out.json();
+    assert_eq!(remote[0]["state"], "failed", "{remote:#}");
+    assert_eq!(remote[0]["id"], failed[0]["id"]);
     let log = c.stderr();
     assert_eq!(
         log.matches("alert refused by its receiver").count(),
