@@ -159,7 +159,7 @@ verdict=$([ "$got" = "$n" ] && python3 -c "import sys; sys.exit(0 if float('$p99
 {
   echo "# Alert latency: write on the host -> webhook received"
   echo
-  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, $("$DW" --version), debounce $DEBOUNCE, batch 0"
+  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, $("$DW" --version) ($DW), debounce $DEBOUNCE, batch 0"
   echo
   echo "| writes | alerts received | p50 ms | p90 ms | p99 ms | max ms | duplicate ids | verdict |"
   echo "|---|---|---|---|---|---|---|---|"
