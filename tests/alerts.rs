@@ -1048,3 +1048,61 @@ fn the_shipped_prometheus_rules_use_exported_metrics() {
         );
     }
 }
+
+/// At `kpi.report_at` (here already past today, so at start) an environment whose KPI was
+/// below target yesterday raises `kpi_missed`, once across a restart.
+#[test]
+fn yesterdays_kpi_below_target_raises_kpi_missed_at_report_at() {
+    use driftwatch::store::Store;
+    let rx = Receiver::start();
+    let site = Site::with(&format!(
+        "{UNSIGNED}\n[kpi]\nreport_at = \"00:00\"\n{}",
+        webhook("hook", &rx.url("/hook"), &["kpi_missed"], "")
+    ));
+    // Yesterday's history, written through the store as the collector would have.
+    let yesterday = jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::from_hours(24))
+        .unwrap();
+    let store =
+        driftwatch::store::sqlite::SqliteStore::open(&site.db, jiff::tz::TimeZone::UTC).unwrap();
+    let observed = yesterday.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let b: driftwatch::event::EventBatch = serde_json::from_value(batch(
+        "web-01",
+        vec![
+            event(1, "index.php", "modified", "release:R-1", &observed),
+            event(2, "shell.php", "added", "unauthorized", &observed),
+        ],
+    ))
+    .unwrap();
+    store.ingest(&b, yesterday).unwrap();
+    drop(store);
+    let day = yesterday
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
+
+    let c = site.start();
+    rx.wait("the kpi_missed alert", |_| !rx.alerts("/hook").is_empty());
+    let items = rx.alerts("/hook");
+    assert_eq!(items.len(), 1, "{items:#?}");
+    let it = &items[0];
+    assert_eq!(
+        (it["kind"].as_str(), it["environment"].as_str()),
+        (Some("kpi_missed"), Some("production")),
+        "{it:#}"
+    );
+    let summary = it["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&day) && summary.contains("50.0%") && summary.contains("97.0%"),
+        "{summary}"
+    );
+    drop(c);
+    let c = site.start();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        rx.alerts("/hook").len(),
+        1,
+        "a restart must not alert the same day twice"
+    );
+    drop(c);
+}

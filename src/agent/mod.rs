@@ -157,6 +157,7 @@ pub fn embedded_collector_config(
         uploads_refused: None,
         alerts: cfg.alerts.clone(),
         audit_every: Duration::from_secs(3600),
+        report_at: jiff::civil::Time::constant(7, 0, 0, 0),
     }
 }
 

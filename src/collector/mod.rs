@@ -118,6 +118,7 @@ impl Collector {
                     svc.clone(),
                     svc.cfg.audit_every,
                 )),
+                tokio::spawn(alerts::outbox::watch_kpi(svc.clone())),
             ]
         };
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();

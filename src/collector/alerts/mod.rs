@@ -41,19 +41,22 @@ pub enum AlertKind {
     Coverage,
     /// The background chain check found a break.
     Audit,
+    /// Yesterday's KPI of an environment was below target (sent at `kpi.report_at`).
+    KpiMissed,
     /// `driftwatch alerts test`.
     Test,
 }
 
 impl AlertKind {
     /// Every kind an `[[alert]]` can ask for (`on` defaults to all of them).
-    pub const ALL: [AlertKind; 6] = [
+    pub const ALL: [AlertKind; 7] = [
         AlertKind::Unauthorized,
         AlertKind::Unverifiable,
         AlertKind::Silent,
         AlertKind::Gap,
         AlertKind::Coverage,
         AlertKind::Audit,
+        AlertKind::KpiMissed,
     ];
 
     /// The name used in config, JSON and metrics.
@@ -65,6 +68,7 @@ impl AlertKind {
             AlertKind::Gap => "gap",
             AlertKind::Coverage => "coverage",
             AlertKind::Audit => "audit",
+            AlertKind::KpiMissed => "kpi_missed",
             AlertKind::Test => "test",
         }
     }
@@ -79,7 +83,7 @@ impl std::str::FromStr for AlertKind {
         Err(match s {
             // Named by DESIGN §12.3 but not raised by this version: refusing them is better
             // than accepting a route that never fires.
-            "overdue" | "kpi_missed" => {
+            "overdue" => {
                 format!("alert kind {s:?} is not raised by this version of driftwatch")
             }
             _ => format!(
@@ -638,6 +642,7 @@ mod tests {
     #[test]
     fn kinds_parse_and_unbuilt_ones_are_refused() {
         assert_eq!("gap".parse::<AlertKind>(), Ok(AlertKind::Gap));
+        assert_eq!("kpi_missed".parse::<AlertKind>(), Ok(AlertKind::KpiMissed));
         assert!(
             "overdue"
                 .parse::<AlertKind>()

@@ -250,6 +250,91 @@ pub async fn verify_chain(svc: Arc<Service>, every: Duration) {
     }
 }
 
+/// At `kpi.report_at` (and at start, when today's time has passed: the ids keep a restart from
+/// alerting twice) raises `kpi_missed` for each environment whose KPI yesterday was below target.
+pub async fn watch_kpi(svc: Arc<Service>) {
+    let mut first = true;
+    loop {
+        let now = Timestamp::now().to_zoned(svc.cfg.timezone.clone());
+        let today_at = now.date().to_datetime(svc.cfg.report_at);
+        let due = today_at.to_zoned(svc.cfg.timezone.clone()).ok();
+        let wait = match due {
+            // Past today's time: check yesterday now on the first round, else wait for tomorrow.
+            Some(d) if d <= now && first => Duration::ZERO,
+            Some(d) if d > now => now.duration_until(&d).unsigned_abs(),
+            _ => {
+                let tomorrow = now.date().tomorrow().ok().and_then(|t| {
+                    t.to_datetime(svc.cfg.report_at)
+                        .to_zoned(svc.cfg.timezone.clone())
+                        .ok()
+                });
+                tomorrow.map_or(Duration::from_secs(3600), |t| {
+                    now.duration_until(&t).unsigned_abs()
+                })
+            }
+        };
+        first = false;
+        tokio::time::sleep(wait).await;
+        let s = svc.clone();
+        let rows = tokio::task::spawn_blocking(move || {
+            let today = s.today();
+            let yesterday = today.yesterday().unwrap_or(today);
+            let days = s.host_days(yesterday, yesterday, None)?;
+            Ok::<_, crate::collector::service::ServiceError>((
+                yesterday,
+                s.kpi_rows(
+                    &days,
+                    crate::kpi::Period::Day,
+                    &[crate::kpi::Grouping::Environment],
+                ),
+            ))
+        })
+        .await;
+        let (day, rows) = match rows {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "checking yesterday's KPI failed");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let mut raise = Vec::new();
+        for r in rows.iter().filter(|r| !r.met) {
+            let summary = format!(
+                "KPI missed in {} on {day}: change compliance {:.1}% below the target {:.1}% ({} unauthorized, {} unverifiable of {} changes)",
+                r.environment,
+                r.change_compliance * 100.0,
+                r.target * 100.0,
+                r.unauthorized,
+                r.unverifiable,
+                r.changes
+            );
+            let mut it = AlertItem::new(
+                AlertKind::KpiMissed,
+                "",
+                &r.environment,
+                summary,
+                Timestamp::now(),
+            );
+            it.status = Some("missed".into());
+            it.detail = Some(format!(
+                "day {day}; host-day compliance {:.1}% ({} of {} host-days)",
+                r.host_day_compliance * 100.0,
+                r.host_days_compliant,
+                r.host_days
+            ));
+            raise.extend(
+                svc.alerts
+                    .route(&it, &format!("kpi\0{day}\0{}", r.environment)),
+            );
+        }
+        svc.enqueue_alerts(raise).await;
+        // Past the report time now: the next round waits for tomorrow's.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 fn humantime(d: Duration) -> String {
     let s = d.as_secs();
     match s {
