@@ -24,6 +24,8 @@
 //! - [`collector`]: [`collector::http`] (routes, auth, errors) over [`collector::service`]
 //!   (ingest, changes, KPI, audit, hosts), which the embedded collector and the `--db` CLI
 //!   commands call too.
+//!   [`collector::alerts`] hangs off the service: routing into the store's outbox (in the
+//!   transaction that stores the cause), the delivery loop and watchers, one file per sink.
 //! - [`store`]: the tamper-evident history, one SQL layer for SQLite and PostgreSQL.
 //! - [`kpi`]: the KPI from day facts, as pure arithmetic (the daily report that puts it in
 //!   words is [`collector::service::daily`]).

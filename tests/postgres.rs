@@ -795,7 +795,13 @@ fn a_version_1_database_is_migrated_when_opened() {
         .query_one("SELECT value FROM meta WHERE key = 'schema_version'", &[])
         .expect("meta")
         .get(0);
-    assert_eq!(version, "4");
+    assert_eq!(version, "5");
+    // Schema 5's step: the alert outbox exists after the migration.
+    let outbox: bool = c
+        .query_one("SELECT to_regclass('alert_outbox') IS NOT NULL", &[])
+        .expect("regclass")
+        .get(0);
+    assert!(outbox, "no alert_outbox after migrating");
 
     let s = db.open();
     let hosts = s.hosts(ts(d, 10, 0)).expect("hosts");
@@ -1130,4 +1136,177 @@ fn an_unreachable_server_is_a_clear_error() {
         .to_string();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
+}
+
+/// An alert per unauthorized event, one per gap, one per spool drop; batched 5 s per host.
+struct EveryAlert;
+
+impl driftwatch::store::outbox::AlertPlan for EveryAlert {
+    fn on_event(
+        &self,
+        host: &str,
+        _: &str,
+        e: &ChangeEvent,
+        out: &mut Vec<driftwatch::store::outbox::NewAlert>,
+    ) {
+        if e.status == "unauthorized" {
+            out.push(new_alert(
+                &format!("ev-{host}-{}", e.seq),
+                "unauthorized",
+                host,
+            ));
+        }
+    }
+    fn on_gap(
+        &self,
+        host: &str,
+        _: &str,
+        first: u64,
+        last: u64,
+        out: &mut Vec<driftwatch::store::outbox::NewAlert>,
+    ) {
+        out.push(new_alert(
+            &format!("gap-{host}-{first}-{last}"),
+            "gap",
+            host,
+        ));
+    }
+    fn on_heartbeat(
+        &self,
+        hb: &Heartbeat,
+        _: bool,
+        dropped_before: u64,
+        out: &mut Vec<driftwatch::store::outbox::NewAlert>,
+    ) {
+        if hb.spool_dropped > dropped_before {
+            out.push(new_alert(
+                &format!("drop-{}-{}", hb.host, hb.spool_dropped),
+                "gap",
+                &hb.host,
+            ));
+        }
+    }
+}
+
+fn new_alert(id: &str, kind: &str, host: &str) -> driftwatch::store::outbox::NewAlert {
+    driftwatch::store::outbox::NewAlert {
+        id: id.into(),
+        sink: "hook".into(),
+        kind: kind.into(),
+        host: host.into(),
+        body: "{}".into(),
+        batch_micros: 5_000_000,
+    }
+}
+
+/// The outbox through one store: what is due when, and how delivery outcomes are kept.
+fn outbox_scenario(s: &dyn Store) -> Vec<(String, String, u64, Option<String>)> {
+    use driftwatch::store::outbox::Settle;
+    let d = day("2026-11-16");
+    let t = |m: i8| ts(d, 10, m);
+    let obs = t(0);
+    let plan = EveryAlert;
+    s.ingest_alerting(
+        &eb(
+            "web-01",
+            "production",
+            vec![ev(1, "a.php", "added", "unauthorized", obs)],
+            vec![],
+        ),
+        t(0),
+        &plan,
+    )
+    .expect("ingest");
+    // A re-send, a gap (2..3) and a release change: the gap alerts, nothing else new.
+    s.ingest_alerting(
+        &eb(
+            "web-01",
+            "production",
+            vec![
+                ev(1, "a.php", "added", "unauthorized", obs),
+                ev(4, "b.php", "added", "release:R-1", obs),
+            ],
+            vec![],
+        ),
+        t(0),
+        &plan,
+    )
+    .expect("ingest");
+    s.record_heartbeat_alerting(&hb("web-01", "production", 3, 0), t(0), &plan)
+        .expect("heartbeat");
+    // The same total again is no new drop.
+    s.record_heartbeat_alerting(&hb("web-01", "production", 3, 0), t(0), &plan)
+        .expect("heartbeat");
+    assert!(
+        s.due_alerts(t(0), 100).expect("due").is_empty(),
+        "due before the batch window closed"
+    );
+    let due = s.due_alerts(t(1), 100).expect("due");
+    let ids: Vec<String> = due.iter().map(|r| r.id.clone()).collect();
+    // Oldest first; raised at one instant, by id.
+    assert_eq!(ids, ["drop-web-01-3", "ev-web-01-1", "gap-web-01-2-3"]);
+    s.settle_alerts(&ids[1..2], &Settle::Sent, t(1))
+        .expect("settle");
+    s.settle_alerts(
+        &ids[2..],
+        &Settle::Retry {
+            due_at: t(3),
+            error: "down".into(),
+        },
+        t(1),
+    )
+    .expect("settle");
+    s.settle_alerts(
+        &ids[..1],
+        &Settle::Failed {
+            error: "HTTP 404".into(),
+        },
+        t(1),
+    )
+    .expect("settle");
+    assert!(s.due_alerts(t(2), 100).expect("due").is_empty());
+    assert_eq!(s.due_alerts(t(3), 100).expect("due").len(), 1);
+    let counts = s.alert_counts().expect("counts");
+    assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 3);
+    let mut rows: Vec<_> = s
+        .list_alerts(10)
+        .expect("list")
+        .into_iter()
+        .map(|r| (r.id, r.state.as_str().to_string(), r.attempts, r.last_error))
+        .collect();
+    rows.sort();
+    assert_eq!(s.verify_chain(None).expect("verify").first_bad, None);
+    rows
+}
+
+#[test]
+fn the_alert_outbox_behaves_alike_on_postgres_and_sqlite() {
+    let db = TestDb::new("outbox");
+    let pg = outbox_scenario(db.open().as_ref());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let sqlite_url = format!("sqlite://{}", tmp.path().join("collector.db").display());
+    let lite = outbox_scenario(
+        store::open(&sqlite_url, TimeZone::UTC)
+            .expect("open sqlite")
+            .as_ref(),
+    );
+    assert_eq!(pg, lite);
+    assert_eq!(
+        pg,
+        [
+            (
+                "drop-web-01-3".to_string(),
+                "failed".to_string(),
+                1,
+                Some("HTTP 404".to_string())
+            ),
+            ("ev-web-01-1".to_string(), "sent".to_string(), 1, None),
+            (
+                "gap-web-01-2-3".to_string(),
+                "pending".to_string(),
+                1,
+                Some("down".to_string())
+            ),
+        ]
+    );
 }

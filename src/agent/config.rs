@@ -37,6 +37,8 @@ struct Raw {
     evidence: RawEvidence,
     #[serde(default)]
     spool: RawSpool,
+    #[serde(default)]
+    alert: Vec<crate::collector::alerts::config::RawAlert>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,6 +307,8 @@ pub struct AgentConfig {
     pub evidence_max_total: u64,
     /// Spool cap.
     pub spool_max: u64,
+    /// `[[alert]]` sinks of the embedded collector (DESIGN §12.3; set up once, at start).
+    pub alerts: Vec<crate::collector::alerts::AlertConfig>,
 }
 
 impl AgentConfig {
@@ -361,6 +365,11 @@ impl AgentConfig {
                 new.timezone = self.timezone.clone();
                 kept.push("kpi.timezone");
             }
+        }
+        if new.alerts != self.alerts {
+            // The embedded collector's alert sinks are set up with it, at start.
+            new.alerts = self.alerts.clone();
+            kept.push("alert");
         }
         kept
     }
@@ -547,6 +556,13 @@ impl AgentConfig {
         if raw.collector.batch == 0 {
             bad("collector.batch", "must be at least 1".into());
         }
+        let alerts = crate::collector::alerts::config::validate(&raw.alert, &mut |k, m| bad(&k, m));
+        if !raw.alert.is_empty() && !matches!(uplink, Uplink::Embedded { .. }) {
+            bad(
+                "alert",
+                "[[alert]] tables need [collector] embedded = true (a remote collector alerts from its own config)".into(),
+            );
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -575,6 +591,7 @@ impl AgentConfig {
             evidence_max_file,
             evidence_max_total,
             spool_max,
+            alerts,
         })
     }
 

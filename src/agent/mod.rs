@@ -155,6 +155,9 @@ pub fn embedded_collector_config(
         evidence_dir: Some(cfg.state_dir.join("evidence")),
         // The agent's own [trust] rules apply (its config check requires what it needs).
         uploads_refused: None,
+        alerts: cfg.alerts.clone(),
+        audit_every: Duration::from_secs(3600),
+        report_at: jiff::civil::Time::constant(7, 0, 0, 0),
     }
 }
 

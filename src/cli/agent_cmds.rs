@@ -138,7 +138,10 @@ pub fn run_config_check(config: Option<PathBuf>) -> anyhow::Result<u8> {
                 for w in cfg.warnings() {
                     eprintln!("driftwatch: warning: {w}");
                 }
-                Vec::new()
+                crate::collector::alerts::sinks::check_reachable(&cfg.alerts)
+                    .into_iter()
+                    .map(|m| format!("{}: {m}", path.display()))
+                    .collect()
             }
             Err(problems) => problems,
         }
@@ -167,7 +170,10 @@ fn check_agent(text: &str, path: &Path) -> Vec<String> {
         Ok(c) => c,
         Err(p) => return p,
     };
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = crate::collector::alerts::sinks::check_reachable(&cfg.alerts)
+        .into_iter()
+        .map(|m| format!("{}: {m}", path.display()))
+        .collect();
     for t in &cfg.trees {
         let Some(m) = &t.manifest else { continue };
         let bytes = match std::fs::read(m) {

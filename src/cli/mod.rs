@@ -5,6 +5,7 @@
 //! the collector's service layer), never by talking to the store or parsing JSON themselves.
 
 pub mod agent_cmds;
+pub mod alerts;
 pub mod audit;
 pub mod changes;
 pub mod check;
@@ -117,6 +118,9 @@ pub enum Command {
     /// Verify or seal the tamper-evident history.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Alert delivery state, and test alerts through a sink.
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
 }
 
 /// `config` subcommands.
@@ -193,5 +197,6 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Kpi(args) => kpi::run_kpi(args),
         Command::Changes(cmd) => changes::run_changes(cmd),
         Command::Audit(cmd) => audit::run_audit(cmd),
+        Command::Alerts(cmd) => alerts::run_alerts(cmd),
     }
 }

@@ -124,6 +124,14 @@ impl Source {
         })
     }
 
+    /// The newest `limit` alerts of the outbox, with their delivery state.
+    pub fn alerts(&self, limit: u64) -> anyhow::Result<Vec<crate::store::outbox::OutboxRow>> {
+        match self {
+            Source::Remote(c) => get(c, &format!("/api/v1/alerts?limit={limit}")),
+            Source::Local(s) => Ok(s.alert_list(limit)?),
+        }
+    }
+
     /// Events matching `q` (its `limit` is not sent to a collector).
     pub fn events(&self, q: &EventQuery) -> anyhow::Result<Vec<StoredEvent>> {
         match self {

@@ -9,6 +9,9 @@ use serde::Deserialize;
 use crate::sign::TrustedKey;
 use crate::util::timefmt;
 
+/// How often the background chain check runs when `audit.verify_every` is not set.
+pub const DEFAULT_AUDIT_EVERY: &str = "1h";
+
 /// Default config path.
 pub const DEFAULT_PATH: &str = "/etc/driftwatch/collector.toml";
 
@@ -32,6 +35,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    alert: Vec<crate::collector::alerts::config::RawAlert>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +51,8 @@ struct RawKpi {
     target: f64,
     #[serde(default = "default_timezone")]
     timezone: String,
+    #[serde(default = "default_report_at")]
+    report_at: String,
 }
 
 impl Default for RawKpi {
@@ -53,6 +60,7 @@ impl Default for RawKpi {
         RawKpi {
             target: default_target(),
             timezone: default_timezone(),
+            report_at: default_report_at(),
         }
     }
 }
@@ -80,6 +88,8 @@ struct RawAudit {
     key: Option<PathBuf>,
     #[serde(default)]
     pubkey: Option<PathBuf>,
+    #[serde(default)]
+    verify_every: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -99,6 +109,9 @@ fn default_target() -> f64 {
 }
 fn default_timezone() -> String {
     "UTC".into()
+}
+fn default_report_at() -> String {
+    "07:00".into()
 }
 fn default_rpm() -> u32 {
     1200
@@ -155,9 +168,23 @@ pub struct CollectorConfig {
     pub audit_pubkey: Option<PathBuf>,
     /// Evidence store to serve (embedded mode: the agent's `STATE_DIR/evidence`).
     pub evidence_dir: Option<PathBuf>,
+    /// `[[alert]]` sinks (DESIGN §12.3).
+    pub alerts: Vec<crate::collector::alerts::AlertConfig>,
+    /// How often the background chain check runs (it raises `audit` alerts).
+    pub audit_every: Duration,
+    /// When (in the KPI timezone) yesterday's KPI is checked against the target (`kpi_missed`).
+    pub report_at: jiff::civil::Time,
     /// Why manifest and change-entry uploads are refused, when they are: the config has no
     /// `[trust]` table, so nothing uploaded could be checked. Ingestion, KPI and reads work.
     pub uploads_refused: Option<String>,
+}
+
+/// Parses a time of day, `HH:MM` or `HH:MM:SS`.
+pub fn parse_time_of_day(s: &str) -> Result<jiff::civil::Time, String> {
+    let ok = s.len() >= 5 && s.as_bytes()[2] == b':';
+    ok.then(|| s.parse::<jiff::civil::Time>().ok())
+        .flatten()
+        .ok_or_else(|| format!("{s:?} is not a time of day like 07:00"))
 }
 
 /// Parses `8MiB`, `512KiB`, `1GiB`, `100000` (bytes).
@@ -299,10 +326,31 @@ impl CollectorConfig {
         {
             field("audit.key", Err(format!("{}: {e}", k.display())));
         }
+        let audit_every = timefmt::parse_duration(
+            raw.audit
+                .verify_every
+                .as_deref()
+                .unwrap_or(DEFAULT_AUDIT_EVERY),
+        );
+        field(
+            "audit.verify_every",
+            audit_every.as_ref().map(|_| ()).map_err(Clone::clone),
+        );
+        let report_at = parse_time_of_day(&raw.kpi.report_at);
+        field(
+            "kpi.report_at",
+            report_at.as_ref().map(|_| ()).map_err(Clone::clone),
+        );
+        let alerts = crate::collector::alerts::config::validate(&raw.alert, &mut |k, m| {
+            problems.push(format!("{p}: {k}: {m}"))
+        });
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(CollectorConfig {
+            alerts,
+            audit_every: audit_every.expect("checked"),
+            report_at: report_at.expect("checked"),
             origin: origin.to_path_buf(),
             listen: listen.expect("checked"),
             tls: raw.tls.map(|t| Tls {
@@ -433,6 +481,24 @@ mod tests {
         let errs = parse("postgres://dw:s3cret@db/driftwatch?no_such_option=1").unwrap_err();
         assert!(errs[0].contains("storage"), "{errs:?}");
         assert!(!errs[0].contains("s3cret"), "{errs:?}");
+    }
+
+    #[test]
+    fn report_times() {
+        assert_eq!(
+            parse_time_of_day("07:00").unwrap(),
+            jiff::civil::time(7, 0, 0, 0)
+        );
+        assert_eq!(
+            parse_time_of_day("23:59:30").unwrap(),
+            jiff::civil::time(23, 59, 30, 0)
+        );
+        for bad in ["7am", "7:00", "25:00", ""] {
+            assert!(parse_time_of_day(bad).is_err(), "{bad}");
+        }
+        let errs = CollectorConfig::parse("[kpi]\nreport_at = \"noon\"\n", Path::new("c.toml"))
+            .unwrap_err();
+        assert!(errs[0].contains("kpi.report_at"), "{errs:?}");
     }
 
     #[test]

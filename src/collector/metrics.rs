@@ -188,7 +188,62 @@ pub fn render(svc: &Service) -> Result<String, ServiceError> {
             s.seconds
         );
     }
+    alerts(&mut out, svc)?;
     Ok(out)
+}
+
+/// Alert delivery state, read from the outbox: the totals survive a restart, and every
+/// collector instance on one database reports the same numbers. Every configured sink and
+/// kind gets a zero sample, so a rule on `increase()` sees the first failure.
+fn alerts(out: &mut String, svc: &Service) -> Result<(), ServiceError> {
+    use crate::store::outbox::State;
+    let counts = svc.store.alert_counts()?;
+    let mut totals: std::collections::BTreeMap<(String, String, &str), u64> = Default::default();
+    for r in svc.alerts.routes() {
+        for k in &r.on {
+            for st in ["sent", "failed"] {
+                totals.insert((r.name.clone(), k.as_str().to_string(), st), 0);
+            }
+        }
+    }
+    let mut pending = 0;
+    for c in counts {
+        match c.state {
+            State::Pending => pending += c.count,
+            State::Sent | State::Failed => {
+                *totals
+                    .entry((c.sink, c.kind, c.state.as_str()))
+                    .or_default() += c.count;
+            }
+        }
+    }
+    for (st, help) in [
+        ("sent", "Alerts delivered, per sink and kind."),
+        (
+            "failed",
+            "Alerts given up on (refused, or past the retry horizon), per sink and kind.",
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP driftwatch_alerts_{st}_total {help}\n# TYPE driftwatch_alerts_{st}_total counter"
+        );
+        for ((sink, kind, s), n) in &totals {
+            if *s == st {
+                let _ = writeln!(
+                    out,
+                    "driftwatch_alerts_{st}_total{{sink=\"{}\",kind=\"{}\"}} {n}",
+                    label(sink),
+                    label(kind)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP driftwatch_alerts_pending Alerts in the outbox not delivered yet.\n# TYPE driftwatch_alerts_pending gauge\ndriftwatch_alerts_pending {pending}"
+    );
+    Ok(())
 }
 
 /// Escapes a label value per the exposition format.

@@ -6,6 +6,7 @@
 //! service's counters and gauges; [`config`] is read by all of them. This module binds the
 //! listener and serves.
 
+pub mod alerts;
 pub mod config;
 pub mod http;
 pub mod metrics;
@@ -74,6 +75,10 @@ impl Collector {
                     addr: cfg.listen,
                     source,
                 })?;
+        if let Ok(addr) = listener.local_addr() {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            svc.alerts.set_listening(&format!("{scheme}://{addr}/"));
+        }
         let state = http::AppState::new(svc.clone());
         let app = http::router(state.clone());
         Ok(Collector {
@@ -100,6 +105,22 @@ impl Collector {
     /// Serves until `shutdown` completes, then lets requests in flight finish (up to 30 s).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let sealer = tokio::spawn(seal_finished_days(self.state.svc.clone()));
+        // Alerting: the outbox's delivery loop and the watchers (only with `[[alert]]` tables;
+        // without them nothing is ever enqueued).
+        let svc = &self.state.svc;
+        let alerting = if svc.alerts.is_empty() {
+            Vec::new()
+        } else {
+            vec![
+                tokio::spawn(alerts::outbox::deliver(svc.clone())),
+                tokio::spawn(alerts::outbox::watch_silence(svc.clone())),
+                tokio::spawn(alerts::outbox::verify_chain(
+                    svc.clone(),
+                    svc.cfg.audit_every,
+                )),
+                tokio::spawn(alerts::outbox::watch_kpi(svc.clone())),
+            ]
+        };
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // Slow-loris guard: a client must send its headers promptly.
@@ -163,6 +184,9 @@ impl Collector {
             });
         }
         sealer.abort();
+        for t in alerting {
+            t.abort();
+        }
         if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
             .await
             .is_err()

@@ -7,6 +7,7 @@
 //! chain (see [`chain`]); `verify_chain` names the first record that does not fit.
 
 pub mod chain;
+pub mod outbox;
 pub mod postgres;
 pub mod records;
 pub mod sql;
@@ -321,9 +322,49 @@ pub trait Store: Send + Sync + 'static {
         &self,
         hb: &Heartbeat,
         now: Timestamp,
+    ) -> Result<HeartbeatOutcome, StoreError> {
+        self.record_heartbeat_alerting(hb, now, &outbox::NoAlerts)
+    }
+    /// Notes a heartbeat, and in the same transaction the alerts `plan` asks for what it
+    /// changed (coverage, events dropped from the agent's spool).
+    fn record_heartbeat_alerting(
+        &self,
+        hb: &Heartbeat,
+        now: Timestamp,
+        plan: &dyn outbox::AlertPlan,
     ) -> Result<HeartbeatOutcome, StoreError>;
     /// Stores a batch idempotently.
-    fn ingest(&self, batch: &EventBatch, now: Timestamp) -> Result<IngestResult, StoreError>;
+    fn ingest(&self, batch: &EventBatch, now: Timestamp) -> Result<IngestResult, StoreError> {
+        self.ingest_alerting(batch, now, &outbox::NoAlerts)
+    }
+    /// Stores a batch idempotently, and in the same transaction the alerts `plan` asks for
+    /// each newly stored event and each new sequence gap (a re-sent event raises none).
+    fn ingest_alerting(
+        &self,
+        batch: &EventBatch,
+        now: Timestamp,
+        plan: &dyn outbox::AlertPlan,
+    ) -> Result<IngestResult, StoreError>;
+    /// Adds alerts to the delivery outbox; an id already there is left as it is (so a cause
+    /// noticed twice alerts once). Returns how many were new.
+    fn enqueue_alerts(
+        &self,
+        alerts: &[outbox::NewAlert],
+        now: Timestamp,
+    ) -> Result<u64, StoreError>;
+    /// Pending alerts due at `now` (at most `limit`), oldest first.
+    fn due_alerts(&self, now: Timestamp, limit: u64) -> Result<Vec<outbox::OutboxRow>, StoreError>;
+    /// Records the outcome of one delivery attempt of the alerts `ids`.
+    fn settle_alerts(
+        &self,
+        ids: &[String],
+        outcome: &outbox::Settle,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// The newest `limit` alerts of the outbox, whatever their state, newest first.
+    fn list_alerts(&self, limit: u64) -> Result<Vec<outbox::OutboxRow>, StoreError>;
+    /// Alerts per (sink, kind, state), for `/metrics`.
+    fn alert_counts(&self) -> Result<Vec<outbox::AlertCount>, StoreError>;
     /// Lists events.
     fn events(&self, q: &EventQuery) -> Result<Vec<StoredEvent>, StoreError>;
     /// Changes an event's status, keeping the old one in the (chained) history.

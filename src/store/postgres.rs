@@ -30,8 +30,20 @@ use super::sql::dialect::POSTGRES;
 use super::sql::{Backend, Conn, Dialect, EachRow, Param, Res, Row, SqlStore, Value};
 
 /// Schema version this code writes. 2: `hosts.spool_depth`. 3: `hosts.coverage`. 4:
-/// `events.detail` (3 and 4 added by [`upgrade`] alone, for new and old databases alike).
-const SCHEMA_VERSION: i64 = 4;
+/// `events.detail` (3 and 4 added by [`upgrade`] alone, for new and old databases alike). 5: the
+/// `alert_outbox` table ([`OUTBOX_SCHEMA`], its own step of [`upgrade`]).
+const SCHEMA_VERSION: i64 = 5;
+
+/// Schema 5: the alert delivery outbox (DESIGN §12.3). A step of its own, touching no other
+/// table, so it applies whatever other steps an older database needs.
+const OUTBOX_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS alert_outbox (
+  id TEXT COLLATE "C" PRIMARY KEY, sink TEXT COLLATE "C" NOT NULL, kind TEXT COLLATE "C" NOT NULL,
+  host TEXT COLLATE "C" NOT NULL, body TEXT NOT NULL, state TEXT COLLATE "C" NOT NULL, attempts BIGINT NOT NULL,
+  created_at BIGINT NOT NULL, due_at BIGINT NOT NULL, settled_at BIGINT, last_error TEXT);
+CREATE INDEX IF NOT EXISTS alert_outbox_due ON alert_outbox (state, due_at);
+CREATE INDEX IF NOT EXISTS alert_outbox_window ON alert_outbox (sink, host, state);
+"#;
 
 /// Advisory lock held while migrating, so instances starting together create the tables once.
 const MIGRATION_LOCK: i64 = 0x6472_6966_7477_6d31; // "driftwm1"
@@ -404,6 +416,8 @@ fn upgrade(tx: &mut Transaction<'_>) -> Result<(), ::postgres::Error> {
             tx.batch_execute(add)?;
         }
     }
+    // 5: the alert outbox (`IF NOT EXISTS` takes no lock on other tables).
+    tx.batch_execute(OUTBOX_SCHEMA)?;
     Ok(())
 }
 

@@ -18,8 +18,20 @@ use super::sql::dialect::SQLITE;
 use super::sql::{Backend, Conn, Dialect, EachRow, Param, Res, Row, SqlStore, Value};
 
 /// Schema version this code writes. 2: `hosts.spool_depth`. 3: `hosts.coverage`. 4:
-/// `events.detail` (3 and 4 added by [`migrate`] alone, for new and old files alike).
-const SCHEMA_VERSION: i64 = 4;
+/// `events.detail` (3 and 4 added by [`migrate`] alone, for new and old files alike). 5: the
+/// `alert_outbox` table ([`OUTBOX_SCHEMA`], its own step of [`migrate`]).
+const SCHEMA_VERSION: i64 = 5;
+
+/// Schema 5: the alert delivery outbox (DESIGN §12.3). A step of its own, touching no other
+/// table, so it applies whatever other steps an older file needs.
+const OUTBOX_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS alert_outbox (
+  id TEXT PRIMARY KEY, sink TEXT NOT NULL, kind TEXT NOT NULL, host TEXT NOT NULL, body TEXT NOT NULL,
+  state TEXT NOT NULL, attempts INTEGER NOT NULL, created_at INTEGER NOT NULL, due_at INTEGER NOT NULL,
+  settled_at INTEGER, last_error TEXT);
+CREATE INDEX IF NOT EXISTS alert_outbox_due ON alert_outbox (state, due_at);
+CREATE INDEX IF NOT EXISTS alert_outbox_window ON alert_outbox (sink, host, state);
+"#;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -198,6 +210,8 @@ fn migrate(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             tx.execute_batch(add)?;
         }
     }
+    // 5: the alert outbox (idempotent by `IF NOT EXISTS`).
+    tx.execute_batch(OUTBOX_SCHEMA)?;
     Ok(())
 }
 

@@ -100,6 +100,23 @@ pub(super) async fn get_hosts(
     Ok(axum::Json(hosts).into_response())
 }
 
+/// `?limit=N` of `GET /api/v1/alerts`.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct AlertsParams {
+    limit: Option<u64>,
+}
+
+/// The outbox's newest alerts with their delivery state (`driftwatch alerts list`).
+pub(super) async fn get_alerts(
+    _: Auth<Readers>,
+    State(state): State<Arc<AppState>>,
+    q: Result<axum::extract::Query<AlertsParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let limit = super::query(q)?.limit.unwrap_or(100).min(10_000);
+    let rows = state.run(move |s| s.alert_list(limit)).await?;
+    Ok(axum::Json(rows).into_response())
+}
+
 /// Evidence blobs, when this collector shares a host with the agent that kept them (embedded mode).
 pub(super) async fn get_evidence(
     _: Auth<Readers>,

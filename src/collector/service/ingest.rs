@@ -21,7 +21,10 @@ impl Service {
     /// unauthorized events will hook in).
     pub fn ingest(&self, batch: &EventBatch, now: Timestamp) -> Result<IngestResult, ServiceError> {
         validate_batch(batch)?;
-        let result = self.store.ingest(batch, now)?;
+        let result = self.store.ingest_alerting(batch, now, &*self.alerts)?;
+        if !self.alerts.is_empty() && result.stored > 0 {
+            self.alert_wake.notify_one();
+        }
         let m = &self.metrics;
         m.batches.fetch_add(1, Ordering::Relaxed);
         m.events_received
@@ -34,15 +37,20 @@ impl Service {
         Ok(result)
     }
 
-    /// Validates and notes a heartbeat. The outcome says whether the host's coverage changed:
-    /// the `coverage` alert (§12.3) will be raised from it; nothing acts on it yet.
+    /// Validates and notes a heartbeat; the `coverage` and spool-drop alerts (§12.3) it causes
+    /// are enqueued in its transaction. The outcome says whether the host's coverage changed.
     pub fn heartbeat(
         &self,
         hb: &Heartbeat,
         now: Timestamp,
     ) -> Result<HeartbeatOutcome, ServiceError> {
         validate_heartbeat(hb)?;
-        let outcome = self.store.record_heartbeat(hb, now)?;
+        let outcome = self
+            .store
+            .record_heartbeat_alerting(hb, now, &*self.alerts)?;
+        if !self.alerts.is_empty() {
+            self.alert_wake.notify_one();
+        }
         self.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
         Ok(outcome)
     }

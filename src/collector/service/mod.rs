@@ -10,10 +10,12 @@
 //!   codes), and authentication (which token may call what) stays in the HTTP layer.
 //! - Methods block (the store is synchronous); async callers run them on a blocking thread.
 //!
+//! - Alerts (DESIGN §12.3, `collector::alerts`) are decided here, not in HTTP handlers:
+//!   [`Service::ingest`] and [`Service::heartbeat`] hand the store the [`Router`], which adds the
+//!   outbox rows inside the transaction that stores their cause; the watchers enqueue through
+//!   [`Service::enqueue_alerts`].
+//!
 //! Where later features hang (not built yet):
-//! - alerts (DESIGN §12.3): on what [`Service::ingest`] returns (the events stored), on the
-//!   [`HeartbeatOutcome`](crate::store::HeartbeatOutcome) of [`Service::heartbeat`] (coverage
-//!   changed), and on the re-classifications [`Service::register_change`] reports;
 //! - reviews and ITSM import: they register change entries through
 //!   [`Service::register_change`] / [`Service::approve_change`], so the same signature and
 //!   separation-of-duties rules apply and open events are re-classified the same way.
@@ -29,7 +31,9 @@ pub mod tokens;
 
 use std::sync::Arc;
 
+use super::alerts::Router;
 use super::config::CollectorConfig;
+use crate::store::outbox::{NewAlert, OutboxRow};
 use crate::store::{Store, StoreError};
 use counters::Metrics;
 
@@ -75,16 +79,54 @@ pub struct Service {
     pub cfg: Arc<CollectorConfig>,
     /// Counters for `/metrics` (shared by every caller, so embedded ingestion is counted too).
     pub metrics: Arc<Metrics>,
+    /// Which alert goes to which `[[alert]]` sink (asked inside the ingest transaction).
+    pub alerts: Arc<Router>,
+    /// Wakes the delivery loop when alerts were enqueued, so they go out at once.
+    pub alert_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Service {
     /// A service over `store` with fresh counters.
     pub fn new(store: Arc<dyn Store>, cfg: Arc<CollectorConfig>) -> Service {
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        let alerts = Router::new(cfg.alerts.clone(), &format!("{scheme}://{}/", cfg.listen));
         Service {
             store,
             cfg,
             metrics: Arc::new(Metrics::default()),
+            alerts: Arc::new(alerts),
+            alert_wake: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Puts `alerts` in the outbox (off the async runtime) and wakes the delivery loop; returns
+    /// how many were new. A failure is logged: the watchers that call this raise the same
+    /// alert (same id) on their next round.
+    pub async fn enqueue_alerts(&self, alerts: Vec<NewAlert>) -> u64 {
+        if alerts.is_empty() {
+            return 0;
+        }
+        let store = self.store.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            store.enqueue_alerts(&alerts, jiff::Timestamp::now())
+        })
+        .await;
+        match done {
+            Ok(Ok(n)) => {
+                self.alert_wake.notify_one();
+                n
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "enqueueing alerts failed; the watcher tries again");
+                0
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// The newest `limit` alerts of the outbox (`alerts list`).
+    pub fn alert_list(&self, limit: u64) -> Result<Vec<OutboxRow>, ServiceError> {
+        Ok(self.store.list_alerts(limit)?)
     }
 
     /// Today in the KPI timezone.

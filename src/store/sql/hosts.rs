@@ -4,6 +4,7 @@
 use jiff::Timestamp;
 use jiff::civil::Date;
 
+use super::super::outbox::AlertPlan;
 use super::super::records::{self, from_micros, micros};
 use super::super::{HeartbeatOutcome, HostInfo, LatestScan, keep_latest};
 use super::{Conn, Res, Tx, TxKind, args};
@@ -33,6 +34,7 @@ pub fn heartbeat(
     hb: &Heartbeat,
     now: Timestamp,
     today: Date,
+    plan: &dyn AlertPlan,
 ) -> Res<HeartbeatOutcome> {
     let day = today.to_string();
     let coverage = records::coverage_column(hb);
@@ -41,10 +43,12 @@ pub fn heartbeat(
     // Locked: two collectors taking heartbeats of one host must not both see the old coverage
     // and both report a change.
     let sql = format!(
-        "SELECT coverage FROM hosts WHERE name = ?1{}",
+        "SELECT coverage, spool_dropped FROM hosts WHERE name = ?1{}",
         tx.dialect().for_update
     );
-    let before: Option<String> = tx.query_one("heartbeat", &sql, args![&hb.host])?.get(0)?;
+    let row = tx.query_one("heartbeat", &sql, args![&hb.host])?;
+    let before: Option<String> = row.get(0)?;
+    let dropped_before = row.count(1)?;
     let sql = format!(
         "UPDATE hosts SET agent_version = ?1, spool_dropped = {}(spool_dropped, ?2), spool_depth = ?3,
            coverage = ?4
@@ -62,10 +66,15 @@ pub fn heartbeat(
             &hb.host,
         ],
     )?;
+    let coverage_changed = before != coverage;
+    // The alerts commit with the heartbeat that caused them, or not at all.
+    let mut alerts = Vec::new();
+    // A host's first report of its coverage is no change anyone needs to hear about.
+    let alert_coverage = coverage_changed && before.is_some();
+    plan.on_heartbeat(hb, alert_coverage, dropped_before, &mut alerts);
+    super::outbox::insert(&mut *tx, &alerts, now)?;
     tx.commit()?;
-    Ok(HeartbeatOutcome {
-        coverage_changed: before != coverage,
-    })
+    Ok(HeartbeatOutcome { coverage_changed })
 }
 
 /// Every host, by name, as seen at `now`.

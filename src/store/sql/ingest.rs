@@ -10,10 +10,12 @@
 use jiff::Timestamp;
 use jiff::civil::Date;
 
+use super::super::outbox::AlertPlan;
 use super::super::records::{self, content_hash, event_body_of, from_micros, is_violation, micros};
 use super::super::{EventQuery, StoredEvent};
 use super::cursor::Cursor;
 use super::hosts::upsert_host;
+use super::outbox;
 use super::reclassify::{Reclass, append_reclass};
 use super::{Conn, Param, Res, Tx, TxKind, args};
 use crate::event::{EventBatch, IngestResult};
@@ -42,6 +44,7 @@ pub fn ingest(
     batch: &EventBatch,
     now: Timestamp,
     today: Date,
+    plan: &dyn AlertPlan,
 ) -> Res<IngestResult> {
     let day = today.to_string();
     let received = micros(now);
@@ -58,6 +61,8 @@ pub fn ingest(
     let mut result = IngestResult::default();
     let mut replays = 0i64;
     let mut resolve = Vec::new();
+    // Alerts for what this batch stores, inserted before the commit: with the events or not at all.
+    let mut alerts = Vec::new();
     for e in &batch.events {
         let seq = e.seq as i64;
         let ch = content_hash(e);
@@ -94,11 +99,19 @@ pub fn ingest(
             cursor.advance(hash);
             if seq > last_seq + 1 {
                 missing += seq - last_seq - 1;
+                plan.on_gap(
+                    &batch.host,
+                    &batch.environment,
+                    (last_seq + 1) as u64,
+                    (seq - 1) as u64,
+                    &mut alerts,
+                );
             } else if seq < last_seq && missing > 0 {
                 missing -= 1;
             }
             last_seq = last_seq.max(seq);
             result.stored += 1;
+            plan.on_event(&batch.host, &batch.environment, e, &mut alerts);
             if let Some(r) = resolves {
                 resolve.push((r, e.status.clone()));
             }
@@ -161,6 +174,7 @@ pub fn ingest(
         "UPDATE hosts SET last_seq = ?1, missing_seqs = ?2, replays = replays + ?3 WHERE name = ?4",
         args![last_seq, missing, replays, &batch.host],
     )?;
+    outbox::insert(&mut *tx, &alerts, now)?;
     cursor.save(&mut *tx)?;
     tx.commit()?;
     Ok(result)

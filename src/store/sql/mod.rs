@@ -21,6 +21,7 @@ pub mod dialect;
 mod hosts;
 mod ingest;
 mod kpi_days;
+mod outbox;
 mod reclassify;
 mod releases;
 mod tokens;
@@ -32,6 +33,7 @@ use jiff::tz::TimeZone;
 
 pub use dialect::Dialect;
 
+use super::outbox::{AlertCount, AlertPlan, NewAlert, OutboxRow, Settle};
 use super::{
     ChainHead, ChainReport, EventQuery, HeartbeatOutcome, HostInfo, LatestScan, Role, Store,
     StoreError, StoredChange, StoredEvent, StoredManifest, Token,
@@ -394,14 +396,46 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend.with(|c| tokens::revoke(c, id, now, today))
     }
 
-    fn record_heartbeat(&self, hb: &Heartbeat, now: Timestamp) -> Res<HeartbeatOutcome> {
+    fn record_heartbeat_alerting(
+        &self,
+        hb: &Heartbeat,
+        now: Timestamp,
+        plan: &dyn AlertPlan,
+    ) -> Res<HeartbeatOutcome> {
         let today = self.day_of(now);
-        self.backend.with(|c| hosts::heartbeat(c, hb, now, today))
+        self.backend
+            .with(|c| hosts::heartbeat(c, hb, now, today, plan))
     }
 
-    fn ingest(&self, batch: &EventBatch, now: Timestamp) -> Res<IngestResult> {
+    fn ingest_alerting(
+        &self,
+        batch: &EventBatch,
+        now: Timestamp,
+        plan: &dyn AlertPlan,
+    ) -> Res<IngestResult> {
         let today = self.day_of(now);
-        self.backend.with(|c| ingest::ingest(c, batch, now, today))
+        self.backend
+            .with(|c| ingest::ingest(c, batch, now, today, plan))
+    }
+
+    fn enqueue_alerts(&self, alerts: &[NewAlert], now: Timestamp) -> Res<u64> {
+        self.backend.with(|c| outbox::enqueue(c, alerts, now))
+    }
+
+    fn due_alerts(&self, now: Timestamp, limit: u64) -> Res<Vec<OutboxRow>> {
+        self.backend.with(|c| outbox::due(c, now, limit))
+    }
+
+    fn settle_alerts(&self, ids: &[String], outcome: &Settle, now: Timestamp) -> Res<()> {
+        self.backend.with(|c| outbox::settle(c, ids, outcome, now))
+    }
+
+    fn list_alerts(&self, limit: u64) -> Res<Vec<OutboxRow>> {
+        self.backend.with(|c| outbox::list(c, limit))
+    }
+
+    fn alert_counts(&self) -> Res<Vec<AlertCount>> {
+        self.backend.with(outbox::counts)
     }
 
     fn events(&self, q: &EventQuery) -> Res<Vec<StoredEvent>> {
