@@ -284,8 +284,8 @@ impl CollectorConfig {
             );
         }
         let (release_keys, approver_keys) = raw.trust.load_keys(&mut |name, m| field(name, Err(m)));
-        if has_trust && raw.trust.require_signatures && raw.trust.approver_keys.is_empty() {
-            field("trust.approver_keys", Err("require_signatures = true needs at least one approver key (or set require_signatures = false)".into()));
+        if has_trust && raw.trust.require_signatures && !raw.trust.has_approver_keys() {
+            field("trust.approver_keys", Err("require_signatures = true needs at least one approver key (trust.approver_keys or trust.approvers; or set require_signatures = false)".into()));
         }
         if let Some(t) = &raw.tls {
             for (name, f) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {

@@ -258,6 +258,10 @@ pub struct StoredChange {
     pub minisig: Option<String>,
     /// When the collector received this version.
     pub received_at: String,
+    /// Not stored: the approver the signature proves under the collector's keys (DESIGN
+    /// §12.2), filled in by the service when it lists entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_approver: Option<String>,
 }
 
 /// A signed manifest as the collector keeps it.
