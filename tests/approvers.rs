@@ -116,7 +116,7 @@ fn the_collector_refuses_an_approval_by_the_wrong_person_with_the_reason() {
         "{why}"
     );
     let ok = post(&Entry::new("CHG-11", &["app/**"]));
-    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.status, 201, "{}", ok.text());
 
     let list = c.get_json("/api/v1/changes", &admin);
     let list = list.as_array().expect("array");
