@@ -124,6 +124,26 @@ fn the_collector_refuses_an_approval_by_the_wrong_person_with_the_reason() {
     assert_eq!(list[0]["id"], "CHG-11");
     assert_eq!(list[0]["verified_approver"], "bob");
 
+    // An event the entry authorized shows who, provably, approved it.
+    let agent = site.token("agent", Some("web-01"));
+    let reader = site.token("reader", None);
+    let observed = common::rfc3339(-60);
+    c.ingest(
+        &agent,
+        &collector_common::batch(
+            "web-01",
+            vec![
+                collector_common::event(1, "app/a.php", "modified", "change:CHG-11", &observed),
+                collector_common::event(2, "app/b.php", "added", "unauthorized", &observed),
+            ],
+        ),
+    );
+    let evs = c.get_json("/api/v1/events", &reader);
+    let evs = evs.as_array().expect("array");
+    let by_path = |p: &str| evs.iter().find(|e| e["path"] == p).expect("event");
+    assert_eq!(by_path("app/a.php")["verified_approver"], "bob", "{evs:#?}");
+    assert!(by_path("app/b.php").get("verified_approver").is_none(), "{evs:#?}");
+
     let tf = site.token_file("admin.token", &admin);
     let out = run([
         OsStr::new("changes"),

@@ -133,6 +133,10 @@ pub struct StoredEvent {
     pub previous_blake3: Option<String>,
     /// New size.
     pub size: Option<u64>,
+    /// Not stored: for `change:`/`retroactive:` events, the approver the entry's signature
+    /// proves (DESIGN §12.2), filled in by the service when it lists events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_approver: Option<String>,
 }
 
 /// Filters for listing events.

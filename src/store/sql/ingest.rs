@@ -227,6 +227,7 @@ pub fn events(c: &mut dyn Conn, q: &EventQuery) -> Res<Vec<StoredEvent>> {
             blake3: r.get(14)?,
             previous_blake3: r.get(15)?,
             size: r.get::<Option<i64>>(16)?.map(|s| s as u64),
+            verified_approver: None,
         })
     })
 }
