@@ -143,7 +143,10 @@ impl TrustTable {
         let mut approvers = load("trust.approver_keys", &self.approver_keys);
         for a in &self.approvers {
             if a.name.trim().is_empty() {
-                bad("trust.approvers", format!("{}: name must not be empty", a.key.display()));
+                bad(
+                    "trust.approvers",
+                    format!("{}: name must not be empty", a.key.display()),
+                );
                 continue;
             }
             match load_public_key(&a.key) {
@@ -167,7 +170,9 @@ pub fn parse_approver_binding(s: &str) -> Result<ApproverBinding, String> {
             name: name.trim().to_string(),
             key: PathBuf::from(key),
         }),
-        _ => Err(format!("{s:?}: expected NAME=PUBKEY (e.g. bob=/etc/driftwatch/keys/bob.pub)")),
+        _ => Err(format!(
+            "{s:?}: expected NAME=PUBKEY (e.g. bob=/etc/driftwatch/keys/bob.pub)"
+        )),
     }
 }
 

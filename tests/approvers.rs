@@ -75,7 +75,15 @@ fn check_refuses_an_entry_whose_approver_is_not_the_signer() {
     assert_eq!(rows[0]["id"], "CHG-2");
     assert_eq!(rows[0]["verified_approver"], "bob");
     assert!(list.stderr.contains("CHG-1.toml"), "{}", list.stderr);
-    let bad = run(["check", "--root", "x", "--manifest", "y", "--approver", "bob"]);
+    let bad = run([
+        "check",
+        "--root",
+        "x",
+        "--manifest",
+        "y",
+        "--approver",
+        "bob",
+    ]);
     bad.expect_code(2);
     assert!(bad.stderr.contains("NAME=PUBKEY"), "{}", bad.stderr);
 }
@@ -99,7 +107,12 @@ fn the_collector_refuses_an_approval_by_the_wrong_person_with_the_reason() {
     let post = |e: &Entry| {
         let p = fx.write_entry(e);
         common::sign(&p, &bob.secret);
-        let sig = std::fs::read_to_string({ let mut s = p.clone().into_os_string(); s.push(".minisig"); std::path::PathBuf::from(s) }).expect("sig");
+        let sig = std::fs::read_to_string({
+            let mut s = p.clone().into_os_string();
+            s.push(".minisig");
+            std::path::PathBuf::from(s)
+        })
+        .expect("sig");
         c.post_json(
             "/api/v1/changes",
             Some(&admin),
@@ -110,7 +123,10 @@ fn the_collector_refuses_an_approval_by_the_wrong_person_with_the_reason() {
     carol.approved_by = Some("carol".into());
     let refused = post(&carol);
     assert_eq!(refused.status, 403, "{}", refused.text());
-    let why = refused.json()["error"].as_str().unwrap_or_default().to_string();
+    let why = refused.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         why.contains("\"carol\"") && why.contains("bound to approver \"bob\""),
         "{why}"
@@ -142,7 +158,10 @@ fn the_collector_refuses_an_approval_by_the_wrong_person_with_the_reason() {
     let evs = evs.as_array().expect("array");
     let by_path = |p: &str| evs.iter().find(|e| e["path"] == p).expect("event");
     assert_eq!(by_path("app/a.php")["verified_approver"], "bob", "{evs:#?}");
-    assert!(by_path("app/b.php").get("verified_approver").is_none(), "{evs:#?}");
+    assert!(
+        by_path("app/b.php").get("verified_approver").is_none(),
+        "{evs:#?}"
+    );
 
     let tf = site.token_file("admin.token", &admin);
     let out = run([

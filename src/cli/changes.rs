@@ -20,6 +20,9 @@ use crate::util::timefmt;
 /// `changes` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ChangesCommand {
+    /// Log a change in one command (DESIGN §12.2): write, sign when approving, register, print
+    /// the id.
+    New(super::changes_new::ChangesNewArgs),
     /// Register a change entry: from a file (its .minisig travels with it) or from flags.
     Add(ChangesAddArgs),
     /// List change entries.
@@ -148,6 +151,7 @@ fn entry_from_flags(a: &ChangesAddArgs) -> anyhow::Result<String> {
 /// `driftwatch changes ...`.
 pub fn run_changes(cmd: ChangesCommand) -> anyhow::Result<u8> {
     match cmd {
+        ChangesCommand::New(a) => super::changes_new::run(a),
         ChangesCommand::Add(a) => {
             let (text, mut sig) = match &a.file {
                 Some(f) => {
@@ -231,7 +235,8 @@ fn source_of(source: &SourceArgs) -> anyhow::Result<Source> {
     Source::open(source)
 }
 
-fn publish(
+/// Writes an entry (and its signature) into `dir`, or registers it on the source.
+pub(super) fn publish(
     id: &str,
     text: &str,
     sig: Option<String>,
@@ -333,7 +338,9 @@ fn list_changes(
     match format {
         TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         TableFormat::Csv => {
-            println!("id,summary,requested_by,approved_by,verified_approver,approved_at,start,end,hosts,trees,paths");
+            println!(
+                "id,summary,requested_by,approved_by,verified_approver,approved_at,start,end,hosts,trees,paths"
+            );
             for (e, _) in &entries {
                 let f = [
                     e.id.clone(),

@@ -7,6 +7,7 @@
 pub mod agent_cmds;
 pub mod audit;
 pub mod changes;
+pub mod changes_new;
 pub mod check;
 pub mod collector;
 pub mod events;

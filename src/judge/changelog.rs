@@ -359,11 +359,8 @@ pub fn approval_rules(
     allow_self_approval: bool,
 ) -> Result<Option<String>, String> {
     let verified = match signer {
-        Some(k) => sign::verified_approver(
-            k,
-            entry.approval.as_ref().map(|(by, _)| by.as_str()),
-        )
-        .map_err(|e| e.to_string())?,
+        Some(k) => sign::verified_approver(k, entry.approval.as_ref().map(|(by, _)| by.as_str()))
+            .map_err(|e| e.to_string())?,
         None => None,
     };
     if entry.is_self_approved() && !allow_self_approval {
@@ -478,10 +475,15 @@ end = 2026-11-20T23:00:00Z
         );
         let carol = parse(&GOOD.replace("\"bob\"", "\"carol\"")).unwrap();
         let why = approval_rules(&carol, Some(&bob), false).unwrap_err();
-        assert!(why.contains("\"carol\"") && why.contains("\"bob\""), "{why}");
+        assert!(
+            why.contains("\"carol\"") && why.contains("\"bob\""),
+            "{why}"
+        );
         // An `approver_keys` key attests whatever name the entry carries.
         assert_eq!(
-            approval_rules(&carol, Some(&any), false).unwrap().as_deref(),
+            approval_rules(&carol, Some(&any), false)
+                .unwrap()
+                .as_deref(),
             Some("carol")
         );
         assert_eq!(approval_rules(&carol, None, false).unwrap(), None);

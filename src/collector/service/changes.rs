@@ -200,8 +200,8 @@ impl Service {
         let sig = c.minisig.as_deref()?;
         let entry = ChangeEntry::parse(&c.toml, Path::new("change.toml")).ok()?;
         let origin = PathBuf::from(format!("{}.toml", c.id));
-        let signer = sign::verify_text(c.toml.as_bytes(), &origin, sig, &self.cfg.approver_keys)
-            .ok()?;
+        let signer =
+            sign::verify_text(c.toml.as_bytes(), &origin, sig, &self.cfg.approver_keys).ok()?;
         changelog::approval_rules(&entry, Some(signer), true)
             .ok()
             .flatten()
