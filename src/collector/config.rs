@@ -32,6 +32,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    itsm: Option<crate::collector::itsm::config::RawItsm>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +157,8 @@ pub struct CollectorConfig {
     pub audit_pubkey: Option<PathBuf>,
     /// Evidence store to serve (embedded mode: the agent's `STATE_DIR/evidence`).
     pub evidence_dir: Option<PathBuf>,
+    /// Ticket systems to import change entries from (DESIGN §12.2), when configured.
+    pub itsm: Option<crate::collector::itsm::config::ItsmConfig>,
     /// Why manifest and change-entry uploads are refused, when they are: the config has no
     /// `[trust]` table, so nothing uploaded could be checked. Ingestion, KPI and reads work.
     pub uploads_refused: Option<String>,
@@ -299,10 +303,14 @@ impl CollectorConfig {
         {
             field("audit.key", Err(format!("{}: {e}", k.display())));
         }
+        let itsm = raw
+            .itsm
+            .and_then(|i| i.validate(&mut |k, m| problems.push(format!("{p}: {k}: {m}"))));
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(CollectorConfig {
+            itsm,
             origin: origin.to_path_buf(),
             listen: listen.expect("checked"),
             tls: raw.tls.map(|t| Tls {

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod http;
+pub mod itsm;
 pub mod metrics;
 pub mod service;
 
@@ -100,6 +101,7 @@ impl Collector {
     /// Serves until `shutdown` completes, then lets requests in flight finish (up to 30 s).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let sealer = tokio::spawn(seal_finished_days(self.state.svc.clone()));
+        let pollers = itsm::poll::spawn(self.state.svc.clone());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // Slow-loris guard: a client must send its headers promptly.
@@ -163,6 +165,9 @@ impl Collector {
             });
         }
         sealer.abort();
+        for p in pollers {
+            p.abort();
+        }
         if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
             .await
             .is_err()

@@ -40,6 +40,12 @@ pub struct RawEntry {
     pub start: toml::Value,
     /// Window end.
     pub end: toml::Value,
+    /// Where the ticket lives when it was imported (`servicenow:CHG0030001`, DESIGN §12.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The ticket's URL in that system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// Optional exact results: path → `blake3:<hex>` or `absent`.
     #[serde(default)]
     pub expect: BTreeMap<String, String>,

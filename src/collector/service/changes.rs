@@ -209,7 +209,11 @@ impl Service {
 }
 
 /// Re-classifies every open unauthorized event an approved entry covers; returns how many.
-fn apply_entry(s: &dyn Store, entry: &ChangeEntry, now: Timestamp) -> Result<u64, StoreError> {
+pub(super) fn apply_entry(
+    s: &dyn Store,
+    entry: &ChangeEntry,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
     let Some((by, at)) = &entry.approval else {
         return Ok(0);
     };

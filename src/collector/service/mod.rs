@@ -24,6 +24,7 @@ pub mod counters;
 pub mod daily;
 pub mod hosts;
 pub mod ingest;
+pub mod itsm;
 pub mod kpi;
 pub mod tokens;
 
@@ -75,6 +76,8 @@ pub struct Service {
     pub cfg: Arc<CollectorConfig>,
     /// Counters for `/metrics` (shared by every caller, so embedded ingestion is counted too).
     pub metrics: Arc<Metrics>,
+    /// ITSM import status per source.
+    pub itsm: Arc<itsm::ItsmBoard>,
 }
 
 impl Service {
@@ -84,6 +87,7 @@ impl Service {
             store,
             cfg,
             metrics: Arc::new(Metrics::default()),
+            itsm: Arc::new(itsm::ItsmBoard::default()),
         }
     }
 
