@@ -331,7 +331,9 @@ fn list_changes(
                 "verified_approver": e.verified_approver,
                 "approved_at": e.approval.as_ref().map(|(_, t)| timefmt::format_timestamp(*t)),
                 "start": timefmt::format_timestamp(e.start), "end": timefmt::format_timestamp(e.end),
-                "hosts": e.raw.hosts, "trees": e.raw.trees, "paths": e.raw.paths, "source": origin,
+                "hosts": e.raw.hosts, "trees": e.raw.trees, "paths": e.raw.paths,
+                // Where the ticket lives when imported (servicenow:CHG…), else where it was read.
+                "source": e.raw.source.clone().unwrap_or_else(|| origin.clone()), "url": e.raw.url,
             })
         })
         .collect();
@@ -378,6 +380,7 @@ fn list_changes(
                     ),
                     None => "NOT APPROVED".into(),
                 };
+                let origin = e.raw.source.as_ref().unwrap_or(origin);
                 println!(
                     "{}  {}  [{approval}; requested by {}; {} → {}; hosts {}; paths {}; {origin}]",
                     e.id,
