@@ -380,6 +380,28 @@ fn approved_servicenow_changes_reach_the_agent_and_follow_the_ticket() {
             .contains("source = \"servicenow:CHG0030001\"")
     );
     assert!(e1["toml"].as_str().unwrap().contains("sys_id=sys1"));
+    let rtf = site.token_file("reader.token", &reader);
+    let listed = common::run([
+        "changes",
+        "list",
+        "--collector",
+        &c.url,
+        "--token-file",
+        rtf.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    listed.expect_code(0);
+    let rows = listed.json();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "CHG0030001")
+        .unwrap();
+    assert_eq!(row["source"], "servicenow:CHG0030001", "{row:#}");
+    assert_eq!(row["verified_approver"], "Bob Boss", "{row:#}");
+    assert!(row["url"].as_str().unwrap().ends_with("sys_id=sys1"), "{row:#}");
 
     // The emergency change is approved after the fact: re-classified retroactive.
     std::thread::sleep(Duration::from_millis(1100));
