@@ -401,7 +401,10 @@ fn approved_servicenow_changes_reach_the_agent_and_follow_the_ticket() {
         .unwrap();
     assert_eq!(row["source"], "servicenow:CHG0030001", "{row:#}");
     assert_eq!(row["verified_approver"], "Bob Boss", "{row:#}");
-    assert!(row["url"].as_str().unwrap().ends_with("sys_id=sys1"), "{row:#}");
+    assert!(
+        row["url"].as_str().unwrap().ends_with("sys_id=sys1"),
+        "{row:#}"
+    );
 
     // The emergency change is approved after the fact: re-classified retroactive.
     std::thread::sleep(Duration::from_millis(1100));

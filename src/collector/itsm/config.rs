@@ -37,8 +37,22 @@ struct RawSource {
     poll: String,
     #[serde(default)]
     query: Option<String>,
-    #[serde(default = "default_hosts_from")]
-    hosts_from: String,
+    #[serde(default)]
+    jql: Option<String>,
+    #[serde(default)]
+    hosts_from: Option<String>,
+    #[serde(default)]
+    start_from: Option<String>,
+    #[serde(default)]
+    end_from: Option<String>,
+    #[serde(default)]
+    approver_from: Option<String>,
+    #[serde(default)]
+    approved_at_from: Option<String>,
+    #[serde(default)]
+    requested_by_from: Option<String>,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
     #[serde(default)]
     paths_from: Option<String>,
     #[serde(default)]
@@ -52,10 +66,6 @@ struct RawSource {
 fn default_poll() -> String {
     "60s".into()
 }
-fn default_hosts_from() -> String {
-    // The configuration item the change is for: in most CMDBs, the host itself.
-    "cmdb_ci".into()
-}
 fn default_timeout() -> String {
     "10s".into()
 }
@@ -68,7 +78,7 @@ fn default_page_size() -> u32 {
 pub enum Kind {
     /// ServiceNow Table API.
     ServiceNow,
-    /// Jira REST API (not built yet: refused at load with a clear message).
+    /// Jira REST API (search with JQL, plus a webhook receiver).
     Jira,
 }
 
@@ -120,6 +130,25 @@ pub struct SourceConfig {
     pub timeout: Duration,
     /// Records per page.
     pub page_size: u32,
+    /// Jira: the fields holding the window, the approver and the approval time.
+    pub jira: Option<JiraFields>,
+    /// Jira: shared secret of the webhook's HMAC-SHA256 signature (no webhook without it).
+    pub secret_file: Option<PathBuf>,
+}
+
+/// Jira has no built-in change window or approval: custom fields carry them.
+#[derive(Debug, Clone)]
+pub struct JiraFields {
+    /// Window start (date-time field).
+    pub start_from: String,
+    /// Window end.
+    pub end_from: String,
+    /// Approver (user, multi-user or text field).
+    pub approver_from: String,
+    /// Approval time (date-time field).
+    pub approved_at_from: String,
+    /// Requester (default `reporter`).
+    pub requested_by_from: String,
 }
 
 /// The validated `[itsm]` table.
@@ -178,15 +207,12 @@ impl RawItsm {
             }
             let kind = match s.kind.as_str() {
                 "servicenow" => Kind::ServiceNow,
-                "jira" => {
+                "jira" => Kind::Jira,
+                other => {
                     bad(
                         at("kind"),
-                        "\"jira\" is not supported by this build yet (only \"servicenow\")".into(),
+                        format!("{other:?}: expected \"servicenow\" or \"jira\""),
                     );
-                    Kind::Jira
-                }
-                other => {
-                    bad(at("kind"), format!("{other:?}: expected \"servicenow\""));
                     Kind::ServiceNow
                 }
             };
@@ -219,13 +245,46 @@ impl RawItsm {
             if poll.is_zero() {
                 bad(at("poll"), "must be more than 0s".into());
             }
-            let query = s.query.unwrap_or_default();
+            let (query, query_key) = match kind {
+                Kind::ServiceNow => (s.query.unwrap_or_default(), "query"),
+                Kind::Jira => (s.jql.unwrap_or_default(), "jql"),
+            };
             if query.trim().is_empty() {
                 bad(
-                    at("query"),
-                    "missing: the sysparm_query selecting the change tickets".into(),
+                    at(query_key),
+                    "missing: the query selecting the change tickets".into(),
                 );
             }
+            let hosts_from = match (kind, s.hosts_from) {
+                (_, Some(h)) => h,
+                // The configuration item the change is for: in most CMDBs, the host itself.
+                (Kind::ServiceNow, None) => "cmdb_ci".into(),
+                (Kind::Jira, None) => {
+                    bad(
+                        at("hosts_from"),
+                        "missing: the field holding host globs".into(),
+                    );
+                    String::new()
+                }
+            };
+            let jira = match kind {
+                Kind::ServiceNow => None,
+                Kind::Jira => {
+                    let mut need = |k: &str, v: Option<String>| {
+                        v.filter(|v| !v.trim().is_empty()).unwrap_or_else(|| {
+                            bad(at(k), "missing: the Jira field that holds it".into());
+                            String::new()
+                        })
+                    };
+                    Some(JiraFields {
+                        start_from: need("start_from", s.start_from),
+                        end_from: need("end_from", s.end_from),
+                        approver_from: need("approver_from", s.approver_from),
+                        approved_at_from: need("approved_at_from", s.approved_at_from),
+                        requested_by_from: s.requested_by_from.unwrap_or_else(|| "reporter".into()),
+                    })
+                }
+            };
             let paths_from = s.paths_from.unwrap_or_default();
             if paths_from.trim().is_empty() {
                 // A ticket system has no field for path globs out of the box; without one every
@@ -245,11 +304,13 @@ impl RawItsm {
                 credentials,
                 poll,
                 query,
-                hosts_from: s.hosts_from,
+                hosts_from,
                 paths_from,
                 trees_from: s.trees_from,
                 timeout,
                 page_size: s.page_size,
+                jira,
+                secret_file: s.secret_file,
             });
         }
         ok_before.get().then_some(ItsmConfig {

@@ -15,6 +15,8 @@
 //! case: its `approved_at` is after the observation, which §6 already classifies `retroactive:`.
 
 pub mod config;
+pub mod http;
+pub mod jira;
 pub mod poll;
 pub mod servicenow;
 
@@ -120,11 +122,16 @@ pub enum FetchError {
     Credentials { path: String, message: String },
 }
 
-/// Parses a ticket-system time: RFC 3339, or ServiceNow's `YYYY-MM-DD HH:MM:SS` (the `value`
-/// of a date field is always UTC, whatever the instance's or user's time zone).
+/// Parses a ticket-system time: RFC 3339, Jira's `…T…:SS.sss+hhmm`, or ServiceNow's
+/// `YYYY-MM-DD HH:MM:SS` (the `value` of a date field is always UTC, whatever the instance's or
+/// user's time zone).
 pub fn parse_time(s: &str) -> Result<Timestamp, String> {
     let t = s.trim();
     if let Ok(ts) = timefmt::parse_timestamp(t) {
+        return Ok(ts);
+    }
+    // Jira: `2026-11-20T22:00:00.000+0000` (an offset without a colon).
+    if let Ok(ts) = Timestamp::strptime("%Y-%m-%dT%H:%M:%S%.f%z", t) {
         return Ok(ts);
     }
     jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", t)

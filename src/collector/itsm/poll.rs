@@ -53,8 +53,15 @@ pub fn spawn(svc: Arc<Service>) -> Vec<tokio::task::JoinHandle<()>> {
                         None
                     }
                 },
-                // Refused at config load; never reached.
-                Kind::Jira => None,
+                Kind::Jira => match super::jira::Jira::new(cfg.clone()) {
+                    Ok(client) => Some(tokio::spawn(run(svc.clone(), cfg, client, key.clone()))),
+                    Err(e) => {
+                        tracing::error!(source = %name, "itsm: {e}");
+                        svc.itsm
+                            .update(&name, |st| st.last_error = Some(e.to_string()));
+                        None
+                    }
+                },
             }
         })
         .collect()

@@ -9,119 +9,28 @@
 //! `cmdb_ci`, the person's name for `requested_by` and `approver`), since the `value` of a
 //! reference is an opaque sys_id.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
-use super::config::{Credentials, SourceConfig};
+use super::config::SourceConfig;
+use super::http::Http;
 use super::{Approval, FetchError, Ticket, TicketSource, TicketState, split_list};
 use crate::client::encode;
-
-/// Attempts per request before a poll gives up on the instance (network trouble, 5xx, 429).
-const ATTEMPTS: u32 = 3;
 
 /// A ServiceNow instance, as one source.
 pub struct ServiceNow {
     cfg: SourceConfig,
-    http: reqwest::Client,
-    /// First retry delay; doubled at each retry.
-    backoff: Duration,
+    http: Http,
 }
 
 impl ServiceNow {
     /// A client for the source's instance, with its timeout.
     pub fn new(cfg: SourceConfig) -> Result<ServiceNow, FetchError> {
-        crate::client::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .connect_timeout(cfg.timeout)
-            .timeout(cfg.timeout)
-            .build()
-            .map_err(|e| FetchError::Unavailable {
-                url: cfg.url.clone(),
-                message: e.to_string(),
-            })?;
-        Ok(ServiceNow {
-            cfg,
-            http,
-            backoff: Duration::from_millis(500),
-        })
+        let http = Http::new(&cfg)?;
+        Ok(ServiceNow { cfg, http })
     }
 
-    fn secret(path: &std::path::Path) -> Result<String, FetchError> {
-        let text = std::fs::read_to_string(path).map_err(|e| FetchError::Credentials {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let line = text.lines().next().unwrap_or_default().trim().to_string();
-        if line.is_empty() {
-            return Err(FetchError::Credentials {
-                path: path.display().to_string(),
-                message: "empty".into(),
-            });
-        }
-        Ok(line)
-    }
-
-    /// GET a Table API path; retries what may pass (network, timeout, 429, 5xx) with backoff.
     async fn get(&self, path: &str) -> Result<Value, FetchError> {
-        let url = format!("{}{path}", self.cfg.url);
-        let mut delay = self.backoff;
-        let mut last = String::new();
-        for attempt in 1..=ATTEMPTS {
-            let req = self.http.get(&url).header("Accept", "application/json");
-            let req = match &self.cfg.credentials {
-                Credentials::Basic {
-                    user,
-                    password_file,
-                } => req.basic_auth(user, Some(Self::secret(password_file)?)),
-                Credentials::Bearer { token_file } => req.bearer_auth(Self::secret(token_file)?),
-            };
-            match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let body = resp.bytes().await.unwrap_or_default();
-                    let json: Option<Value> = serde_json::from_slice(&body).ok();
-                    if (200..300).contains(&status) {
-                        return json.ok_or_else(|| FetchError::Malformed {
-                            url: url.clone(),
-                            message: "body is not JSON".into(),
-                        });
-                    }
-                    let message = json
-                        .as_ref()
-                        .map(error_message)
-                        .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-                    match status {
-                        401 | 403 => {
-                            return Err(FetchError::Refused {
-                                url: self.cfg.url.clone(),
-                                status,
-                                message,
-                            });
-                        }
-                        429 | 500.. => last = format!("HTTP {status}: {message}"),
-                        _ => {
-                            return Err(FetchError::Malformed {
-                                url,
-                                message: format!("HTTP {status}: {message}"),
-                            });
-                        }
-                    }
-                }
-                Err(e) if e.is_timeout() => {
-                    last = format!("no answer within {:?}", self.cfg.timeout)
-                }
-                Err(e) => last = e.to_string(),
-            }
-            if attempt < ATTEMPTS {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
-        Err(FetchError::Unavailable {
-            url,
-            message: format!("{last} (after {ATTEMPTS} attempts)"),
-        })
+        self.http.get(path, error_message).await
     }
 
     async fn approvals(&self, sys_id: &str) -> Result<Vec<Approval>, FetchError> {
@@ -270,8 +179,9 @@ fn ticket(r: &Value, cfg: &SourceConfig) -> (Ticket, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collector::itsm::config::Kind;
+    use crate::collector::itsm::config::{Credentials, Kind};
     use serde_json::json;
+    use std::time::Duration;
 
     fn cfg() -> SourceConfig {
         SourceConfig {
@@ -288,6 +198,8 @@ mod tests {
             trees_from: Some("u_driftwatch_trees".into()),
             timeout: Duration::from_secs(5),
             page_size: 100,
+            jira: None,
+            secret_file: None,
         }
     }
 
