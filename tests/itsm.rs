@@ -32,6 +32,8 @@ struct SnowState {
     changes: Vec<Value>,
     /// `sysapproval_approver` records by the change's sys_id.
     approvals: HashMap<String, Vec<Value>>,
+    /// Jira issues (`/rest/api/2/search`).
+    issues: Vec<Value>,
     /// Answer 401 to everything.
     refuse: bool,
     /// Answer 503 to everything.
@@ -120,6 +122,16 @@ fn answer(state: &Mutex<SnowState>, target: &str, auth: Option<&str>) -> (u16, V
                 .unwrap_or_else(|| panic!("unexpected approval query {q:?}"));
             let list = st.approvals.get(id).cloned().unwrap_or_default();
             (200, json!({"result": list}))
+        }
+        "/rest/api/2/search" => {
+            assert!(p["jql"].contains("project = CHG"), "{p:?}");
+            let start: usize = p["startAt"].parse().unwrap();
+            let max: usize = p["maxResults"].parse().unwrap();
+            let page: Vec<Value> = st.issues.iter().skip(start).take(max).cloned().collect();
+            (
+                200,
+                json!({"startAt": start, "maxResults": max, "total": st.issues.len(), "issues": page}),
+            )
         }
         _ => (
             400,
@@ -546,4 +558,141 @@ fn an_itsm_config_names_every_problem() {
         assert!(all.contains(want), "{want} not named in:\n{all}");
     }
     assert_eq!(out.code, 2, "{all}");
+}
+
+/// A Jira change issue approved by Bob, for `web-*` over `paths`, window now ± 1 h (Jira's
+/// date-time format, with an offset).
+fn issue(key: &str, paths: &str) -> Value {
+    let jira_time = |off: i64| {
+        Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(off))
+            .unwrap()
+            .to_zoned(jiff::tz::TimeZone::get("Europe/Berlin").unwrap())
+            .strftime("%Y-%m-%dT%H:%M:%S%.3f%z")
+            .to_string()
+    };
+    json!({
+        "id": "10042",
+        "key": key,
+        "self": format!("https://acme.atlassian.net/rest/api/2/issue/{key}"),
+        "fields": {
+            "summary": "Rotate keys",
+            "status": {"name": "Approved", "statusCategory": {"key": "indeterminate"}},
+            "issuetype": {"name": "Change"},
+            "reporter": {"displayName": "Alice Adams", "accountId": "a1"},
+            "customfield_10050": jira_time(-3600),
+            "customfield_10051": jira_time(3600),
+            "customfield_10052": [{"displayName": "Bob Boss", "accountId": "b1"}],
+            "customfield_10053": jira_time(-7200),
+            "customfield_10060": "web-*",
+            "customfield_10061": paths,
+        }
+    })
+}
+
+#[test]
+fn jira_issues_are_imported_by_search_and_by_a_signed_webhook() {
+    let fx = Fx::empty();
+    let itsm = common::keygen(&fx.base.join("keys/itsm"));
+    let jira = FakeSnow::start();
+    let password = fx.base.join("jira.token");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let secret = fx.base.join("webhook.secret");
+    std::fs::write(&secret, "hook-s3cret\n").unwrap();
+    let site = Site::with(&format!(
+        "[trust]\nrelease_keys = [{rel}]\napprover_keys = [{pubk}]\n\n[itsm]\nkey = {key}\n\n[[itsm.source]]\nname = \"jira\"\nkind = \"jira\"\nurl = {url}\nuser = \"driftwatch\"\npassword_file = {pw}\npoll = \"1s\"\npage_size = 1\njql = \"project = CHG AND status = Approved\"\nhosts_from = \"customfield_10060\"\npaths_from = \"customfield_10061\"\nstart_from = \"customfield_10050\"\nend_from = \"customfield_10051\"\napprover_from = \"customfield_10052\"\napproved_at_from = \"customfield_10053\"\nsecret_file = {secret}\n",
+        rel = toml_str(&fx.release.public.display().to_string()),
+        pubk = toml_str(&itsm.public.display().to_string()),
+        key = toml_str(&itsm.secret.display().to_string()),
+        url = toml_str(&jira.url),
+        pw = toml_str(&password.display().to_string()),
+        secret = toml_str(&secret.display().to_string()),
+    ));
+    jira.with(|s| {
+        s.issues.push(issue("CHG-12", "app/**"));
+        s.issues.push(issue("CHG-13", ""));
+    });
+    let reader = site.token("reader", None);
+    let c = site.start();
+    let status = |what: &str, pred: &dyn Fn(&Value) -> bool| {
+        let mut last = Value::Null;
+        poll(Duration::from_secs(20), || {
+            let v = c.get_json("/api/v1/itsm", &reader);
+            last = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "jira")
+                .cloned()
+                .unwrap();
+            pred(&last).then(|| last.clone())
+        })
+        .unwrap_or_else(|| panic!("no {what}: {last:#}\n{}", c.stderr()))
+    };
+    let st = status("the search import", &|s| {
+        s["totals"]["imported"].as_u64() >= Some(1) && s["refused"]["CHG-13"].is_string()
+    });
+    assert!(
+        st["refused"]["CHG-13"]
+            .as_str()
+            .unwrap()
+            .contains("customfield_10061"),
+        "{st:#}"
+    );
+    assert!(
+        jira.with(|s| s.requests.iter().any(|r| r.contains("startAt=1"))),
+        "paged"
+    );
+    let changes = c.get_json("/api/v1/changes", &reader);
+    let e = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == "CHG-12")
+        .unwrap();
+    let text = e["toml"].as_str().unwrap();
+    assert!(text.contains("source = \"jira:CHG-12\""), "{text}");
+    assert!(text.contains("/browse/CHG-12"), "{text}");
+    assert_eq!(e["verified_approver"], "Bob Boss");
+
+    // The webhook: a wrong signature is 401 and counted; a right one imports at once.
+    let body = json!({"webhookEvent": "jira:issue_updated", "issue": issue("CHG-14", "lib/**")})
+        .to_string();
+    let post = |sig: &str| {
+        let req = format!(
+            "POST /api/v1/itsm/jira/webhook HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nX-Hub-Signature: {sig}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        c.raw(req.as_bytes())
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"hook-s3cret");
+    let good = format!(
+        "sha256={}",
+        hex::encode(ring::hmac::sign(&key, body.as_bytes()).as_ref())
+    );
+    let wrong_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"guess");
+    let bad = format!(
+        "sha256={}",
+        hex::encode(ring::hmac::sign(&wrong_key, body.as_bytes()).as_ref())
+    );
+    assert_eq!(post(&bad).status, 401);
+    let ok = post(&good);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["outcome"], "imported");
+    let st = status("the webhook count", &|s| s["webhook_refused"] == 1);
+    assert!(st["totals"]["imported"].as_u64() >= Some(2), "{st:#}");
+    let changes = c.get_json("/api/v1/changes", &reader);
+    assert!(
+        changes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == "CHG-14"),
+        "{changes:#}"
+    );
+    let metrics = c.get_text("/metrics", &reader);
+    assert!(
+        metrics.contains("driftwatch_itsm_webhook_refused_total{source=\"jira\"} 1"),
+        "{metrics}"
+    );
 }

@@ -219,6 +219,18 @@ pub fn render(svc: &Service) -> Result<String, ServiceError> {
         }
         let _ = writeln!(
             out,
+            "# HELP driftwatch_itsm_webhook_refused_total Webhook calls refused for their signature.\n# TYPE driftwatch_itsm_webhook_refused_total counter"
+        );
+        for st in &itsm {
+            let _ = writeln!(
+                out,
+                "driftwatch_itsm_webhook_refused_total{{source=\"{}\"}} {}",
+                label(&st.name),
+                st.webhook_refused
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP driftwatch_itsm_up Whether the last poll of the source worked.\n# TYPE driftwatch_itsm_up gauge"
         );
         for st in &itsm {

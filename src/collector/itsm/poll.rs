@@ -167,3 +167,39 @@ fn import(
             other => other.to_string(),
         })
 }
+
+/// A ticket pushed by the system (the Jira webhook): judged like a polled one and counted in
+/// the source's status. Loads the import key for the one call.
+pub fn import_pushed(
+    svc: &Service,
+    cfg: &SourceConfig,
+    t: &Ticket,
+    now: Timestamp,
+) -> Result<Outcome, String> {
+    let itsm = svc
+        .cfg
+        .itsm
+        .as_ref()
+        .ok_or_else(|| "no [itsm] table".to_string())?;
+    let key = sign::load_secret_key(&itsm.key).map_err(|e| e.to_string())?;
+    let r = import(svc, cfg.kind, t, &key, now);
+    let outcome = match &r {
+        Ok(o) => *o,
+        Err(reason) => {
+            tracing::warn!(source = %cfg.name, ticket = %t.number, "itsm: pushed ticket refused: {reason}");
+            Outcome::Refused
+        }
+    };
+    svc.itsm.update(&cfg.name, |st| {
+        *st.totals.entry(outcome.as_str().to_string()).or_default() += 1;
+        match &r {
+            Err(reason) => {
+                st.refused.insert(t.number.clone(), reason.clone());
+            }
+            Ok(_) => {
+                st.refused.remove(&t.number);
+            }
+        }
+    });
+    r
+}

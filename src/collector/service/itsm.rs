@@ -78,6 +78,8 @@ pub struct SourceStatus {
     pub refused: BTreeMap<String, String>,
     /// Polls that failed since start.
     pub failed_polls: u64,
+    /// Webhook calls refused (bad or missing signature) since start.
+    pub webhook_refused: u64,
 }
 
 /// Status of every source, shared by the poller, the API and `/metrics`.
