@@ -520,6 +520,14 @@ fn a_refusing_instance_is_logged_once_and_the_collector_keeps_serving() {
         metrics.contains("driftwatch_itsm_up{source=\"snow\"} 0"),
         "{metrics}"
     );
+    let page =
+        c.raw(format!("GET / HTTP/1.0\r\nHost: x\r\nCookie: dw_token={reader}\r\n\r\n").as_bytes());
+    let html = page.text();
+    assert!(html.contains("<table id=itsm>"), "{html}");
+    assert!(
+        html.contains("User Not Authenticated"),
+        "the dashboard shows the error: {html}"
+    );
 
     // Down for maintenance, then back: the import catches up.
     snow.with(|s| {
