@@ -34,6 +34,9 @@ struct SnowState {
     approvals: HashMap<String, Vec<Value>>,
     /// Jira issues (`/rest/api/2/search`).
     issues: Vec<Value>,
+    /// Change numbers the list query no longer returns (as when a ticket is sent back to
+    /// Assess and leaves an "approved" query); `number=` still finds them.
+    hidden: Vec<String>,
     /// Answer 401 to everything.
     refuse: bool,
     /// Answer 503 to everything.
@@ -105,9 +108,20 @@ fn answer(state: &Mutex<SnowState>, target: &str, auth: Option<&str>) -> (u16, V
             );
             let limit: usize = p["sysparm_limit"].parse().unwrap();
             let offset: usize = p.get("sysparm_offset").map_or(0, |o| o.parse().unwrap());
+            let number = |c: &Value| c["number"]["value"].as_str().unwrap_or("").to_string();
+            if let Some(n) = p["sysparm_query"].strip_prefix("number=") {
+                let one: Vec<Value> = st
+                    .changes
+                    .iter()
+                    .filter(|c| number(c) == n)
+                    .cloned()
+                    .collect();
+                return (200, json!({"result": one}));
+            }
             let page: Vec<Value> = st
                 .changes
                 .iter()
+                .filter(|c| !st.hidden.contains(&number(c)))
                 .skip(offset)
                 .take(limit)
                 .cloned()
@@ -546,6 +560,30 @@ fn a_refusing_instance_is_logged_once_and_the_collector_keeps_serving() {
     });
     assert!(st["last_error"].is_null(), "{st:#}");
     assert!(c.stderr().contains("poll works again"), "{}", c.stderr());
+
+    // Sent back to Assess: it leaves the "approved" query, is read by number and withdrawn.
+    snow.with(|s| {
+        s.changes[0]["approval"] = f("requested", "Requested");
+        s.changes[0]["state"] = f("-4", "Assess");
+        s.hidden.push("CHG0030009".into());
+    });
+    wait_status(
+        &c,
+        &reader,
+        "the withdrawal of a ticket gone from the query",
+        |s| s["totals"]["withdrawn"].as_u64() >= Some(1),
+    );
+    let v = versions(&site.db, "CHG0030009");
+    assert_eq!(v.len(), 2, "{v:#?}");
+    assert!(
+        !v[1].contains("approved_by") && v[1].contains("WITHDRAWN"),
+        "{}",
+        v[1]
+    );
+    assert!(
+        snow.with(|s| s.requests.iter().any(|r| r.contains("number%3DCHG0030009"))),
+        "read by number"
+    );
 }
 
 #[test]

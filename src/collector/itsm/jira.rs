@@ -26,6 +26,24 @@ impl Jira {
 }
 
 impl TicketSource for Jira {
+    async fn fetch_one(&self, number: &str) -> Result<Option<Ticket>, FetchError> {
+        let path = format!(
+            "/rest/api/2/search?jql={}&startAt=0&maxResults=1",
+            encode(&format!("key = \"{number}\""))
+        );
+        match self.http.get(&path, error_message).await {
+            Ok(v) => Ok(v["issues"]
+                .as_array()
+                .and_then(|a| a.first())
+                .map(|i| ticket_of(i, &self.cfg))),
+            // Jira answers 400 for a key that no longer exists (deleted or moved).
+            Err(FetchError::Malformed { message, .. }) if message.starts_with("HTTP 400") => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn fetch(&self) -> Result<Vec<Ticket>, FetchError> {
         let mut out = Vec::new();
         let mut start = 0usize;

@@ -99,6 +99,14 @@ pub struct Refusal {
 pub trait TicketSource: Send + Sync {
     /// Reads every ticket the configured query selects (all pages).
     fn fetch(&self) -> impl std::future::Future<Output = Result<Vec<Ticket>, FetchError>> + Send;
+
+    /// Reads one ticket by number, whatever the query says (`None`: it no longer exists). An
+    /// imported ticket sent back for assessment usually drops out of an "approved" query; it
+    /// must still be seen, or its entry would stay approved.
+    fn fetch_one(
+        &self,
+        number: &str,
+    ) -> impl std::future::Future<Output = Result<Option<Ticket>, FetchError>> + Send;
 }
 
 /// A poll failed as a whole (no ticket was judged).

@@ -73,7 +73,7 @@ async fn run(svc: Arc<Service>, cfg: SourceConfig, client: impl TicketSource, ke
     loop {
         let now = Timestamp::now();
         let name = cfg.name.clone();
-        match client.fetch().await {
+        match fetch_all(&svc, &cfg, &client).await {
             Err(e) => {
                 if last_error.as_ref() != Some(&e) {
                     tracing::error!(source = %name, "itsm: poll failed: {e}");
@@ -138,6 +138,50 @@ async fn run(svc: Arc<Service>, cfg: SourceConfig, client: impl TicketSource, ke
         }
         tokio::time::sleep(cfg.poll).await;
     }
+}
+
+/// The query's tickets, plus every ticket this source imported and still holds approved that
+/// the query no longer returns (read one by one; gone → withdrawn).
+async fn fetch_all(
+    svc: &Arc<Service>,
+    cfg: &SourceConfig,
+    client: &impl TicketSource,
+) -> Result<Vec<Ticket>, FetchError> {
+    let mut tickets = client.fetch().await?;
+    let svc2 = svc.clone();
+    let (prefix, url) = (format!("{}:", cfg.kind.as_str()), cfg.url.clone());
+    let held = tokio::task::spawn_blocking(move || {
+        svc2.changes()
+            .map(|list| {
+                list.into_iter()
+                    .filter_map(|c| {
+                        let e = crate::judge::changelog::ChangeEntry::parse(
+                            &c.toml,
+                            std::path::Path::new("x.toml"),
+                        )
+                        .ok()?;
+                        let ours = e.raw.source.as_deref()?.starts_with(&prefix)
+                            && e.raw.url.as_deref()?.starts_with(&url);
+                        (ours && e.approval.is_some()).then_some(c.id)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default();
+    for id in held {
+        if tickets.iter().any(|t| t.number == id) {
+            continue;
+        }
+        let t = client.fetch_one(&id).await?.unwrap_or_else(|| Ticket {
+            number: id.clone(),
+            state: Some(super::TicketState::NotApproved("no longer found".into())),
+            ..Ticket::default()
+        });
+        tickets.push(t);
+    }
+    Ok(tickets)
 }
 
 /// One ticket: mapped, signed, stored; the outcome or the reason it was refused.

@@ -54,6 +54,24 @@ impl ServiceNow {
 }
 
 impl TicketSource for ServiceNow {
+    async fn fetch_one(&self, number: &str) -> Result<Option<Ticket>, FetchError> {
+        let path = format!(
+            "/api/now/table/change_request?sysparm_query={}&sysparm_display_value=all&sysparm_limit=1",
+            encode(&format!("number={number}"))
+        );
+        let v = self.get(&path).await?;
+        let Some(r) = records(&v, &self.cfg.url)?.first() else {
+            return Ok(None);
+        };
+        let (mut t, sys_id) = ticket(r, &self.cfg);
+        if t.state == Some(TicketState::Approved)
+            && let Some(id) = sys_id
+        {
+            t.approvals = self.approvals(&id).await?;
+        }
+        Ok(Some(t))
+    }
+
     async fn fetch(&self) -> Result<Vec<Ticket>, FetchError> {
         let mut out = Vec::new();
         let limit = self.cfg.page_size as usize;
