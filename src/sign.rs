@@ -42,6 +42,13 @@ pub enum SignError {
         keys: String,
         message: String,
     },
+    /// Signed by a key bound to another person than the entry's `approved_by`.
+    #[error("approved_by {claimed:?} but signed by {key} which is bound to approver {bound:?}")]
+    WrongApprover {
+        key: PathBuf,
+        bound: String,
+        claimed: String,
+    },
     /// Refused to overwrite an existing key.
     #[error("{0}: already exists (use --force to overwrite)")]
     Exists(PathBuf),
@@ -54,6 +61,27 @@ pub struct TrustedKey {
     pub path: PathBuf,
     /// The key.
     pub key: PublicKey,
+    /// The one person this key may approve as (`[trust] approvers`); `None` for the keys of
+    /// `approver_keys`, which may sign for any name (a shared CAB key, the ITSM import key).
+    pub approver: Option<String>,
+}
+
+impl TrustedKey {
+    /// The same key, bound to one approver name.
+    pub fn bound_to(mut self, name: &str) -> TrustedKey {
+        self.approver = Some(name.to_string());
+        self
+    }
+}
+
+/// One `[trust] approvers` line: a person and the public key that proves their approvals.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverBinding {
+    /// The name an entry's `approved_by` must carry when this key signed it.
+    pub name: String,
+    /// The person's public key.
+    pub key: PathBuf,
 }
 
 /// The `[trust]` table shared by the agent and collector configs: which keys are trusted.
@@ -66,9 +94,12 @@ pub struct TrustTable {
     /// Refuse unsigned manifests and change entries.
     #[serde(default = "signatures_required")]
     pub require_signatures: bool,
-    /// Keys change entries must verify against.
+    /// Keys change entries must verify against; each may sign for any approver name.
     #[serde(default)]
     pub approver_keys: Vec<PathBuf>,
+    /// Keys bound to one person each: an entry they sign must name that person in `approved_by`.
+    #[serde(default)]
+    pub approvers: Vec<ApproverBinding>,
     /// Accept entries approved by their own requester.
     #[serde(default)]
     pub allow_self_approval: bool,
@@ -85,6 +116,7 @@ impl Default for TrustTable {
             release_keys: Vec::new(),
             require_signatures: true,
             approver_keys: Vec::new(),
+            approvers: Vec::new(),
             allow_self_approval: false,
         }
     }
@@ -107,10 +139,60 @@ impl TrustTable {
                 })
                 .collect()
         };
-        (
-            load("trust.release_keys", &self.release_keys),
-            load("trust.approver_keys", &self.approver_keys),
-        )
+        let release = load("trust.release_keys", &self.release_keys);
+        let mut approvers = load("trust.approver_keys", &self.approver_keys);
+        for a in &self.approvers {
+            if a.name.trim().is_empty() {
+                bad(
+                    "trust.approvers",
+                    format!("{}: name must not be empty", a.key.display()),
+                );
+                continue;
+            }
+            match load_public_key(&a.key) {
+                Ok(k) => approvers.push(k.bound_to(&a.name)),
+                Err(e) => bad("trust.approvers", e.to_string()),
+            }
+        }
+        (release, approvers)
+    }
+
+    /// Whether any key may approve change entries (`approver_keys` or `approvers`).
+    pub fn has_approver_keys(&self) -> bool {
+        !self.approver_keys.is_empty() || !self.approvers.is_empty()
+    }
+}
+
+/// Parses a `--approver NAME=PUBKEY` command-line binding.
+pub fn parse_approver_binding(s: &str) -> Result<ApproverBinding, String> {
+    match s.split_once('=') {
+        Some((name, key)) if !name.trim().is_empty() && !key.is_empty() => Ok(ApproverBinding {
+            name: name.trim().to_string(),
+            key: PathBuf::from(key),
+        }),
+        _ => Err(format!(
+            "{s:?}: expected NAME=PUBKEY (e.g. bob=/etc/driftwatch/keys/bob.pub)"
+        )),
+    }
+}
+
+/// The one rule binding approvals to people, used by `check`, the agent and the collector: the
+/// key that signed an entry must be allowed to approve as the name the entry gives. Returns the
+/// verified approver (`None` when the entry names none: it authorizes nothing anyway).
+pub fn verified_approver(
+    signer: &TrustedKey,
+    approved_by: Option<&str>,
+) -> Result<Option<String>, SignError> {
+    let Some(by) = approved_by else {
+        return Ok(None);
+    };
+    match &signer.approver {
+        Some(bound) if bound.trim() != by.trim() => Err(SignError::WrongApprover {
+            key: signer.path.clone(),
+            bound: bound.clone(),
+            claimed: by.to_string(),
+        }),
+        _ => Ok(Some(by.trim().to_string())),
     }
 }
 
@@ -146,6 +228,7 @@ pub fn load_public_key(path: &Path) -> Result<TrustedKey, SignError> {
     Ok(TrustedKey {
         path: path.to_path_buf(),
         key,
+        approver: None,
     })
 }
 

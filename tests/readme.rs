@@ -35,6 +35,7 @@ const RUN: &[&str] = &[
     "verify",
     "check",
     "changes add",
+    "changes new",
     "changes list",
     "changes approve",
     "config check",

@@ -488,7 +488,7 @@ impl AgentConfig {
                     "require_signatures = true needs at least one release key".into(),
                 );
             }
-            if raw.changes.dir.is_some() && raw.trust.approver_keys.is_empty() {
+            if raw.changes.dir.is_some() && !raw.trust.has_approver_keys() {
                 bad(
                     "trust.approver_keys",
                     "require_signatures = true with [changes] dir needs at least one approver key"

@@ -153,6 +153,8 @@ pub fn embedded_collector_config(
         audit_key: None,
         audit_pubkey: None,
         evidence_dir: Some(cfg.state_dir.join("evidence")),
+        // Ticket import is a fleet collector's job.
+        itsm: None,
         // The agent's own [trust] rules apply (its config check requires what it needs).
         uploads_refused: None,
         alerts: cfg.alerts.clone(),

@@ -20,6 +20,9 @@ use crate::util::timefmt;
 /// `changes` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ChangesCommand {
+    /// Log a change in one command (DESIGN §12.2): write, sign when approving, register, print
+    /// the id.
+    New(super::changes_new::ChangesNewArgs),
     /// Register a change entry: from a file (its .minisig travels with it) or from flags.
     Add(ChangesAddArgs),
     /// List change entries.
@@ -30,6 +33,12 @@ pub enum ChangesCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = TableFormat::Text)]
         format: TableFormat,
+        /// With --dir: approver key that may sign for any name; repeatable.
+        #[arg(long, value_name = "PUB")]
+        approver_pubkey: Vec<PathBuf>,
+        /// With --dir: an approver bound to their key, `NAME=PUB`; repeatable.
+        #[arg(long, value_name = "NAME=PUB", value_parser = sign::parse_approver_binding)]
+        approver: Vec<sign::ApproverBinding>,
         /// Or a collector / store.
         #[command(flatten)]
         source: SourceArgs,
@@ -142,6 +151,7 @@ fn entry_from_flags(a: &ChangesAddArgs) -> anyhow::Result<String> {
 /// `driftwatch changes ...`.
 pub fn run_changes(cmd: ChangesCommand) -> anyhow::Result<u8> {
     match cmd {
+        ChangesCommand::New(a) => super::changes_new::run(a),
         ChangesCommand::Add(a) => {
             let (text, mut sig) = match &a.file {
                 Some(f) => {
@@ -170,8 +180,16 @@ pub fn run_changes(cmd: ChangesCommand) -> anyhow::Result<u8> {
         ChangesCommand::List {
             dir,
             format,
+            approver_pubkey,
+            approver,
             source,
-        } => list_changes(dir.as_deref(), format, &source),
+        } => {
+            let mut keys = sign::load_public_keys(&approver_pubkey)?;
+            for a in &approver {
+                keys.push(sign::load_public_key(&a.key)?.bound_to(&a.name));
+            }
+            list_changes(dir.as_deref(), format, &keys, &source)
+        }
         ChangesCommand::Approve {
             id,
             by,
@@ -217,7 +235,8 @@ fn source_of(source: &SourceArgs) -> anyhow::Result<Source> {
     Source::open(source)
 }
 
-fn publish(
+/// Writes an entry (and its signature) into `dir`, or registers it on the source.
+pub(super) fn publish(
     id: &str,
     text: &str,
     sig: Option<String>,
@@ -271,6 +290,7 @@ fn fetch_change(id: &str, source: &SourceArgs) -> anyhow::Result<String> {
 fn list_changes(
     dir: Option<&Path>,
     format: TableFormat,
+    keys: &[sign::TrustedKey],
     source: &SourceArgs,
 ) -> anyhow::Result<u8> {
     let mut entries: Vec<(ChangeEntry, String)> = Vec::new();
@@ -278,16 +298,22 @@ fn list_changes(
         let log = changelog::load_dir(
             d,
             &Policy {
+                approver_keys: keys.to_vec(),
+                require_signatures: false,
                 allow_self_approval: true,
-                ..Policy::default()
             },
         )?;
+        // Listed, not hidden: the reader is told why these authorize nothing.
+        for r in &log.refused {
+            eprintln!("driftwatch: warning: {r}");
+        }
         for e in log.entries {
             entries.push((e, "local".into()));
         }
     } else {
         for c in source_of(source)?.changes()? {
-            let e = ChangeEntry::parse(&c.toml, Path::new(&format!("{}.toml", c.id)))?;
+            let mut e = ChangeEntry::parse(&c.toml, Path::new(&format!("{}.toml", c.id)))?;
+            e.verified_approver = c.verified_approver.clone();
             let signed = if c.minisig.is_some() {
                 "signed"
             } else {
@@ -302,16 +328,21 @@ fn list_changes(
             json!({
                 "id": e.id, "summary": e.summary, "requested_by": e.requested_by,
                 "approved_by": e.approval.as_ref().map(|(b, _)| b.clone()),
+                "verified_approver": e.verified_approver,
                 "approved_at": e.approval.as_ref().map(|(_, t)| timefmt::format_timestamp(*t)),
                 "start": timefmt::format_timestamp(e.start), "end": timefmt::format_timestamp(e.end),
-                "hosts": e.raw.hosts, "trees": e.raw.trees, "paths": e.raw.paths, "source": origin,
+                "hosts": e.raw.hosts, "trees": e.raw.trees, "paths": e.raw.paths,
+                // Where the ticket lives when imported (servicenow:CHG…), else where it was read.
+                "source": e.raw.source.clone().unwrap_or_else(|| origin.clone()), "url": e.raw.url,
             })
         })
         .collect();
     match format {
         TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         TableFormat::Csv => {
-            println!("id,summary,requested_by,approved_by,approved_at,start,end,hosts,trees,paths");
+            println!(
+                "id,summary,requested_by,approved_by,verified_approver,approved_at,start,end,hosts,trees,paths"
+            );
             for (e, _) in &entries {
                 let f = [
                     e.id.clone(),
@@ -321,6 +352,7 @@ fn list_changes(
                         .as_ref()
                         .map(|(b, _)| b.clone())
                         .unwrap_or_default(),
+                    e.verified_approver.clone().unwrap_or_default(),
                     e.approval
                         .as_ref()
                         .map(|(_, t)| timefmt::format_timestamp(*t))
@@ -338,11 +370,17 @@ fn list_changes(
         TableFormat::Text => {
             for (e, origin) in &entries {
                 let approval = match &e.approval {
-                    Some((by, at)) => {
-                        format!("approved by {by} at {}", timefmt::format_timestamp(*at))
-                    }
+                    Some((by, at)) => format!(
+                        "approved by {by} at {} ({})",
+                        timefmt::format_timestamp(*at),
+                        match &e.verified_approver {
+                            Some(v) => format!("verified: {v}"),
+                            None => "approver not verified".into(),
+                        }
+                    ),
                     None => "NOT APPROVED".into(),
                 };
+                let origin = e.raw.source.as_ref().unwrap_or(origin);
                 println!(
                     "{}  {}  [{approval}; requested by {}; {} → {}; hosts {}; paths {}; {origin}]",
                     e.id,

@@ -28,6 +28,10 @@ pub struct CheckArgs {
     /// Approver public key each change entry must verify against; repeatable.
     #[arg(long, value_name = "PUB")]
     pub approver_pubkey: Vec<PathBuf>,
+    /// An approver bound to their key, `NAME=PUB`: entries that key signs must say
+    /// `approved_by = NAME`; repeatable.
+    #[arg(long, value_name = "NAME=PUB", value_parser = crate::sign::parse_approver_binding)]
+    pub approver: Vec<crate::sign::ApproverBinding>,
     /// Host name matched against change entries (default: this machine's hostname).
     #[arg(long, value_name = "NAME")]
     pub host: Option<String>,
@@ -53,6 +57,7 @@ pub fn run_check(args: CheckArgs) -> anyhow::Result<u8> {
         pubkeys: args.pubkey,
         changes: args.changes,
         approver_pubkeys: args.approver_pubkey,
+        approvers: args.approver,
         host: args.host.unwrap_or_else(crate::util::host::hostname),
         exclude: args.exclude,
         allow_self_approval: args.allow_self_approval,

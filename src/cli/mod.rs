@@ -8,6 +8,7 @@ pub mod agent_cmds;
 pub mod alerts;
 pub mod audit;
 pub mod changes;
+pub mod changes_new;
 pub mod check;
 pub mod collector;
 pub mod events;

@@ -37,6 +37,7 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     alert: Vec<crate::collector::alerts::config::RawAlert>,
+    itsm: Option<crate::collector::itsm::config::RawItsm>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,6 +175,8 @@ pub struct CollectorConfig {
     pub audit_every: Duration,
     /// When (in the KPI timezone) yesterday's KPI is checked against the target (`kpi_missed`).
     pub report_at: jiff::civil::Time,
+    /// Ticket systems to import change entries from (DESIGN §12.2), when configured.
+    pub itsm: Option<crate::collector::itsm::config::ItsmConfig>,
     /// Why manifest and change-entry uploads are refused, when they are: the config has no
     /// `[trust]` table, so nothing uploaded could be checked. Ingestion, KPI and reads work.
     pub uploads_refused: Option<String>,
@@ -311,8 +314,8 @@ impl CollectorConfig {
             );
         }
         let (release_keys, approver_keys) = raw.trust.load_keys(&mut |name, m| field(name, Err(m)));
-        if has_trust && raw.trust.require_signatures && raw.trust.approver_keys.is_empty() {
-            field("trust.approver_keys", Err("require_signatures = true needs at least one approver key (or set require_signatures = false)".into()));
+        if has_trust && raw.trust.require_signatures && !raw.trust.has_approver_keys() {
+            field("trust.approver_keys", Err("require_signatures = true needs at least one approver key (trust.approver_keys or trust.approvers; or set require_signatures = false)".into()));
         }
         if let Some(t) = &raw.tls {
             for (name, f) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
@@ -344,6 +347,9 @@ impl CollectorConfig {
         let alerts = crate::collector::alerts::config::validate(&raw.alert, &mut |k, m| {
             problems.push(format!("{p}: {k}: {m}"))
         });
+        let itsm = raw
+            .itsm
+            .and_then(|i| i.validate(&mut |k, m| problems.push(format!("{p}: {k}: {m}"))));
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -351,6 +357,7 @@ impl CollectorConfig {
             alerts,
             audit_every: audit_every.expect("checked"),
             report_at: report_at.expect("checked"),
+            itsm,
             origin: origin.to_path_buf(),
             listen: listen.expect("checked"),
             tls: raw.tls.map(|t| Tls {

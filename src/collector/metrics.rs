@@ -189,6 +189,61 @@ pub fn render(svc: &Service) -> Result<String, ServiceError> {
         );
     }
     alerts(&mut out, svc)?;
+    // ITSM import (DESIGN §12.2): per source and outcome; bounded by the configured sources.
+    let itsm = svc.itsm_status();
+    if !itsm.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP driftwatch_itsm_tickets_total Tickets judged by the ITSM import, by outcome.\n# TYPE driftwatch_itsm_tickets_total counter"
+        );
+        for st in &itsm {
+            for (outcome, n) in &st.totals {
+                let _ = writeln!(
+                    out,
+                    "driftwatch_itsm_tickets_total{{source=\"{}\",outcome=\"{}\"}} {n}",
+                    label(&st.name),
+                    label(outcome)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP driftwatch_itsm_poll_failures_total Polls that could not read the tickets.\n# TYPE driftwatch_itsm_poll_failures_total counter"
+        );
+        for st in &itsm {
+            let _ = writeln!(
+                out,
+                "driftwatch_itsm_poll_failures_total{{source=\"{}\"}} {}",
+                label(&st.name),
+                st.failed_polls
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP driftwatch_itsm_webhook_refused_total Webhook calls refused for their signature.\n# TYPE driftwatch_itsm_webhook_refused_total counter"
+        );
+        for st in &itsm {
+            let _ = writeln!(
+                out,
+                "driftwatch_itsm_webhook_refused_total{{source=\"{}\"}} {}",
+                label(&st.name),
+                st.webhook_refused
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP driftwatch_itsm_up Whether the last poll of the source worked.\n# TYPE driftwatch_itsm_up gauge"
+        );
+        for st in &itsm {
+            let up = st.last_success.is_some() && st.last_error.is_none();
+            let _ = writeln!(
+                out,
+                "driftwatch_itsm_up{{source=\"{}\"}} {}",
+                label(&st.name),
+                u8::from(up)
+            );
+        }
+    }
     Ok(out)
 }
 

@@ -9,6 +9,7 @@
 pub mod alerts;
 pub mod config;
 pub mod http;
+pub mod itsm;
 pub mod metrics;
 pub mod service;
 
@@ -121,6 +122,7 @@ impl Collector {
                 tokio::spawn(alerts::outbox::watch_kpi(svc.clone())),
             ]
         };
+        let pollers = itsm::poll::spawn(self.state.svc.clone());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // Slow-loris guard: a client must send its headers promptly.
@@ -186,6 +188,9 @@ impl Collector {
         sealer.abort();
         for t in alerting {
             t.abort();
+        }
+        for p in pollers {
+            p.abort();
         }
         if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
             .await

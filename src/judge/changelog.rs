@@ -40,6 +40,12 @@ pub struct RawEntry {
     pub start: toml::Value,
     /// Window end.
     pub end: toml::Value,
+    /// Where the ticket lives when it was imported (`servicenow:CHG0030001`, DESIGN §12.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The ticket's URL in that system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// Optional exact results: path → `blake3:<hex>` or `absent`.
     #[serde(default)]
     pub expect: BTreeMap<String, String>,
@@ -69,6 +75,9 @@ pub struct ChangeEntry {
     pub start: Timestamp,
     /// Window end.
     pub end: Timestamp,
+    /// The approver proven by the signature (`approved_by`, once the key that signed it was
+    /// found allowed to approve as that name); `None` when unsigned or not checked.
+    pub verified_approver: Option<String>,
     /// The globs as written, for display.
     pub raw: RawEntry,
     hosts: GlobSet,
@@ -204,6 +213,7 @@ impl ChangeEntry {
             approval,
             start,
             end,
+            verified_approver: None,
             raw,
             hosts,
             trees,
@@ -308,12 +318,16 @@ pub fn load_dir(dir: &Path, policy: &Policy) -> Result<ChangeLog, ChangeLogError
                 message: format!("{:?} does not match the file name {stem:?}.toml", entry.id),
             });
         }
-        if let Some(reason) = refusal(&entry, &bytes, &path, policy) {
-            log.refused.push(format!(
-                "{}: {reason}; it authorizes nothing",
-                path.display()
-            ));
-            continue;
+        let mut entry = entry;
+        match admit(&entry, &bytes, &path, policy) {
+            Ok(verified) => entry.verified_approver = verified,
+            Err(reason) => {
+                log.refused.push(format!(
+                    "{}: {reason}; it authorizes nothing",
+                    path.display()
+                ));
+                continue;
+            }
         }
         log.entries.push(entry);
     }
@@ -322,18 +336,46 @@ pub fn load_dir(dir: &Path, policy: &Policy) -> Result<ChangeLog, ChangeLogError
 
 /// Why an otherwise valid entry may not authorize anything, if it may not.
 pub fn refusal(entry: &ChangeEntry, bytes: &[u8], path: &Path, policy: &Policy) -> Option<String> {
-    if (!policy.approver_keys.is_empty() || policy.require_signatures)
-        && let Err(e) = sign::verify_bytes(bytes, path, &policy.approver_keys)
-    {
-        return Some(e.to_string());
-    }
-    if entry.is_self_approved() && !policy.allow_self_approval {
-        return Some(format!(
+    admit(entry, bytes, path, policy).err()
+}
+
+/// Checks an entry file's signature (`path`'s `.minisig`) and the approval rules; the verified
+/// approver, or why the entry authorizes nothing.
+pub fn admit(
+    entry: &ChangeEntry,
+    bytes: &[u8],
+    path: &Path,
+    policy: &Policy,
+) -> Result<Option<String>, String> {
+    let signer = if !policy.approver_keys.is_empty() || policy.require_signatures {
+        Some(sign::verify_bytes(bytes, path, &policy.approver_keys).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    approval_rules(entry, signer, policy.allow_self_approval)
+}
+
+/// The approval rules once the signature is known good (or not checked: `signer` is `None`):
+/// the signing key must be allowed to approve as `approved_by` (DESIGN §12.2), and the approver
+/// must not be the requester (separation of duties, per person). `check`, the agent and the
+/// collector all come here. Returns the verified approver.
+pub fn approval_rules(
+    entry: &ChangeEntry,
+    signer: Option<&TrustedKey>,
+    allow_self_approval: bool,
+) -> Result<Option<String>, String> {
+    let verified = match signer {
+        Some(k) => sign::verified_approver(k, entry.approval.as_ref().map(|(by, _)| by.as_str()))
+            .map_err(|e| e.to_string())?,
+        None => None,
+    };
+    if entry.is_self_approved() && !allow_self_approval {
+        return Err(format!(
             "approved by its own requester {:?} (separation of duties)",
             entry.requested_by
         ));
     }
-    None
+    Ok(verified)
 }
 
 #[cfg(test)]
@@ -424,6 +466,33 @@ end = 2026-11-20T23:00:00Z
         assert!(!e.allows_result(&p("app/checkout/other.js"), Some(&state(0xab))));
         let outside = format!("{GOOD}\n[expect]\n\"etc/passwd\" = \"absent\"\n");
         assert!(parse(&outside).unwrap_err().contains("not covered"));
+    }
+
+    #[test]
+    fn a_bound_key_approves_only_as_its_person() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, public) = sign::keygen(&dir.path().join("bob"), false).unwrap();
+        let any = sign::load_public_key(&public).unwrap();
+        let bob = any.clone().bound_to("bob");
+        let e = parse(GOOD).unwrap();
+        assert_eq!(
+            approval_rules(&e, Some(&bob), false).unwrap().as_deref(),
+            Some("bob")
+        );
+        let carol = parse(&GOOD.replace("\"bob\"", "\"carol\"")).unwrap();
+        let why = approval_rules(&carol, Some(&bob), false).unwrap_err();
+        assert!(
+            why.contains("\"carol\"") && why.contains("\"bob\""),
+            "{why}"
+        );
+        // An `approver_keys` key attests whatever name the entry carries.
+        assert_eq!(
+            approval_rules(&carol, Some(&any), false)
+                .unwrap()
+                .as_deref(),
+            Some("carol")
+        );
+        assert_eq!(approval_rules(&carol, None, false).unwrap(), None);
     }
 
     #[test]

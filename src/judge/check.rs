@@ -28,6 +28,9 @@ pub struct CheckOptions {
     pub changes: Option<PathBuf>,
     /// Approver keys; when given, each change entry must verify against one of them.
     pub approver_pubkeys: Vec<PathBuf>,
+    /// Keys bound to one approver each (`--approver NAME=PUB`): an entry they sign must name
+    /// that person in `approved_by`.
+    pub approvers: Vec<crate::sign::ApproverBinding>,
     /// Host name the change entries are matched against.
     pub host: String,
     /// Extra exclusions.
@@ -229,10 +232,13 @@ fn load_changes(opts: &CheckOptions, warnings: &mut Vec<String>) -> Result<Chang
     let Some(dir) = &opts.changes else {
         return Ok(ChangeLog::default());
     };
-    let approver_keys = sign::load_public_keys(&opts.approver_pubkeys)?;
+    let mut approver_keys = sign::load_public_keys(&opts.approver_pubkeys)?;
+    for a in &opts.approvers {
+        approver_keys.push(sign::load_public_key(&a.key)?.bound_to(&a.name));
+    }
     if approver_keys.is_empty() {
         warnings.push(format!(
-            "{}: change entries not signature-checked (no --approver-pubkey given)",
+            "{}: change entries not signature-checked (no --approver-pubkey or --approver given)",
             dir.display()
         ));
     }

@@ -137,6 +137,10 @@ pub struct StoredEvent {
     /// What a `metadata` change touched (`security.capability added`), when the agent said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Not stored: for `change:`/`retroactive:` events, the approver the entry's signature
+    /// proves (DESIGN §12.2), filled in by the service when it lists events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_approver: Option<String>,
 }
 
 /// Filters for listing events.
@@ -262,6 +266,10 @@ pub struct StoredChange {
     pub minisig: Option<String>,
     /// When the collector received this version.
     pub received_at: String,
+    /// Not stored: the approver the signature proves under the collector's keys (DESIGN
+    /// §12.2), filled in by the service when it lists entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_approver: Option<String>,
 }
 
 /// A signed manifest as the collector keeps it.

@@ -326,6 +326,39 @@ fn page(svc: &Service, d: &Data, env: Option<&str>) -> String {
         }
         h.push_str("</table>");
     }
+    // Ticket imports (§12.2): a source that stopped working stops feeding the change log.
+    let itsm = svc.itsm_status();
+    if !itsm.is_empty() {
+        h.push_str("<h2>Ticket imports</h2><table id=itsm><tr><th>source</th><th>last poll</th><th>status</th><th>seen</th><th>imported</th><th>updated</th><th>withdrawn</th><th>refused</th></tr>");
+        for st in &itsm {
+            let n = |k: &str| st.totals.get(k).copied().unwrap_or(0);
+            let (cls, status) = match &st.last_error {
+                Some(e) => (" class=bad", e.clone()),
+                None if st.last_success.is_some() => ("", "ok".to_string()),
+                None => ("", "not polled yet".to_string()),
+            };
+            let refused: Vec<String> = st
+                .refused
+                .iter()
+                .map(|(t, why)| format!("{t}: {why}"))
+                .collect();
+            let _ = write!(
+                h,
+                "<tr{cls}><td>{} ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td title=\"{}\">{}</td></tr>",
+                esc(&st.name),
+                esc(&st.kind),
+                esc(st.last_poll.as_deref().unwrap_or("")),
+                esc(&status),
+                st.tickets_seen,
+                n("imported"),
+                n("updated"),
+                n("withdrawn"),
+                esc(&refused.join("; ")),
+                n("refused"),
+            );
+        }
+        h.push_str("</table>");
+    }
     let _ = write!(
         h,
         "<h2>Per host, {} to {}</h2><table id=hosts><tr><th>host</th><th>environment</th><th>changes</th><th>unauthorized</th><th>compliance</th><th>host-days ok</th><th>silent days</th></tr>",

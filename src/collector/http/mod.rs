@@ -47,6 +47,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/changes/{id}/approve", post(admin::approve_change))
         .route("/api/v1/kpi", get(reader::get_kpi))
+        .route("/api/v1/itsm", get(reader::get_itsm))
+        .route("/api/v1/itsm/{name}/webhook", post(admin::itsm_webhook))
         .route("/api/v1/hosts", get(reader::get_hosts))
         .route("/api/v1/alerts", get(reader::get_alerts))
         .route("/api/v1/audit/verify", get(reader::get_audit))

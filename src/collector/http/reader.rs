@@ -182,3 +182,11 @@ pub(super) async fn get_metrics(State(state): State<Arc<AppState>>) -> ApiResult
     let text = state.run(crate::collector::metrics::render).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
+
+/// `GET /api/v1/itsm`: import status per ticket source (DESIGN §12.2).
+pub(super) async fn get_itsm(
+    _: Auth<Readers>,
+    State(state): State<Arc<AppState>>,
+) -> ApiResult<Response> {
+    Ok(axum::Json(state.svc.itsm_status()).into_response())
+}

@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::{Service, ServiceError};
-use crate::judge::changelog::ChangeEntry;
+use crate::judge::changelog::{self, ChangeEntry};
 use crate::judge::classify::{self, StoredChangeRef};
 use crate::judge::manifest::{self, Manifest};
 use crate::sign;
@@ -68,7 +68,11 @@ impl Service {
 
     /// Latest version of every change entry.
     pub fn changes(&self) -> Result<Vec<StoredChange>, ServiceError> {
-        Ok(self.store.changes()?)
+        let mut list = self.store.changes()?;
+        for c in &mut list {
+            c.verified_approver = self.verified_approver(c);
+        }
+        Ok(list)
     }
 
     /// Registers a change entry (new, or a new version). `expect_id` is the id the caller
@@ -94,18 +98,15 @@ impl Service {
             )));
         }
         let origin = PathBuf::from(format!("{}.toml", entry.id));
-        self.check_signature(
+        let signer = self.check_signature(
             text.as_bytes(),
             &origin,
             doc.minisig.as_deref(),
             &self.cfg.approver_keys,
         )?;
-        if entry.is_self_approved() && !self.cfg.allow_self_approval {
-            return Err(ServiceError::Forbidden(format!(
-                "{}: approved by its own requester {:?} (separation of duties)",
-                entry.id, entry.requested_by
-            )));
-        }
+        // The same rule as `check` and the agent: a key bound to a person approves only as them.
+        changelog::approval_rules(&entry, signer, self.cfg.allow_self_approval)
+            .map_err(|why| ServiceError::Forbidden(format!("{}: {why}", entry.id)))?;
         self.store
             .put_change(&entry.id, &text, doc.minisig.as_deref(), now)?;
         let reclassified = apply_entry(self.store.as_ref(), &entry, now)?;
@@ -173,32 +174,46 @@ impl Service {
         Ok(self.store.manifest(tree)?)
     }
 
-    fn check_signature(
+    /// Checks the signature when one came and keys are set; the key that signed, if checked.
+    fn check_signature<'k>(
         &self,
         data: &[u8],
         origin: &Path,
         sig: Option<&str>,
-        keys: &[sign::TrustedKey],
-    ) -> Result<(), ServiceError> {
+        keys: &'k [sign::TrustedKey],
+    ) -> Result<Option<&'k sign::TrustedKey>, ServiceError> {
         match sig {
-            Some(sig) if !keys.is_empty() => {
-                sign::verify_text(data, origin, sig, keys)
-                    .map_err(|e| ServiceError::Invalid(e.to_string()))?;
-            }
-            _ if self.cfg.require_signatures => {
-                return Err(ServiceError::Invalid(format!(
-                    "{}: a valid minisig is required (require_signatures = true)",
-                    origin.display()
-                )));
-            }
-            _ => {}
+            Some(sig) if !keys.is_empty() => sign::verify_text(data, origin, sig, keys)
+                .map(Some)
+                .map_err(|e| ServiceError::Invalid(e.to_string())),
+            _ if self.cfg.require_signatures => Err(ServiceError::Invalid(format!(
+                "{}: a valid minisig is required (require_signatures = true)",
+                origin.display()
+            ))),
+            _ => Ok(None),
         }
-        Ok(())
+    }
+
+    /// The approver a stored entry's signature proves under this collector's keys (for lists
+    /// and events); `None` when unsigned, not verifiable, or not approved.
+    pub fn verified_approver(&self, c: &StoredChange) -> Option<String> {
+        let sig = c.minisig.as_deref()?;
+        let entry = ChangeEntry::parse(&c.toml, Path::new("change.toml")).ok()?;
+        let origin = PathBuf::from(format!("{}.toml", c.id));
+        let signer =
+            sign::verify_text(c.toml.as_bytes(), &origin, sig, &self.cfg.approver_keys).ok()?;
+        changelog::approval_rules(&entry, Some(signer), true)
+            .ok()
+            .flatten()
     }
 }
 
 /// Re-classifies every open unauthorized event an approved entry covers; returns how many.
-fn apply_entry(s: &dyn Store, entry: &ChangeEntry, now: Timestamp) -> Result<u64, StoreError> {
+pub(super) fn apply_entry(
+    s: &dyn Store,
+    entry: &ChangeEntry,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
     let Some((by, at)) = &entry.approval else {
         return Ok(0);
     };

@@ -57,7 +57,26 @@ impl Service {
 
     /// Stored events matching `q`.
     pub fn events(&self, q: &EventQuery) -> Result<Vec<StoredEvent>, ServiceError> {
-        Ok(self.store.events(q)?)
+        let mut events = self.store.events(q)?;
+        // Only worth reading the change log when some event was authorized by an entry.
+        let by_entry = |s: &str| {
+            s.strip_prefix("change:")
+                .or_else(|| s.strip_prefix("retroactive:"))
+                .map(str::to_string)
+        };
+        if events.iter().any(|e| by_entry(&e.status).is_some()) {
+            let approvers: std::collections::HashMap<String, String> = self
+                .changes()?
+                .into_iter()
+                .filter_map(|c| Some((c.id, c.verified_approver?)))
+                .collect();
+            for e in &mut events {
+                if let Some(id) = by_entry(&e.status) {
+                    e.verified_approver = approvers.get(&id).cloned();
+                }
+            }
+        }
+        Ok(events)
     }
 }
 

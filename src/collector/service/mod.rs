@@ -26,6 +26,7 @@ pub mod counters;
 pub mod daily;
 pub mod hosts;
 pub mod ingest;
+pub mod itsm;
 pub mod kpi;
 pub mod tokens;
 
@@ -83,6 +84,8 @@ pub struct Service {
     pub alerts: Arc<Router>,
     /// Wakes the delivery loop when alerts were enqueued, so they go out at once.
     pub alert_wake: Arc<tokio::sync::Notify>,
+    /// ITSM import status per source.
+    pub itsm: Arc<itsm::ItsmBoard>,
 }
 
 impl Service {
@@ -96,6 +99,7 @@ impl Service {
             metrics: Arc::new(Metrics::default()),
             alerts: Arc::new(alerts),
             alert_wake: Arc::new(tokio::sync::Notify::new()),
+            itsm: Arc::new(itsm::ItsmBoard::default()),
         }
     }
 

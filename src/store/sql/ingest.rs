@@ -243,6 +243,7 @@ pub fn events(c: &mut dyn Conn, q: &EventQuery) -> Res<Vec<StoredEvent>> {
             previous_blake3: r.get(15)?,
             size: r.get::<Option<i64>>(16)?.map(|s| s as u64),
             detail: r.get(17)?,
+            verified_approver: None,
         })
     })
 }

@@ -44,6 +44,7 @@ pub fn changes(c: &mut dyn Conn) -> Res<Vec<StoredChange>> {
             toml: r.get(1)?,
             minisig: r.get(2)?,
             received_at: r.get(3)?,
+            verified_approver: None,
         })
     })
 }
