@@ -54,7 +54,7 @@ fn changes_new_logs_and_signs_into_a_dir_and_the_change_is_authorized() {
         out.stdout
     );
     assert!(
-        id.starts_with("CHG-") && id.len() == "CHG-20261201-100000-abcd".len(),
+        id.starts_with("CHG-") && id.len() == "CHG-20261201-100000-abcdef".len(),
         "{id}"
     );
     let file = fx.changes.join(format!("{id}.toml"));
