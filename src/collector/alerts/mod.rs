@@ -147,6 +147,34 @@ pub struct AlertItem {
 }
 
 impl AlertItem {
+    /// The item's optional fields that it has, in one order, for the sinks that print fields
+    /// (syslog, email).
+    pub fn present_fields(&self) -> Vec<(&'static str, String)> {
+        let opt = [
+            ("host", Some(self.host.clone()).filter(|h| !h.is_empty())),
+            (
+                "environment",
+                Some(self.environment.clone()).filter(|e| !e.is_empty()),
+            ),
+            ("tree", self.tree.clone()),
+            ("path", self.path.clone()),
+            ("change", self.change.clone()),
+            ("status", self.status.clone()),
+            ("blake3", self.blake3.clone()),
+            ("size", self.size.map(|s| s.to_string())),
+            ("observed_at", self.observed_at.clone()),
+            ("detail", self.detail.clone()),
+            ("evidence", self.evidence.clone()),
+            (
+                "dashboard",
+                Some(self.dashboard.clone()).filter(|d| !d.is_empty()),
+            ),
+        ];
+        opt.into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect()
+    }
+
     /// A bare item of `kind` about `host`; the router fills in id and links.
     pub fn new(
         kind: AlertKind,

@@ -29,30 +29,13 @@ fn esc(s: &str) -> String {
 
 /// The (label, value) lines of one alert, the ones it has.
 fn rows(it: &AlertItem) -> Vec<(&'static str, String)> {
-    let opt = [
-        ("host", Some(it.host.clone()).filter(|h| !h.is_empty())),
-        (
-            "environment",
-            Some(it.environment.clone()).filter(|e| !e.is_empty()),
-        ),
-        ("tree", it.tree.clone()),
-        ("path", it.path.clone()),
-        ("change", it.change.clone()),
-        ("status", it.status.clone()),
-        ("blake3", it.blake3.clone()),
-        ("size", it.size.map(|s| s.to_string())),
-        ("observed at", it.observed_at.clone()),
-        ("detail", it.detail.clone()),
-        ("evidence", it.evidence.clone()),
-        (
-            "dashboard",
-            Some(it.dashboard.clone()).filter(|d| !d.is_empty()),
-        ),
-        ("alert id", Some(it.id.clone())),
-    ];
-    opt.into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect()
+    let mut rows: Vec<(&'static str, String)> = it
+        .present_fields()
+        .into_iter()
+        .map(|(k, v)| (if k == "observed_at" { "observed at" } else { k }, v))
+        .collect();
+    rows.push(("alert id", it.id.clone()));
+    rows
 }
 
 /// The plain-text body.

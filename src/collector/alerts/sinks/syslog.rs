@@ -62,27 +62,7 @@ fn fields(it: &AlertItem) -> Vec<(&'static str, String)> {
         ("id", it.id.clone()),
         ("kind", it.kind.as_str().to_string()),
     ];
-    let opt = [
-        ("host", Some(it.host.clone()).filter(|h| !h.is_empty())),
-        (
-            "environment",
-            Some(it.environment.clone()).filter(|e| !e.is_empty()),
-        ),
-        ("tree", it.tree.clone()),
-        ("path", it.path.clone()),
-        ("change", it.change.clone()),
-        ("status", it.status.clone()),
-        ("blake3", it.blake3.clone()),
-        ("size", it.size.map(|s| s.to_string())),
-        ("observed_at", it.observed_at.clone()),
-        ("detail", it.detail.clone()),
-        ("evidence", it.evidence.clone()),
-        (
-            "dashboard",
-            Some(it.dashboard.clone()).filter(|d| !d.is_empty()),
-        ),
-    ];
-    f.extend(opt.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+    f.extend(it.present_fields());
     f
 }
 
