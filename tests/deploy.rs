@@ -67,6 +67,29 @@ fn summary(evs: &[Value]) -> Vec<String> {
     v
 }
 
+/// Waits until an event about `path` (with `status`, when given) is recorded; returns the events.
+#[track_caller]
+fn wait_path(
+    db: &Path,
+    agent: &Agent,
+    what: &str,
+    timeout: Duration,
+    path: &str,
+    status: Option<&str>,
+) -> Vec<Value> {
+    wait_events(
+        db,
+        what,
+        timeout,
+        || agent.proc.log(),
+        |evs| {
+            about(evs, "shop", path)
+                .iter()
+                .any(|e| status.is_none_or(|st| s(e, "status") == st))
+        },
+    )
+}
+
 /// Waits for `n` events, then a little longer so that an extra one would show, and returns them.
 fn settle(db: &Path, n: usize, agent: &Agent) -> Vec<Value> {
     wait_events(
@@ -151,12 +174,13 @@ fn files_landing_after_their_manifest_are_release_changes() {
     let dropped = Instant::now();
     d.fx.write("wp-content/uploads/x.php", b"<?php eval($_POST['x']);\n");
     d.land_files(Duration::from_millis(700));
-    wait_events(
+    wait_path(
         &d.spec.db(),
+        &agent,
         "the web shell",
         secs(5),
-        || agent.proc.log(),
-        |evs| !about(evs, "shop", "wp-content/uploads/x.php").is_empty(),
+        "wp-content/uploads/x.php",
+        None,
     );
     eprintln!(
         "web shell during a deploy -> event: {:?}",
@@ -392,12 +416,13 @@ fn a_root_flip_is_a_deploy_and_real_time_follows_it() {
     let mut agent = Agent::start(&f.config);
     // Real time on the symlinked root, before any flip: a top-level write is seen.
     std::fs::write(f.current().join("top.php"), b"<?php // r1 top\n").expect("write");
-    wait_events(
+    wait_path(
         &f.spec.db(),
+        &agent,
         "a write at the top of the symlinked root",
         secs(3),
-        || agent.proc.log(),
-        |evs| !about(evs, "shop", "top.php").is_empty(),
+        "top.php",
+        None,
     );
     f.release("2", |d| {
         std::fs::write(d.join("app/checkout.js"), b"// r2\n").expect("write");
@@ -409,16 +434,13 @@ fn a_root_flip_is_a_deploy_and_real_time_follows_it() {
     agent.proc.wait_line("watches moved", secs(3), |l| {
         l.contains("tree root changed: real-time watches moved to it")
     });
-    let evs = wait_events(
+    let evs = wait_path(
         &f.spec.db(),
+        &agent,
         "the flip's release change",
         secs(10),
-        || agent.proc.log(),
-        |evs| {
-            about(evs, "shop", "app/checkout.js")
-                .iter()
-                .any(|e| s(e, "status") == "release:r2")
-        },
+        "app/checkout.js",
+        Some("release:r2"),
     );
     eprintln!("flip -> release event recorded: {:?}", flipped.elapsed());
     // top.php was never approved and is gone with the flip: its open change closes.
@@ -435,16 +457,13 @@ fn a_root_flip_is_a_deploy_and_real_time_follows_it() {
         b"<?php system($_GET['c']); ?>\n",
     )
     .expect("write");
-    wait_events(
+    wait_path(
         &f.spec.db(),
+        &agent,
         "the web shell in the new release",
         secs(3),
-        || agent.proc.log(),
-        |evs| {
-            about(evs, "shop", "shell.php")
-                .iter()
-                .any(|e| s(e, "status") == "unauthorized")
-        },
+        "shell.php",
+        Some("unauthorized"),
     );
     eprintln!("web shell after flip -> event: {:?}", written.elapsed());
     let evs = events_db(&f.spec.db());
@@ -486,12 +505,13 @@ fn a_thousand_flips_leak_no_watches() {
     );
     // And real time still works on the live release.
     std::fs::write(f.site.join("releases/1/app/after.php"), b"<?php\n").expect("write");
-    wait_events(
+    wait_path(
         &f.spec.db(),
+        &agent,
         "a write after the flips",
         secs(5),
-        || agent.proc.log(),
-        |evs| !about(evs, "shop", "app/after.php").is_empty(),
+        "app/after.php",
+        None,
     );
 }
 
@@ -533,12 +553,13 @@ fn a_removed_and_restored_root_is_watched_again() {
     assert!(!evs.is_empty());
     let written = Instant::now();
     fx.write("back.php", b"<?php // after restore\n");
-    wait_events(
+    wait_path(
         &spec.db(),
+        &agent,
         "a write after the restore",
         secs(3),
-        || agent.proc.log(),
-        |evs| !about(evs, "shop", "back.php").is_empty(),
+        "back.php",
+        None,
     );
     eprintln!("restore: write -> event {:?}", written.elapsed());
 
@@ -565,12 +586,13 @@ fn a_removed_and_restored_root_is_watched_again() {
     })
     .unwrap_or_else(|| panic!("no re-watch after the move\n{}", agent.proc.log()));
     fx.write("moved.php", b"<?php // after the move\n");
-    let evs = wait_events(
+    let evs = wait_path(
         &spec.db(),
+        &agent,
         "a write after the move",
         secs(3),
-        || agent.proc.log(),
-        |evs| !about(evs, "shop", "moved.php").is_empty(),
+        "moved.php",
+        None,
     );
     // back.php went away with the old directory: closed, not left open.
     assert!(
@@ -611,12 +633,13 @@ fn a_dangling_current_is_unverifiable_and_the_agent_keeps_running() {
         |evs| evs.iter().all(|e| e["open"] == false),
     );
     std::fs::write(f.site.join("releases/1/late.php"), b"<?php\n").expect("write");
-    wait_events(
+    wait_path(
         &f.spec.db(),
+        &agent,
         "real time after the link was fixed",
         secs(3),
-        || agent.proc.log(),
-        |evs| !about(evs, "shop", "late.php").is_empty(),
+        "late.php",
+        None,
     );
     agent.proc.terminate();
 }
