@@ -120,10 +120,14 @@ impl Staging {
     }
 }
 
-/// Whether some path in `set` lies strictly below directory `dir`.
+/// Whether some path in `set` lies strictly below directory `dir`. Paths below `dir/` sort
+/// together, right from `dir/` on, so one ordered lookup answers (a pass of thousands of paths
+/// during a deploy must not compare every directory with every path).
 fn has_below(set: &BTreeSet<&RelPath>, dir: &RelPath) -> bool {
-    let prefix = [dir.as_bytes(), b"/"].concat();
-    set.iter().any(|p| p.as_bytes().starts_with(&prefix))
+    let prefix = RelPath::from_bytes([dir.as_bytes(), b"/"].concat());
+    set.range::<&RelPath, _>(&prefix..)
+        .next()
+        .is_some_and(|p| p.as_bytes().starts_with(prefix.as_bytes()))
 }
 
 /// The approved content of every path whose deploy has not landed yet.
@@ -261,6 +265,21 @@ mod tests {
             [RelPath::from_bytes(b"app/.~tmp~/a.js".to_vec())],
             "the held copy is still looked at again"
         );
+    }
+
+    #[test]
+    fn below_is_a_prefix_of_whole_components() {
+        let set: Vec<RelPath> = ["a.b/x", "a/y", "ab/z"]
+            .iter()
+            .map(|p| RelPath::from_bytes(p.as_bytes()))
+            .collect();
+        let set: BTreeSet<&RelPath> = set.iter().collect();
+        let dir = |d: &str| RelPath::from_bytes(d.as_bytes());
+        assert!(has_below(&set, &dir("a")));
+        assert!(has_below(&set, &dir("ab")));
+        assert!(!has_below(&set, &dir("a/y")), "a path is not below itself");
+        assert!(!has_below(&set, &dir("b")));
+        assert!(!has_below(&set, &dir("a.")));
     }
 
     #[test]
