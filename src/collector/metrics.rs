@@ -189,61 +189,7 @@ pub fn render(svc: &Service) -> Result<String, ServiceError> {
         );
     }
     alerts(&mut out, svc)?;
-    // ITSM import (DESIGN §12.2): per source and outcome; bounded by the configured sources.
-    let itsm = svc.itsm_status();
-    if !itsm.is_empty() {
-        let _ = writeln!(
-            out,
-            "# HELP driftwatch_itsm_tickets_total Tickets judged by the ITSM import, by outcome.\n# TYPE driftwatch_itsm_tickets_total counter"
-        );
-        for st in &itsm {
-            for (outcome, n) in &st.totals {
-                let _ = writeln!(
-                    out,
-                    "driftwatch_itsm_tickets_total{{source=\"{}\",outcome=\"{}\"}} {n}",
-                    label(&st.name),
-                    label(outcome)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP driftwatch_itsm_poll_failures_total Polls that could not read the tickets.\n# TYPE driftwatch_itsm_poll_failures_total counter"
-        );
-        for st in &itsm {
-            let _ = writeln!(
-                out,
-                "driftwatch_itsm_poll_failures_total{{source=\"{}\"}} {}",
-                label(&st.name),
-                st.failed_polls
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP driftwatch_itsm_webhook_refused_total Webhook calls refused for their signature.\n# TYPE driftwatch_itsm_webhook_refused_total counter"
-        );
-        for st in &itsm {
-            let _ = writeln!(
-                out,
-                "driftwatch_itsm_webhook_refused_total{{source=\"{}\"}} {}",
-                label(&st.name),
-                st.webhook_refused
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP driftwatch_itsm_up Whether the last poll of the source worked.\n# TYPE driftwatch_itsm_up gauge"
-        );
-        for st in &itsm {
-            let up = st.last_success.is_some() && st.last_error.is_none();
-            let _ = writeln!(
-                out,
-                "driftwatch_itsm_up{{source=\"{}\"}} {}",
-                label(&st.name),
-                u8::from(up)
-            );
-        }
-    }
+    itsm(&mut out, svc);
     Ok(out)
 }
 
@@ -299,6 +245,61 @@ fn alerts(out: &mut String, svc: &Service) -> Result<(), ServiceError> {
         "# HELP driftwatch_alerts_pending Alerts in the outbox not delivered yet.\n# TYPE driftwatch_alerts_pending gauge\ndriftwatch_alerts_pending {pending}"
     );
     Ok(())
+}
+
+/// ITSM import (DESIGN §12.2): per source and outcome; bounded by the configured sources.
+fn itsm(out: &mut String, svc: &Service) {
+    let itsm = svc.itsm_status();
+    if itsm.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP driftwatch_itsm_tickets_total Tickets judged by the ITSM import, by outcome.\n# TYPE driftwatch_itsm_tickets_total counter"
+    );
+    for st in &itsm {
+        for (outcome, n) in &st.totals {
+            let _ = writeln!(
+                out,
+                "driftwatch_itsm_tickets_total{{source=\"{}\",outcome=\"{}\"}} {n}",
+                label(&st.name),
+                label(outcome)
+            );
+        }
+    }
+    // One sample per source: (metric, type, help, the value of a source).
+    type PerSource = fn(&crate::collector::service::itsm::SourceStatus) -> u64;
+    let families: [(&str, &str, &str, PerSource); 3] = [
+        (
+            "driftwatch_itsm_poll_failures_total",
+            "counter",
+            "Polls that could not read the tickets.",
+            |st| st.failed_polls,
+        ),
+        (
+            "driftwatch_itsm_webhook_refused_total",
+            "counter",
+            "Webhook calls refused for their signature.",
+            |st| st.webhook_refused,
+        ),
+        (
+            "driftwatch_itsm_up",
+            "gauge",
+            "Whether the last poll of the source worked.",
+            |st| u64::from(st.last_success.is_some() && st.last_error.is_none()),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for st in &itsm {
+            let _ = writeln!(
+                out,
+                "{name}{{source=\"{}\"}} {}",
+                label(&st.name),
+                value(st)
+            );
+        }
+    }
 }
 
 /// Escapes a label value per the exposition format.
